@@ -1,1 +1,3 @@
+//! Tidings: hierarchy-aware webhook delivery.
 
+pub mod receiver;
