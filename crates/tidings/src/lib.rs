@@ -1,3 +1,13 @@
 //! Tidings: hierarchy-aware webhook delivery.
 
+pub mod api;
+pub mod changes;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod metrics;
 pub mod receiver;
+pub mod schedule;
+pub mod startup;
+pub mod store;
+pub mod views;

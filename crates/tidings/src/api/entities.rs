@@ -1,0 +1,164 @@
+//! `/v1/resellers`, `/v1/dealers`, `/v1/companies`, `/v1/sites`, `/v1/users`, `/v1/meetings`,
+//! `/v1/packages`: create, list, get, change, delete; and the meeting moments.
+//!
+//! Thin: parse the request, call the hierarchy, shape the answer.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::changes::Moment;
+use crate::domain::{EntityId, Kind};
+
+/// Each collection and the kind it holds; the router and the OpenAPI document both read it.
+pub const COLLECTIONS: [(&str, Kind); 7] = [
+    ("resellers", Kind::Reseller),
+    ("dealers", Kind::Dealer),
+    ("companies", Kind::Company),
+    ("sites", Kind::Site),
+    ("users", Kind::User),
+    ("meetings", Kind::Meeting),
+    ("packages", Kind::Package),
+];
+
+pub const MOMENTS: [&str; 7] = [
+    "start", "restart", "end", "takeover", "wait", "decline", "forward",
+];
+
+pub fn routes() -> Router<AppState> {
+    let mut router = Router::new();
+    for (name, kind) in COLLECTIONS {
+        router = router
+            .route(
+                &format!("/v1/{name}"),
+                post(move |s, b| create(s, kind, b)).get(move |s, q| list(s, kind, q)),
+            )
+            .route(
+                &format!("/v1/{name}/{{id}}"),
+                get(move |s, p| read(s, kind, p))
+                    .patch(move |s, p, b| change(s, kind, p, b))
+                    .delete(move |s, p| remove(s, kind, p)),
+            );
+    }
+    router.route("/v1/meetings/{id}/{moment}", post(moment))
+}
+
+/// Parses a JSON body, answering 400 with the parser's reason when it is not JSON.
+pub fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::invalid_json(
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_json(format!("the request body is not valid JSON: {e}")))
+}
+
+async fn create(
+    State(s): State<AppState>,
+    kind: Kind,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = json_body(&body)?;
+    let applied = s.hierarchy.create(kind, body).await?;
+    s.metrics.applied(&applied);
+    Ok((StatusCode::CREATED, Json(applied.view)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+impl Page {
+    pub const DEFAULT: u32 = 100;
+    pub const MAX: u32 = 1000;
+
+    pub fn parse(&self) -> Result<(Option<EntityId>, u32), ApiError> {
+        let after = match &self.after {
+            Some(a) => Some(EntityId::parse(a).map_err(|e| ApiError::query("after", e))?),
+            None => None,
+        };
+        let limit = self.limit.unwrap_or(Self::DEFAULT);
+        if limit == 0 || limit > Self::MAX {
+            return Err(ApiError::query(
+                "limit",
+                format!("must be 1..={}", Self::MAX),
+            ));
+        }
+        Ok((after, limit))
+    }
+}
+
+/// `{"data": [...], "next_cursor": "<id>" | null}`: pass `next_cursor` as `after` for more.
+pub fn page_body(data: Vec<Value>, limit: u32) -> Value {
+    let next = if data.len() as u32 == limit {
+        data.last().and_then(|v| v.get("id")).cloned()
+    } else {
+        None
+    };
+    serde_json::json!({ "data": data, "next_cursor": next })
+}
+
+async fn list(
+    State(s): State<AppState>,
+    kind: Kind,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let (after, limit) = page.parse()?;
+    let data = s.hierarchy.list(kind, after.as_ref(), limit).await?;
+    Ok(Json(page_body(data, limit)))
+}
+
+async fn read(
+    State(s): State<AppState>,
+    kind: Kind,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.hierarchy.get(kind, &id).await?))
+}
+
+async fn change(
+    State(s): State<AppState>,
+    kind: Kind,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(&body)?;
+    let applied = s.hierarchy.patch(kind, &id, body).await?;
+    s.metrics.applied(&applied);
+    Ok(Json(applied.view))
+}
+
+async fn remove(
+    State(s): State<AppState>,
+    kind: Kind,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let applied = s.hierarchy.delete(kind, &id).await?;
+    s.metrics.applied(&applied);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn moment(
+    State(s): State<AppState>,
+    Path((id, moment)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(m) = Moment::parse(&moment) else {
+        return Err(ApiError::not_found(format!(
+            "no meeting moment `{moment}`; use one of {}",
+            MOMENTS.join(", ")
+        )));
+    };
+    let applied = s.hierarchy.moment(&id, m).await?;
+    s.metrics.applied(&applied);
+    Ok(Json(applied.view))
+}

@@ -1,0 +1,108 @@
+//! The API's one error shape: `{"error": {"code", "message", "field"?}}` with a 4xx status
+//! for anything the client can fix, and 500 only for our own failures (logged).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::changes::ChangeError;
+use crate::domain::validate::FieldError;
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable: invalid_json, invalid_field, invalid_reference, not_found, conflict,
+    /// unauthorized, internal.
+    pub code: &'static str,
+    pub message: String,
+    /// The offending field as a dotted path, when one field is to blame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn invalid_json(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+    }
+
+    pub fn field(code: &'static str, e: FieldError) -> Self {
+        let message = if e.field.is_empty() {
+            e.reason.clone()
+        } else {
+            e.to_string()
+        };
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            message,
+            field: (!e.field.is_empty()).then_some(e.field),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn query(field: &str, reason: impl Into<String>) -> Self {
+        ApiError::field("invalid_query", FieldError::new(field, reason))
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> Self {
+        match e {
+            ChangeError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            ChangeError::Invalid(f) => ApiError::field("invalid_field", f),
+            ChangeError::InvalidReference(f) => ApiError::field("invalid_reference", f),
+            ChangeError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            ChangeError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failure");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                field: self.field,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,227 @@
+//! The OpenAPI document, generated from the same route table and types the server uses:
+//! schemas come from the input and view types, paths from [`super::entities::COLLECTIONS`].
+
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::{
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Paths, Ref, RefOr,
+    Required, ResponseBuilder, Schema,
+};
+
+use super::entities::{COLLECTIONS, MOMENTS};
+use super::error::ErrorBody;
+use super::webhooks::WebhookView;
+use crate::domain::entities as e;
+use crate::domain::Kind;
+
+fn names(kind: Kind) -> (&'static str, &'static str) {
+    match kind {
+        Kind::Reseller => ("ResellerInput", "ResellerView"),
+        Kind::Dealer => ("DealerInput", "DealerView"),
+        Kind::Company => ("CompanyInput", "CompanyView"),
+        Kind::Site => ("SiteInput", "SiteView"),
+        Kind::User => ("UserInput", "UserView"),
+        Kind::Meeting => ("MeetingInput", "MeetingView"),
+        Kind::Package => ("PackageInput", "Package"),
+    }
+}
+
+fn json(schema: &str) -> utoipa::openapi::Content {
+    ContentBuilder::new()
+        .schema(Some(RefOr::<Schema>::Ref(Ref::from_schema_name(schema))))
+        .build()
+}
+
+fn ok(description: &str, schema: Option<&str>) -> ResponseBuilder {
+    let r = ResponseBuilder::new().description(description);
+    match schema {
+        Some(s) => r.content("application/json", json(s)),
+        None => r,
+    }
+}
+
+fn error(description: &str) -> ResponseBuilder {
+    ok(description, Some("ErrorBody"))
+}
+
+fn id_param() -> utoipa::openapi::path::Parameter {
+    ParameterBuilder::new()
+        .name("id")
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .build()
+}
+
+fn body(schema: &str, description: &str) -> Option<utoipa::openapi::request_body::RequestBody> {
+    Some(
+        RequestBodyBuilder::new()
+            .description(Some(description))
+            .content("application/json", json(schema))
+            .required(Some(Required::True))
+            .build(),
+    )
+}
+
+pub fn document() -> OpenApi {
+    let mut paths = Paths::new();
+    for (name, kind) in COLLECTIONS {
+        let (input, view) = names(kind);
+        let tag = name;
+        paths.add_path_operation(
+            format!("/v1/{name}"),
+            vec![HttpMethod::Post],
+            OperationBuilder::new()
+                .tag(tag)
+                .summary(Some(format!("Create a {kind}")))
+                .request_body(body(
+                    input,
+                    "The seed's field names and nesting; references as {\"id\": ...}",
+                ))
+                .response(
+                    "201",
+                    ok(
+                        "Created; the body equals the `data` of its webhooks",
+                        Some(view),
+                    ),
+                )
+                .response("400", error("Not JSON"))
+                .response(
+                    "422",
+                    error("A field is missing, unknown, of the wrong type or invalid"),
+                ),
+        );
+        paths.add_path_operation(
+            format!("/v1/{name}"),
+            vec![HttpMethod::Get],
+            OperationBuilder::new()
+                .tag(tag)
+                .summary(Some(format!("List {name} in creation order")))
+                .parameter(
+                    ParameterBuilder::new()
+                        .name("after")
+                        .parameter_in(ParameterIn::Query)
+                        .description(Some("cursor: the `next_cursor` of the previous page")),
+                )
+                .parameter(
+                    ParameterBuilder::new()
+                        .name("limit")
+                        .parameter_in(ParameterIn::Query)
+                        .description(Some("1..=1000, default 100")),
+                )
+                .response(
+                    "200",
+                    ok("{\"data\": [...], \"next_cursor\": id or null}", None),
+                ),
+        );
+        let item = format!("/v1/{name}/{{id}}");
+        paths.add_path_operation(
+            &item,
+            vec![HttpMethod::Get],
+            OperationBuilder::new()
+                .tag(tag)
+                .parameter(id_param())
+                .response("200", ok("The entity", Some(view)))
+                .response("404", error("Not found")),
+        );
+        paths.add_path_operation(
+            &item,
+            vec![HttpMethod::Patch],
+            OperationBuilder::new()
+                .tag(tag)
+                .summary(Some(
+                    "JSON merge patch (RFC 7396); a patch that changes nothing emits no event",
+                ))
+                .parameter(id_param())
+                .request_body(body(
+                    input,
+                    "Any subset of the create body; null clears an optional field",
+                ))
+                .response("200", ok("The entity after the change", Some(view)))
+                .response("404", error("Not found"))
+                .response("422", error("Invalid field or reference")),
+        );
+        paths.add_path_operation(
+            &item,
+            vec![HttpMethod::Delete],
+            OperationBuilder::new()
+                .tag(tag)
+                .parameter(id_param())
+                .response(
+                    "204",
+                    ok("Deleted; the *_DELETED event carries only the id", None),
+                )
+                .response("404", error("Not found"))
+                .response("409", error("Other entities still refer to it")),
+        );
+    }
+    for moment in MOMENTS {
+        paths.add_path_operation(
+            format!("/v1/meetings/{{id}}/{moment}"),
+            vec![HttpMethod::Post],
+            OperationBuilder::new()
+                .tag("meetings")
+                .summary(Some(format!(
+                    "Report the meeting moment `{moment}` and emit its event"
+                )))
+                .parameter(id_param())
+                .response("200", ok("The meeting now", Some("MeetingView")))
+                .response("404", error("Not found")),
+        );
+    }
+    paths.add_path_operation(
+        "/v1/webhooks",
+        vec![HttpMethod::Get],
+        OperationBuilder::new()
+            .tag("webhooks")
+            .summary(Some(
+                "List webhooks; filter by status, type, level_id, subject_id, since, until",
+            ))
+            .response(
+                "200",
+                ok(
+                    "{\"data\": [WebhookView...], \"next_cursor\": id or null}",
+                    None,
+                ),
+            ),
+    );
+    paths.add_path_operation(
+        "/v1/webhooks/{id}",
+        vec![HttpMethod::Get],
+        OperationBuilder::new()
+            .tag("webhooks")
+            .parameter(id_param())
+            .response(
+                "200",
+                ok("The webhook with every attempt", Some("WebhookView")),
+            )
+            .response("404", error("Not found")),
+    );
+    let components = ComponentsBuilder::new()
+        .schema_from::<e::ResellerInput>()
+        .schema_from::<e::DealerInput>()
+        .schema_from::<e::CompanyInput>()
+        .schema_from::<e::SiteInput>()
+        .schema_from::<e::UserInput>()
+        .schema_from::<e::MeetingInput>()
+        .schema_from::<e::PackageInput>()
+        .schema_from::<e::ResellerView>()
+        .schema_from::<e::DealerView>()
+        .schema_from::<e::CompanyView>()
+        .schema_from::<e::SiteView>()
+        .schema_from::<e::UserView>()
+        .schema_from::<e::MeetingView>()
+        .schema_from::<e::Package>()
+        .schema_from::<WebhookView>()
+        .schema_from::<ErrorBody>()
+        .build();
+    OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("Tidings")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some("Hierarchy-aware webhook delivery")),
+        )
+        .paths(paths)
+        .components(Some(components))
+        .build()
+}

@@ -1,0 +1,186 @@
+//! `/v1/webhooks`: what was sent where, and what the receivers answered.
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::entities::{page_body, Page};
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::{payload, EntityId, EventType, Level, Millis};
+use crate::store::{Attempt, Webhook, WebhookFilter, WebhookStatus};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/webhooks", get(list))
+        .route("/v1/webhooks/{id}", get(one))
+}
+
+/// A webhook as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WebhookView {
+    pub id: EntityId,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub status: WebhookStatus,
+    /// The receiving level.
+    pub level: LevelRef,
+    /// The entity the event is about.
+    pub subject_id: EntityId,
+    pub event_id: EntityId,
+    /// The URL snapshot taken when the webhook was created.
+    pub url: String,
+    #[schema(value_type = String)]
+    pub created: Millis,
+    /// Attempts made so far.
+    pub attempt_count: u32,
+    /// When the next attempt is due, while pending.
+    #[schema(value_type = Option<String>)]
+    pub next_attempt_at: Option<Millis>,
+    /// The body as sent (for the next attempt, or the last one).
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<AttemptView>>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LevelRef {
+    #[serde(rename = "type")]
+    pub level: Level,
+    pub id: EntityId,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AttemptView {
+    pub number: u32,
+    #[schema(value_type = String)]
+    pub started_at: Millis,
+    pub duration_ms: i64,
+    /// The HTTP status received, if the receiver answered.
+    pub status_code: Option<u16>,
+    /// Why the attempt failed (transport error or unexpected status); absent on success.
+    pub error: Option<String>,
+    /// The first 1 KiB of the response body.
+    pub body: String,
+}
+
+pub fn webhook_view(w: &Webhook, attempts: Option<&[Attempt]>) -> WebhookView {
+    let attempt = if w.status == WebhookStatus::Pending {
+        w.attempts + 1
+    } else {
+        w.attempts.max(1)
+    };
+    let body = payload::body(&w.id, w.created_at, attempt, w.event_type, &w.data);
+    WebhookView {
+        id: w.id.clone(),
+        event_type: w.event_type,
+        status: w.status,
+        level: LevelRef {
+            level: w.level,
+            id: w.level_id.clone(),
+        },
+        subject_id: w.subject_id.clone(),
+        event_id: w.event_id.clone(),
+        url: w.url.clone(),
+        created: w.created_at,
+        attempt_count: w.attempts,
+        next_attempt_at: w.due_at.filter(|_| w.status == WebhookStatus::Pending),
+        payload: serde_json::from_str(&body).unwrap_or(Value::Null),
+        attempts: attempts.map(|a| {
+            a.iter()
+                .map(|a| AttemptView {
+                    number: a.number,
+                    started_at: a.started_at,
+                    duration_ms: a.duration_ms,
+                    status_code: a.status_code,
+                    error: a.error.clone(),
+                    body: a.body.clone(),
+                })
+                .collect()
+        }),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    level_id: Option<String>,
+    subject_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+impl ListQuery {
+    fn filter(&self) -> Result<WebhookFilter, ApiError> {
+        let id = |field: &str, v: &Option<String>| -> Result<Option<EntityId>, ApiError> {
+            v.as_deref()
+                .map(|s| EntityId::parse(s).map_err(|e| ApiError::query(field, e)))
+                .transpose()
+        };
+        let time = |field: &str, v: &Option<String>| -> Result<Option<Millis>, ApiError> {
+            v.as_deref()
+                .map(|s| Millis::parse_rfc3339(s).map_err(|e| ApiError::query(field, e)))
+                .transpose()
+        };
+        let (after, limit) = Page {
+            after: self.after.clone(),
+            limit: self.limit,
+        }
+        .parse()?;
+        Ok(WebhookFilter {
+            status: self
+                .status
+                .as_deref()
+                .map(WebhookStatus::parse)
+                .transpose()
+                .map_err(|e| ApiError::query("status", e))?,
+            event_type: self
+                .event_type
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e: String| ApiError::query("type", e))?,
+            level_id: id("level_id", &self.level_id)?,
+            subject_id: id("subject_id", &self.subject_id)?,
+            since: time("since", &self.since)?,
+            until: time("until", &self.until)?,
+            after,
+            limit,
+        })
+    }
+}
+
+async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = q.filter()?;
+    let rows = s.hierarchy.store().webhooks(&filter).await?;
+    let data = rows
+        .iter()
+        .map(|w| serde_json::to_value(webhook_view(w, None)).unwrap_or(Value::Null))
+        .collect();
+    Ok(Json(page_body(data, filter.limit)))
+}
+
+async fn one(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let not_found = || ApiError::not_found(format!("webhook {id} not found"));
+    let wid = EntityId::parse(&id).map_err(|_| not_found())?;
+    let (w, attempts) = s
+        .hierarchy
+        .store()
+        .webhook(&wid)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(webhook_view(&w, Some(&attempts))))
+}

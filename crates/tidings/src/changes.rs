@@ -1,0 +1,374 @@
+//! Applies API changes to the hierarchy and records their events and webhooks in the same
+//! transaction (the transactional outbox).
+//!
+//! Every operation: parse and validate the input, check its references, build the record,
+//! write it, compose the subject's wire shape, route the event through the domain's level
+//! table and write one webhook per receiving level with its URL snapshot, then commit.
+//! Nothing is written when any step refuses; nothing is emitted when nothing changed.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::clock::Clock;
+use crate::domain::entities::{merge_patch, BuildContext, Entity, Input, User};
+use crate::domain::routing::{recipients, Ancestor};
+use crate::domain::validate::{FieldError, UrlRules};
+use crate::domain::{Action, EntityId, EventType, Kind};
+use crate::store::{NewEvent, NewWebhook, Store, StoreError, Tx};
+use crate::views::view;
+
+/// Why a change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("{kind} {id} not found")]
+    NotFound { kind: Kind, id: String },
+    #[error("{0}")]
+    Invalid(FieldError),
+    #[error("{0}")]
+    InvalidReference(FieldError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A meeting moment reported through `POST /v1/meetings/{id}/{moment}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moment {
+    Start,
+    Restart,
+    End,
+    Takeover,
+    Wait,
+    Decline,
+    Forward,
+}
+
+impl Moment {
+    pub fn parse(s: &str) -> Option<Moment> {
+        Some(match s {
+            "start" => Moment::Start,
+            "restart" => Moment::Restart,
+            "end" => Moment::End,
+            "takeover" => Moment::Takeover,
+            "wait" => Moment::Wait,
+            "decline" => Moment::Decline,
+            "forward" => Moment::Forward,
+            _ => return None,
+        })
+    }
+
+    pub fn event_type(self) -> EventType {
+        match self {
+            Moment::Start => EventType::MeetingStarted,
+            Moment::Restart => EventType::MeetingRestarted,
+            Moment::End => EventType::MeetingEnded,
+            Moment::Takeover => EventType::MeetingTakeover,
+            Moment::Wait => EventType::MeetingWait,
+            Moment::Decline => EventType::MeetingDeclined,
+            Moment::Forward => EventType::MeetingForwarded,
+        }
+    }
+}
+
+/// What a change did: the subject as it is now and how many webhooks it queued.
+#[derive(Debug)]
+pub struct Applied {
+    pub view: Value,
+    pub event: Option<EventType>,
+    pub webhooks: usize,
+}
+
+/// The settings the hierarchy needs from configuration.
+#[derive(Debug, Clone)]
+pub struct HierarchyRules {
+    pub url_rules: UrlRules,
+    pub meeting_base_url: String,
+}
+
+/// The hierarchy's operations over a store.
+pub struct Hierarchy {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    rules: HierarchyRules,
+    /// Woken after every commit that queued webhooks, so the dispatcher starts at once.
+    new_work: Arc<Notify>,
+}
+
+impl Hierarchy {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        rules: HierarchyRules,
+        new_work: Arc<Notify>,
+    ) -> Self {
+        Hierarchy {
+            store,
+            clock,
+            rules,
+            new_work,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Creates an entity of `kind` from a request body.
+    pub async fn create(&self, kind: Kind, body: Value) -> Result<Applied, ChangeError> {
+        let input = Input::parse(kind, body).map_err(ChangeError::Invalid)?;
+        input
+            .validate(self.rules.url_rules)
+            .map_err(ChangeError::Invalid)?;
+        let now = self.clock.now();
+        let mut tx = self.store.write().await?;
+        check_references(tx.as_mut(), &input).await?;
+        let users = load_agents(tx.as_mut(), &input).await?;
+        let entity = input.build(EntityId::generate(now), None, &self.context(), &|id| {
+            find_user(&users, id)
+        });
+        tx.put(&entity, now).await?;
+        let applied = self.emit(tx, &entity, Action::Created, None).await?;
+        Ok(applied)
+    }
+
+    /// Applies a JSON merge patch to an entity. A patch that changes nothing emits nothing.
+    pub async fn patch(&self, kind: Kind, id: &str, patch: Value) -> Result<Applied, ChangeError> {
+        if !patch.is_object() {
+            return Err(ChangeError::Invalid(FieldError::new(
+                "",
+                "a PATCH body must be a JSON object",
+            )));
+        }
+        let now = self.clock.now();
+        let mut tx = self.store.write().await?;
+        let current = get_kind(tx.as_mut(), kind, id).await?;
+        let mut form = Input::of(&current).to_json();
+        merge_patch(&mut form, &patch);
+        let input = Input::parse(kind, form).map_err(ChangeError::Invalid)?;
+        input
+            .validate(self.rules.url_rules)
+            .map_err(ChangeError::Invalid)?;
+        check_references(tx.as_mut(), &input).await?;
+        let users = load_agents(tx.as_mut(), &input).await?;
+        let entity = input.build(
+            current.id().clone(),
+            Some(&current),
+            &self.context(),
+            &|id| find_user(&users, id),
+        );
+        if entity == current {
+            let view = view(tx.as_mut(), &current).await?;
+            return Ok(Applied {
+                view,
+                event: None,
+                webhooks: 0,
+            });
+        }
+        tx.put(&entity, now).await?;
+        self.emit(tx, &entity, Action::Changed, None).await
+    }
+
+    /// Deletes an entity that nothing refers to any more.
+    pub async fn delete(&self, kind: Kind, id: &str) -> Result<Applied, ChangeError> {
+        let mut tx = self.store.write().await?;
+        let current = get_kind(tx.as_mut(), kind, id).await?;
+        let children = tx.referrers(current.id(), None, 5).await?;
+        if !children.is_empty() {
+            let names: Vec<String> = children
+                .iter()
+                .map(|c| format!("{} {}", c.kind(), c.id()))
+                .collect();
+            return Err(ChangeError::Conflict(format!(
+                "{kind} {id} still has entities that refer to it (e.g. {}); delete or move them first",
+                names.join(", ")
+            )));
+        }
+        tx.delete(current.id()).await?;
+        self.emit(tx, &current, Action::Deleted, None).await
+    }
+
+    /// Records a meeting moment (start, end, takeover, ...) and emits its event.
+    pub async fn moment(&self, id: &str, moment: Moment) -> Result<Applied, ChangeError> {
+        let now = self.clock.now();
+        let mut tx = self.store.write().await?;
+        let Entity::Meeting(mut meeting) = get_kind(tx.as_mut(), Kind::Meeting, id).await? else {
+            unreachable!("get_kind checked the kind")
+        };
+        match moment {
+            Moment::Start | Moment::Restart => meeting.started_at = Some(now),
+            Moment::End => {
+                if let Some(started) = meeting.started_at.take() {
+                    meeting.duration += ((now.0 - started.0).max(0) + 500) / 1000;
+                }
+            }
+            _ => {}
+        }
+        let entity = Entity::Meeting(meeting);
+        tx.put(&entity, now).await?;
+        self.emit(tx, &entity, Action::Moment, Some(moment.event_type()))
+            .await
+    }
+
+    /// An entity's current wire shape.
+    pub async fn get(&self, kind: Kind, id: &str) -> Result<Value, ChangeError> {
+        let mut tx = self.store.read().await?;
+        let entity = get_kind(tx.as_mut(), kind, id).await?;
+        Ok(view(tx.as_mut(), &entity).await?)
+    }
+
+    /// A page of entities of one kind, in creation order, after the cursor.
+    pub async fn list(
+        &self,
+        kind: Kind,
+        after: Option<&EntityId>,
+        limit: u32,
+    ) -> Result<Vec<Value>, ChangeError> {
+        let entities = self.store.list(kind, after, limit).await?;
+        let mut tx = self.store.read().await?;
+        let mut out = Vec::with_capacity(entities.len());
+        for e in &entities {
+            out.push(view(tx.as_mut(), e).await?);
+        }
+        Ok(out)
+    }
+
+    fn context(&self) -> BuildContext<'_> {
+        BuildContext {
+            now: self.clock.now(),
+            url_rules: self.rules.url_rules,
+            meeting_base_url: &self.rules.meeting_base_url,
+        }
+    }
+
+    /// Writes the event for `entity` (if its kind emits one) and its webhooks, then commits.
+    async fn emit(
+        &self,
+        mut tx: Box<dyn Tx>,
+        entity: &Entity,
+        action: Action,
+        moment: Option<EventType>,
+    ) -> Result<Applied, ChangeError> {
+        let view = match action {
+            Action::Deleted => serde_json::json!({ "id": entity.id() }),
+            _ => view(tx.as_mut(), entity).await?,
+        };
+        let event_type = moment.or_else(|| EventType::for_action(entity.kind(), action));
+        let mut queued = 0;
+        if let Some(event_type) = event_type {
+            let now = self.clock.now();
+            let ancestors = ancestors(tx.as_mut(), entity).await?;
+            let webhooks: Vec<NewWebhook> = recipients(event_type, &ancestors)
+                .into_iter()
+                .map(|r| NewWebhook {
+                    id: EntityId::generate(now),
+                    level: r.level,
+                    level_id: r.id,
+                    url: r.url,
+                })
+                .collect();
+            let event = NewEvent {
+                id: EntityId::generate(now),
+                event_type,
+                subject_id: entity.id().clone(),
+                data: view.to_string(),
+                created_at: now,
+            };
+            tx.add_event(&event, &webhooks).await?;
+            queued = webhooks.len();
+        }
+        tx.commit().await?;
+        if queued > 0 {
+            self.new_work.notify_one();
+        }
+        if let Some(t) = event_type {
+            tracing::info!(event = %t, subject = %entity.id(), webhooks = queued, "event recorded");
+        }
+        Ok(Applied {
+            view,
+            event: event_type,
+            webhooks: queued,
+        })
+    }
+}
+
+/// The levels above `entity`, nearest first, as they are now.
+async fn ancestors(tx: &mut dyn Tx, entity: &Entity) -> Result<Vec<Ancestor>, StoreError> {
+    let mut chain = Vec::new();
+    let mut next = entity.up().cloned();
+    while let Some(id) = next {
+        let Some(e) = tx.get(&id).await? else {
+            return Err(StoreError::Corrupt(format!(
+                "{} refers to missing {id}",
+                entity.id()
+            )));
+        };
+        if let Some((level, url, _)) = e.level_settings() {
+            chain.push(Ancestor {
+                level,
+                id: id.clone(),
+                webhook_url: url.map(str::to_owned),
+            });
+        }
+        next = e.up().cloned();
+        if chain.len() > 8 {
+            return Err(StoreError::Corrupt(format!(
+                "{} has a cycle above it",
+                entity.id()
+            )));
+        }
+    }
+    Ok(chain)
+}
+
+async fn get_kind(tx: &mut dyn Tx, kind: Kind, id: &str) -> Result<Entity, ChangeError> {
+    let not_found = || ChangeError::NotFound {
+        kind,
+        id: id.to_owned(),
+    };
+    let id = EntityId::parse(id).map_err(|_| not_found())?;
+    match tx.get(&id).await? {
+        Some(e) if e.kind() == kind => Ok(e),
+        _ => Err(not_found()),
+    }
+}
+
+async fn check_references(tx: &mut dyn Tx, input: &Input) -> Result<(), ChangeError> {
+    for r in input.references() {
+        match tx.get(&r.id).await? {
+            Some(e) if e.kind() == r.kind => {}
+            Some(e) => {
+                return Err(ChangeError::InvalidReference(FieldError::new(
+                    r.field,
+                    format!("{} is a {}, not a {}", r.id, e.kind(), r.kind),
+                )))
+            }
+            None => {
+                return Err(ChangeError::InvalidReference(FieldError::new(
+                    r.field,
+                    format!("no {} with id {}", r.kind, r.id),
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The users an input names as agent participants (their names and e-mails are copied).
+async fn load_agents(tx: &mut dyn Tx, input: &Input) -> Result<Vec<User>, ChangeError> {
+    let mut users = Vec::new();
+    if let Input::Meeting(m) = input {
+        for id in m.participants.iter().filter_map(|p| p.user.as_ref()) {
+            if let Some(Entity::User(u)) = tx.get(id).await? {
+                users.push(u);
+            }
+        }
+    }
+    Ok(users)
+}
+
+fn find_user(users: &[User], id: &EntityId) -> Option<User> {
+    users.iter().find(|u| &u.id == id).cloned()
+}

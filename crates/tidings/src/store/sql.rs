@@ -1,0 +1,385 @@
+//! The store on SQLite or PostgreSQL through sqlx's `Any` driver: one implementation, the
+//! same SQL for both wherever the dialects agree, and the backend named where they differ.
+//!
+//! SQLite allows one writer at a time, so on SQLite all writes go through a pool of one
+//! connection (no `SQLITE_BUSY` between our own writers) while reads use a pool of several
+//! (WAL lets them run beside the writer).
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Row, Transaction};
+
+use super::{
+    Attempt, Counts, NewEvent, NewWebhook, Result, Store, StoreError, Tx, Webhook, WebhookFilter,
+    WebhookStatus,
+};
+use crate::domain::entities::Entity;
+use crate::domain::{EntityId, EventType, Kind, Level, Millis};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct SqlStore {
+    backend: Backend,
+    writer: AnyPool,
+    reader: AnyPool,
+}
+
+impl SqlStore {
+    /// Opens (creating if needed) and migrates the database at `url`.
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let store = if url.starts_with("sqlite:") {
+            let url = if url.contains("mode=") {
+                url.to_owned()
+            } else if url.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            let writer = sqlite_pool(1).connect(&url).await?;
+            SQLITE_MIGRATIONS.run(&writer).await?;
+            let reader = sqlite_pool(4).connect(&url).await?;
+            SqlStore {
+                backend: Backend::Sqlite,
+                writer,
+                reader,
+            }
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = AnyPoolOptions::new()
+                .max_connections(16)
+                .connect(url)
+                .await?;
+            POSTGRES_MIGRATIONS.run(&pool).await?;
+            SqlStore {
+                backend: Backend::Postgres,
+                writer: pool.clone(),
+                reader: pool,
+            }
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        Ok(store)
+    }
+}
+
+fn sqlite_pool(size: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(size)
+        .min_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                for pragma in [
+                    "PRAGMA journal_mode = WAL",
+                    // With WAL, NORMAL keeps every committed transaction across a process crash;
+                    // only an OS crash or power loss may drop the last commits.
+                    "PRAGMA synchronous = NORMAL",
+                    "PRAGMA busy_timeout = 5000",
+                    "PRAGMA foreign_keys = ON",
+                ] {
+                    sqlx::query(pragma).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn entity_from_row(row: &AnyRow) -> Result<Entity> {
+    let doc: String = row.try_get("doc")?;
+    serde_json::from_str(&doc).map_err(|e| corrupt(format!("entity: {e}")))
+}
+
+fn id_col(row: &AnyRow, col: &str) -> Result<EntityId> {
+    let s: String = row.try_get(col)?;
+    EntityId::parse(&s).map_err(corrupt)
+}
+
+const WEBHOOK_COLUMNS: &str =
+    "w.id, w.event_id, w.type, w.subject_id, w.level, w.level_id, w.url, w.created_at, \
+     w.status, w.attempts, w.due_at, e.data";
+
+fn webhook_from_row(row: &AnyRow) -> Result<Webhook> {
+    let event_type: String = row.try_get("type")?;
+    let level: String = row.try_get("level")?;
+    let status: String = row.try_get("status")?;
+    Ok(Webhook {
+        id: id_col(row, "id")?,
+        event_id: id_col(row, "event_id")?,
+        event_type: EventType::from_str(&event_type).map_err(corrupt)?,
+        subject_id: id_col(row, "subject_id")?,
+        level: Level::from_str(&level).map_err(corrupt)?,
+        level_id: id_col(row, "level_id")?,
+        url: row.try_get("url")?,
+        created_at: Millis(row.try_get("created_at")?),
+        status: WebhookStatus::parse(&status).map_err(corrupt)?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        due_at: row.try_get::<Option<i64>, _>("due_at")?.map(Millis),
+        data: row.try_get("data")?,
+    })
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    fn backend(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    async fn write(&self) -> Result<Box<dyn Tx>> {
+        Ok(Box::new(SqlTx {
+            tx: self.writer.begin().await?,
+        }))
+    }
+
+    async fn read(&self) -> Result<Box<dyn Tx>> {
+        Ok(Box::new(SqlTx {
+            tx: self.reader.begin().await?,
+        }))
+    }
+
+    async fn list(&self, kind: Kind, after: Option<&EntityId>, limit: u32) -> Result<Vec<Entity>> {
+        let rows = sqlx::query(
+            "SELECT doc FROM entities WHERE kind = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(kind.as_str())
+        .bind(after.map_or("", EntityId::as_str))
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(entity_from_row).collect()
+    }
+
+    async fn webhooks(&self, f: &WebhookFilter) -> Result<Vec<Webhook>> {
+        let mut sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks w JOIN events e ON e.id = w.event_id WHERE w.id > $1");
+        let mut args: Vec<Arg> = vec![Arg::Text(
+            f.after.as_ref().map_or(String::new(), |a| a.to_string()),
+        )];
+        let mut push = |clause: &str, arg: Arg| {
+            args.push(arg);
+            sql.push_str(&format!(" AND {clause} ${}", args.len()));
+        };
+        if let Some(s) = f.status {
+            push("w.status =", Arg::Text(s.as_str().into()));
+        }
+        if let Some(t) = f.event_type {
+            push("w.type =", Arg::Text(t.as_str().into()));
+        }
+        if let Some(l) = &f.level_id {
+            push("w.level_id =", Arg::Text(l.to_string()));
+        }
+        if let Some(s) = &f.subject_id {
+            push("w.subject_id =", Arg::Text(s.to_string()));
+        }
+        if let Some(t) = f.since {
+            push("w.created_at >=", Arg::Int(t.0));
+        }
+        if let Some(t) = f.until {
+            push("w.created_at <", Arg::Int(t.0));
+        }
+        args.push(Arg::Int(f.limit as i64));
+        sql.push_str(&format!(" ORDER BY w.id LIMIT ${}", args.len()));
+        let mut q = sqlx::query(&sql);
+        for a in args {
+            q = match a {
+                Arg::Text(s) => q.bind(s),
+                Arg::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(&self.reader).await?;
+        rows.iter().map(webhook_from_row).collect()
+    }
+
+    async fn webhook(&self, id: &EntityId) -> Result<Option<(Webhook, Vec<Attempt>)>> {
+        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks w JOIN events e ON e.id = w.event_id WHERE w.id = $1");
+        let Some(row) = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let webhook = webhook_from_row(&row)?;
+        let rows = sqlx::query(
+            "SELECT number, started_at, duration_ms, status_code, error, body FROM attempts \
+             WHERE webhook_id = $1 ORDER BY number",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        let attempts = rows
+            .iter()
+            .map(|r| {
+                Ok(Attempt {
+                    number: r.try_get::<i64, _>("number")? as u32,
+                    started_at: Millis(r.try_get("started_at")?),
+                    duration_ms: r.try_get("duration_ms")?,
+                    status_code: r
+                        .try_get::<Option<i64>, _>("status_code")?
+                        .map(|c| c as u16),
+                    error: r.try_get("error")?,
+                    body: r.try_get("body")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some((webhook, attempts)))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        let mut counts = Counts::default();
+        let rows =
+            sqlx::query("SELECT type, status, COUNT(*) AS n FROM webhooks GROUP BY type, status")
+                .fetch_all(&self.reader)
+                .await?;
+        for r in rows {
+            let t: String = r.try_get("type")?;
+            let s: String = r.try_get("status")?;
+            let n: i64 = r.try_get("n")?;
+            counts.webhooks.push((
+                EventType::from_str(&t).map_err(corrupt)?,
+                WebhookStatus::parse(&s).map_err(corrupt)?,
+                n as u64,
+            ));
+        }
+        let rows = sqlx::query("SELECT type, COUNT(*) AS n FROM events GROUP BY type")
+            .fetch_all(&self.reader)
+            .await?;
+        for r in rows {
+            let t: String = r.try_get("type")?;
+            let n: i64 = r.try_get("n")?;
+            counts
+                .events
+                .push((EventType::from_str(&t).map_err(corrupt)?, n as u64));
+        }
+        Ok(counts)
+    }
+}
+
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+struct SqlTx {
+    tx: Transaction<'static, Any>,
+}
+
+#[async_trait]
+impl Tx for SqlTx {
+    async fn get(&mut self, id: &EntityId) -> Result<Option<Entity>> {
+        let row = sqlx::query("SELECT doc FROM entities WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.as_ref().map(entity_from_row).transpose()
+    }
+
+    async fn put(&mut self, entity: &Entity, now: Millis) -> Result<()> {
+        let doc = serde_json::to_string(entity).map_err(|e| corrupt(format!("entity: {e}")))?;
+        let id = entity.id().as_str();
+        sqlx::query(
+            "INSERT INTO entities (id, kind, doc, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
+             ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
+        )
+        .bind(id)
+        .bind(entity.kind().as_str())
+        .bind(doc)
+        .bind(now.0)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query("DELETE FROM entity_refs WHERE source = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        for target in entity.refs() {
+            sqlx::query("INSERT INTO entity_refs (target, source) VALUES ($1, $2)")
+                .bind(target.as_str())
+                .bind(id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&mut self, id: &EntityId) -> Result<()> {
+        sqlx::query("DELETE FROM entity_refs WHERE source = $1")
+            .bind(id.as_str())
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("DELETE FROM entities WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn referrers(
+        &mut self,
+        id: &EntityId,
+        kind: Option<Kind>,
+        limit: u32,
+    ) -> Result<Vec<Entity>> {
+        let rows = sqlx::query(
+            "SELECT e.doc FROM entity_refs r JOIN entities e ON e.id = r.source \
+             WHERE r.target = $1 AND ($2 = '' OR e.kind = $2) ORDER BY e.id LIMIT $3",
+        )
+        .bind(id.as_str())
+        .bind(kind.map_or("", Kind::as_str))
+        .bind(limit as i64)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(entity_from_row).collect()
+    }
+
+    async fn add_event(&mut self, event: &NewEvent, webhooks: &[NewWebhook]) -> Result<()> {
+        sqlx::query("INSERT INTO events (id, type, subject_id, data, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(event.id.as_str())
+            .bind(event.event_type.as_str())
+            .bind(event.subject_id.as_str())
+            .bind(event.data.as_str())
+            .bind(event.created_at.0)
+            .execute(&mut *self.tx)
+            .await?;
+        for w in webhooks {
+            sqlx::query(
+                "INSERT INTO webhooks (id, event_id, type, subject_id, level, level_id, url, created_at, status, \
+                 attempts, due_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $8, $8)",
+            )
+            .bind(w.id.as_str())
+            .bind(event.id.as_str())
+            .bind(event.event_type.as_str())
+            .bind(event.subject_id.as_str())
+            .bind(w.level.as_str())
+            .bind(w.level_id.as_str())
+            .bind(w.url.as_str())
+            .bind(event.created_at.0)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
