@@ -102,33 +102,35 @@ pub(crate) fn classify(err: &reqwest::Error) -> AttemptError {
 }
 
 /// The error and everything below it. `io::Error::source` skips the error it wraps (it
-/// returns the wrapped error's source), so wrapped errors are added explicitly: that is where
-/// tokio-rustls puts the `rustls::Error`.
+/// returns the wrapped error's source), so the walk steps into wrapped errors itself: that is
+/// where tokio-rustls puts the `rustls::Error`, sometimes two `io::Error`s deep.
 fn causes<'a>(err: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
     let mut chain = Vec::new();
     let mut next = Some(err);
     while let Some(cause) = next {
         chain.push(cause);
-        if let Some(inner) = cause
+        next = match cause
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
         {
-            chain.push(inner);
-        }
-        next = cause.source();
+            Some(wrapped) => Some(wrapped),
+            None => cause.source(),
+        };
     }
     chain
 }
 
 /// The causes below reqwest's top-level message, joined with `: `. The top level is left out
-/// because it contains the URL.
+/// because it contains the URL, and hyper-util's `client error (Connect)` because it only
+/// repeats what the error kind already says.
 fn describe(err: &reqwest::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in causes(err).into_iter().skip(1) {
         let text = cause.to_string();
-        if !parts.iter().any(|seen| seen.contains(&text)) {
-            parts.push(text);
+        if text.starts_with("client error (") || parts.iter().any(|seen| seen.contains(&text)) {
+            continue;
         }
+        parts.push(text);
     }
     if parts.is_empty() {
         "the request could not be completed".to_owned()
