@@ -2,7 +2,7 @@
 //!
 //! Owns the ranges a webhook must never reach (loopback, private, link-local, cloud metadata,
 //! ...) and the operator's allow-list that exempts chosen networks (`TIDINGS_SSRF_ALLOW`). It is
-//! pure: it never resolves a name nor opens a socket. The resolver in [`crate::resolver`] and
+//! pure: it never resolves a name nor opens a socket. The resolver in `resolver.rs` and
 //! the IP-literal check in [`crate::Egress`] ask it about every address just before connecting,
 //! so what is checked is exactly what is dialled.
 
