@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
+use crate::delivery::secrets::{self, SecretBox};
 use crate::domain::entities::{merge_patch, BuildContext, Entity, Input, User};
 use crate::domain::routing::{recipients, Ancestor};
 use crate::domain::validate::{FieldError, UrlRules};
@@ -95,6 +96,8 @@ pub struct Hierarchy {
     rules: HierarchyRules,
     /// Woken after every commit that queued webhooks, so the dispatcher starts at once.
     new_work: Arc<Notify>,
+    /// Seals each new level's signing secret.
+    keys: SecretBox,
 }
 
 impl Hierarchy {
@@ -103,17 +106,28 @@ impl Hierarchy {
         clock: Arc<dyn Clock>,
         rules: HierarchyRules,
         new_work: Arc<Notify>,
+        keys: SecretBox,
     ) -> Self {
         Hierarchy {
             store,
             clock,
             rules,
             new_work,
+            keys,
         }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    pub fn now(&self) -> crate::domain::Millis {
+        self.clock.now()
+    }
+
+    /// Wakes the dispatcher: work became due outside an API change (retry, recover).
+    pub fn wake_dispatcher(&self) {
+        self.new_work.notify_one();
     }
 
     /// Creates an entity of `kind` from a request body.
@@ -130,8 +144,48 @@ impl Hierarchy {
             find_user(&users, id)
         });
         tx.put(&entity, now).await?;
-        let applied = self.emit(tx, &entity, Action::Created, None).await?;
-        Ok(applied)
+        if entity.kind().level().is_some() {
+            // Every level gets its signing secret in the same transaction that creates it.
+            tx.put_secret(entity.id(), &self.keys.seal(&secrets::generate()), now)
+                .await?;
+        }
+        self.emit(tx, &entity, Action::Created, None).await
+    }
+
+    /// A level's current signing secret (`whsec_...`).
+    pub async fn secret(&self, kind: Kind, id: &str) -> Result<String, ChangeError> {
+        let level = self.level_id(kind, id).await?;
+        let sealed = self
+            .store
+            .secrets(&level)
+            .await?
+            .ok_or_else(|| ChangeError::NotFound {
+                kind,
+                id: id.to_owned(),
+            })?;
+        let secret = self
+            .keys
+            .open(&sealed.current)
+            .map_err(|e| ChangeError::Store(StoreError::Corrupt(e.to_string())))?;
+        Ok(secret.to_string())
+    }
+
+    /// Replaces a level's signing secret; the old one keeps signing for 24 hours.
+    pub async fn rotate_secret(&self, kind: Kind, id: &str) -> Result<String, ChangeError> {
+        let level = self.level_id(kind, id).await?;
+        let now = self.clock.now();
+        let new = secrets::generate();
+        let until = crate::domain::Millis(now.0 + secrets::ROTATION_OVERLAP_MS);
+        self.store
+            .rotate_secret(&level, &self.keys.seal(&new), until, now)
+            .await?;
+        tracing::info!(level = %level, "signing secret rotated; the previous one signs too for 24 h");
+        Ok(new.to_string())
+    }
+
+    async fn level_id(&self, kind: Kind, id: &str) -> Result<EntityId, ChangeError> {
+        let mut tx = self.store.read().await?;
+        Ok(get_kind(tx.as_mut(), kind, id).await?.id().clone())
     }
 
     /// Applies a JSON merge patch to an entity. A patch that changes nothing emits nothing.

@@ -40,6 +40,16 @@ pub struct Settings {
     pub digest_window: Duration,
     /// Base of participant URLs (`TIDINGS_MEETING_BASE_URL`).
     pub meeting_base_url: String,
+    /// Base64 key (32 bytes) that seals signing secrets at rest (`TIDINGS_SECRET_KEY`);
+    /// every instance on one database needs the same.
+    pub secret_key: Option<String>,
+    /// Where the sealing key is kept when `secret_key` is not set; made on first start
+    /// (`TIDINGS_SECRET_KEY_FILE`).
+    pub secret_key_file: PathBuf,
+    /// Attempts in flight at once (`TIDINGS_MAX_IN_FLIGHT`).
+    pub max_in_flight: usize,
+    /// Attempts in flight at once to one destination (`TIDINGS_PER_DESTINATION`).
+    pub per_destination: usize,
 }
 
 impl Default for Settings {
@@ -57,6 +67,10 @@ impl Default for Settings {
             mail_from: "tidings@localhost".into(),
             digest_window: Duration::from_secs(3600),
             meeting_base_url: "https://meet.example.com/meeting/".into(),
+            secret_key: None,
+            secret_key_file: PathBuf::from("tidings.key"),
+            max_in_flight: 512,
+            per_destination: 32,
         }
     }
 }
@@ -95,4 +109,8 @@ the environment wins over the file):
   TIDINGS_MAIL_FROM         sender of failure e-mails            [tidings@localhost]
   TIDINGS_DIGEST_WINDOW     failure e-mail gathering window      [1h]
   TIDINGS_MEETING_BASE_URL  base of participant URLs             [https://meet.example.com/meeting/]
+  TIDINGS_SECRET_KEY        base64 32-byte key sealing signing secrets [from the key file]
+  TIDINGS_SECRET_KEY_FILE   where that key is kept (made on first start) [tidings.key]
+  TIDINGS_MAX_IN_FLIGHT     delivery attempts in flight at once  [512]
+  TIDINGS_PER_DESTINATION   attempts in flight to one destination [32]
   RUST_LOG                  log filter, e.g. info or tidings=debug [info]";

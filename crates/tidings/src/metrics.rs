@@ -5,20 +5,30 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::changes::Applied;
-use crate::store::Counts;
+use crate::domain::Millis;
+use crate::store::{Counts, QueueStats};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
     pub r#type: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     events_created: Family<TypeLabel, Counter>,
     webhooks_created: Family<TypeLabel, Counter>,
+    attempts: Family<OutcomeLabel, Counter>,
+    attempt_duration: Histogram,
+    first_attempt_lag: Histogram,
 }
 
 impl Default for Metrics {
@@ -42,10 +52,34 @@ impl Metrics {
             "Webhooks queued by this process (one per receiving level), by event type",
             webhooks_created.clone(),
         );
+        let attempts = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "attempts",
+            "Delivery attempts by outcome (succeeded, http_status, timeout, connect, tls, refused, dns, invalid_url, transport, no_secret)",
+            attempts.clone(),
+        );
+        let buckets = [
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let attempt_duration = Histogram::new(buckets);
+        registry.register(
+            "attempt_duration_seconds",
+            "Duration of delivery attempts",
+            attempt_duration.clone(),
+        );
+        let first_attempt_lag = Histogram::new(buckets);
+        registry.register(
+            "first_attempt_lag_seconds",
+            "Delivery latency: from the event's acknowledgement to the start of its first attempt",
+            first_attempt_lag.clone(),
+        );
         Metrics {
             registry,
             events_created,
             webhooks_created,
+            attempts,
+            attempt_duration,
+            first_attempt_lag,
         }
     }
 
@@ -62,8 +96,18 @@ impl Metrics {
         }
     }
 
+    pub fn attempt(&self, outcome: &'static str, duration: std::time::Duration) {
+        self.attempts.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.attempt_duration.observe(duration.as_secs_f64());
+    }
+
+    pub fn first_attempt_lag(&self, millis: i64) {
+        self.first_attempt_lag
+            .observe(millis.max(0) as f64 / 1000.0);
+    }
+
     /// The text exposition: this process's counters, then the store's totals.
-    pub fn render(&self, counts: &Counts) -> String {
+    pub fn render(&self, counts: &Counts, queue: &QueueStats, now: Millis) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         // `encode` ends with "# EOF"; the store's gauges go before it.
@@ -86,6 +130,13 @@ impl Metrics {
                 s.as_str()
             ));
         }
+        out.push_str("# HELP tidings_queue_depth Webhooks waiting for an attempt or in flight.\n# TYPE tidings_queue_depth gauge\n");
+        out.push_str(&format!("tidings_queue_depth {}\n", queue.pending));
+        out.push_str("# HELP tidings_oldest_due_age_seconds How long the oldest due, unclaimed webhook has waited.\n# TYPE tidings_oldest_due_age_seconds gauge\n");
+        let age = queue
+            .oldest_due
+            .map_or(0.0, |t| (now.0 - t.0).max(0) as f64 / 1000.0);
+        out.push_str(&format!("tidings_oldest_due_age_seconds {age}\n"));
         out.push_str("# EOF\n");
         out
     }

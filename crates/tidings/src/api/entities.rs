@@ -47,6 +47,17 @@ pub fn routes() -> Router<AppState> {
                     .delete(move |s, p| remove(s, kind, p)),
             );
     }
+    for (name, kind) in COLLECTIONS.into_iter().filter(|(_, k)| k.level().is_some()) {
+        router = router
+            .route(
+                &format!("/v1/{name}/{{id}}/secret"),
+                get(move |s, p| secret(s, kind, p)),
+            )
+            .route(
+                &format!("/v1/{name}/{{id}}/secret/rotate"),
+                post(move |s, p| rotate(s, kind, p)),
+            );
+    }
     router.route("/v1/meetings/{id}/{moment}", post(moment))
 }
 
@@ -161,4 +172,30 @@ async fn moment(
     let applied = s.hierarchy.moment(&id, m).await?;
     s.metrics.applied(&applied);
     Ok(Json(applied.view))
+}
+
+/// `{"secret": "whsec_..."}`
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SecretBody {
+    pub secret: String,
+}
+
+async fn secret(
+    State(s): State<AppState>,
+    kind: Kind,
+    Path(id): Path<String>,
+) -> Result<Json<SecretBody>, ApiError> {
+    Ok(Json(SecretBody {
+        secret: s.hierarchy.secret(kind, &id).await?,
+    }))
+}
+
+async fn rotate(
+    State(s): State<AppState>,
+    kind: Kind,
+    Path(id): Path<String>,
+) -> Result<Json<SecretBody>, ApiError> {
+    Ok(Json(SecretBody {
+        secret: s.hierarchy.rotate_secret(kind, &id).await?,
+    }))
 }

@@ -1,7 +1,9 @@
 //! `/v1/webhooks`: what was sent where, and what the receivers answered.
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -10,12 +12,14 @@ use super::entities::{page_body, Page};
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::{payload, EntityId, EventType, Level, Millis};
-use crate::store::{Attempt, Webhook, WebhookFilter, WebhookStatus};
+use crate::store::{Attempt, RetryOutcome, Webhook, WebhookFilter, WebhookStatus};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/webhooks", get(list))
+        .route("/v1/webhooks/recover", post(recover))
         .route("/v1/webhooks/{id}", get(one))
+        .route("/v1/webhooks/{id}/retry", post(retry))
 }
 
 /// A webhook as the API shows it.
@@ -183,4 +187,72 @@ async fn one(
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(webhook_view(&w, Some(&attempts))))
+}
+
+async fn retry(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
+    let not_found = || ApiError::not_found(format!("webhook {id} not found"));
+    let wid = EntityId::parse(&id).map_err(|_| not_found())?;
+    match s.hierarchy.store().retry(&wid, s.hierarchy.now()).await? {
+        RetryOutcome::NotFound => return Err(not_found()),
+        RetryOutcome::InFlight => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "an attempt of this webhook is in flight; try again when it is recorded",
+            ))
+        }
+        RetryOutcome::Queued => {}
+    }
+    s.hierarchy.wake_dispatcher();
+    let (w, attempts) = s
+        .hierarchy
+        .store()
+        .webhook(&wid)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(webhook_view(&w, Some(&attempts))),
+    ))
+}
+
+/// `POST /v1/webhooks/recover` body: which level, and failed webhooks created since when.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverRequest {
+    pub level_id: EntityId,
+    #[schema(value_type = String)]
+    pub since: Millis,
+}
+
+async fn recover(
+    State(s): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let value = super::entities::json_body(&body)?;
+    let req: RecoverRequest = serde_path_to_error::deserialize(value).map_err(|e| {
+        ApiError::field(
+            "invalid_field",
+            crate::domain::validate::FieldError::new(
+                e.path().to_string(),
+                e.into_inner().to_string(),
+            ),
+        )
+    })?;
+    let n = s
+        .hierarchy
+        .store()
+        .recover(&req.level_id, req.since, s.hierarchy.now())
+        .await?;
+    if n > 0 {
+        s.hierarchy.wake_dispatcher();
+    }
+    tracing::info!(level = %req.level_id, since = %req.since.to_rfc3339(), count = n, "failed webhooks queued again");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "recovered": n })),
+    ))
 }

@@ -9,6 +9,7 @@ mod sql;
 
 use async_trait::async_trait;
 
+use crate::delivery::secrets::SealedSecrets;
 use crate::domain::entities::Entity;
 use crate::domain::{EntityId, EventType, Kind, Level, Millis};
 
@@ -130,6 +131,50 @@ pub struct Counts {
     pub events: Vec<(EventType, u64)>,
 }
 
+/// A webhook claimed for an attempt, with what the attempt needs.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub webhook: Webhook,
+    /// The receiving level's sealed signing secrets (`None` if the level has none stored).
+    pub secrets: Option<SealedSecrets>,
+}
+
+/// What happens to a webhook after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Succeeded,
+    /// Failed; the next attempt is due then.
+    RetryAt(Millis),
+    /// Failed its last attempt: the webhook is `failed` and a notification is queued.
+    Failed,
+}
+
+/// One finished attempt to record.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub webhook_id: EntityId,
+    pub attempt: Attempt,
+    pub next: Next,
+}
+
+/// What a manual retry found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    Queued,
+    NotFound,
+    /// An attempt is in flight right now; retrying would send it twice.
+    InFlight,
+}
+
+/// The delivery queue at a glance (for metrics).
+#[derive(Debug, Clone, Default)]
+pub struct QueueStats {
+    /// Webhooks waiting for an attempt (due now or later, or in flight).
+    pub pending: u64,
+    /// The due time of the oldest webhook that is due and not claimed.
+    pub oldest_due: Option<Millis>,
+}
+
 /// The store: reads, the write transaction, and the delivery queue.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -153,6 +198,52 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
 
     async fn counts(&self) -> Result<Counts>;
+
+    // --- the delivery queue ---
+
+    /// Claims up to `limit` due webhooks for `owner` until `lease_until`; a claim whose lease
+    /// ends without a recorded attempt (a crashed instance) becomes due again by itself.
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Claimed>>;
+
+    /// When the earliest waiting webhook is due (claimed ones count at their lease's end).
+    async fn next_due_at(&self) -> Result<Option<Millis>>;
+
+    /// Records finished attempts of webhooks claimed by `owner`, in one transaction.
+    async fn record(&self, owner: &str, results: &[Recorded], now: Millis) -> Result<()>;
+
+    /// Gives claimed webhooks back without an attempt, due at `due_at`.
+    async fn release(&self, owner: &str, ids: &[EntityId], due_at: Millis) -> Result<()>;
+
+    /// Ends every claim at once (single-instance stores at start: the old process is gone).
+    async fn release_all(&self, now: Millis) -> Result<u64>;
+
+    /// Makes one webhook due now (a failed one gets one more attempt).
+    async fn retry(&self, id: &EntityId, now: Millis) -> Result<RetryOutcome>;
+
+    /// Makes every failed webhook of a level created since `since` due now; returns how many.
+    async fn recover(&self, level_id: &EntityId, since: Millis, now: Millis) -> Result<u64>;
+
+    async fn queue_stats(&self, now: Millis) -> Result<QueueStats>;
+
+    // --- signing secrets ---
+
+    async fn secrets(&self, level_id: &EntityId) -> Result<Option<SealedSecrets>>;
+
+    /// Stores `current` as the level's secret; the old one (if any) keeps signing until
+    /// `previous_until`.
+    async fn rotate_secret(
+        &self,
+        level_id: &EntityId,
+        current: &str,
+        previous_until: Millis,
+        now: Millis,
+    ) -> Result<()>;
 }
 
 /// One transaction. Dropping it without `commit` rolls it back.
@@ -175,6 +266,9 @@ pub trait Tx: Send {
 
     /// Records an event and its webhooks (the outbox rows), all due now.
     async fn add_event(&mut self, event: &NewEvent, webhooks: &[NewWebhook]) -> Result<()>;
+
+    /// Stores a new level's sealed signing secret.
+    async fn put_secret(&mut self, level_id: &EntityId, sealed: &str, now: Millis) -> Result<()>;
 
     async fn commit(self: Box<Self>) -> Result<()>;
 }

@@ -13,9 +13,10 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 use super::{
-    Attempt, Counts, NewEvent, NewWebhook, Result, Store, StoreError, Tx, Webhook, WebhookFilter,
-    WebhookStatus,
+    Attempt, Claimed, Counts, NewEvent, NewWebhook, Next, QueueStats, Recorded, Result,
+    RetryOutcome, Store, StoreError, Tx, Webhook, WebhookFilter, WebhookStatus,
 };
+use crate::delivery::secrets::SealedSecrets;
 use crate::domain::entities::Entity;
 use crate::domain::{EntityId, EventType, Kind, Level, Millis};
 
@@ -272,6 +273,270 @@ impl Store for SqlStore {
         }
         Ok(counts)
     }
+
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Claimed>> {
+        self.claim(owner, now, lease_until, limit).await
+    }
+
+    async fn next_due_at(&self) -> Result<Option<Millis>> {
+        let row = sqlx::query("SELECT MIN(due_at) AS next FROM webhooks WHERE due_at IS NOT NULL")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>("next")?.map(Millis))
+    }
+
+    async fn record(&self, owner: &str, results: &[Recorded], now: Millis) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for r in results {
+            let (status, due_at) = match r.next {
+                Next::Succeeded => (WebhookStatus::Succeeded, None),
+                Next::RetryAt(t) => (WebhookStatus::Pending, Some(t.0)),
+                Next::Failed => (WebhookStatus::Failed, None),
+            };
+            let updated = sqlx::query(
+                "UPDATE webhooks SET status = $1, attempts = $2, due_at = $3, claimed_by = NULL, updated_at = $4 \
+                 WHERE id = $5 AND claimed_by = $6",
+            )
+            .bind(status.as_str())
+            .bind(r.attempt.number as i64)
+            .bind(due_at)
+            .bind(now.0)
+            .bind(r.webhook_id.as_str())
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                tracing::warn!(webhook = %r.webhook_id, "claim was lost before the attempt was recorded (lease ended); another attempt may follow");
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO attempts (webhook_id, number, started_at, duration_ms, status_code, error, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (webhook_id, number) DO NOTHING",
+            )
+            .bind(r.webhook_id.as_str())
+            .bind(r.attempt.number as i64)
+            .bind(r.attempt.started_at.0)
+            .bind(r.attempt.duration_ms)
+            .bind(r.attempt.status_code.map(i64::from))
+            .bind(r.attempt.error.as_deref())
+            .bind(r.attempt.body.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if r.next == Next::Failed {
+                sqlx::query(
+                    "INSERT INTO notifications (id, webhook_id, level_id, url, status, created_at, updated_at) \
+                     SELECT $1, id, level_id, url, 'queued', $2, $2 FROM webhooks WHERE id = $3 \
+                     ON CONFLICT (webhook_id) DO NOTHING",
+                )
+                .bind(EntityId::generate(now).as_str())
+                .bind(now.0)
+                .bind(r.webhook_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release(&self, owner: &str, ids: &[EntityId], due_at: Millis) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for id in ids {
+            sqlx::query("UPDATE webhooks SET due_at = $1, claimed_by = NULL WHERE id = $2 AND claimed_by = $3")
+                .bind(due_at.0)
+                .bind(id.as_str())
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_all(&self, now: Millis) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE webhooks SET due_at = $1, claimed_by = NULL WHERE claimed_by IS NOT NULL",
+        )
+        .bind(now.0)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn retry(&self, id: &EntityId, now: Millis) -> Result<RetryOutcome> {
+        let mut tx = self.writer.begin().await?;
+        let Some(row) = sqlx::query("SELECT claimed_by FROM webhooks WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(RetryOutcome::NotFound);
+        };
+        if row.try_get::<Option<String>, _>("claimed_by")?.is_some() {
+            return Ok(RetryOutcome::InFlight);
+        }
+        sqlx::query(
+            "UPDATE webhooks SET status = 'pending', due_at = $1, updated_at = $1 WHERE id = $2",
+        )
+        .bind(now.0)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(RetryOutcome::Queued)
+    }
+
+    async fn recover(&self, level_id: &EntityId, since: Millis, now: Millis) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE webhooks SET status = 'pending', due_at = $1, updated_at = $1 \
+             WHERE level_id = $2 AND status = 'failed' AND created_at >= $3",
+        )
+        .bind(now.0)
+        .bind(level_id.as_str())
+        .bind(since.0)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn queue_stats(&self, now: Millis) -> Result<QueueStats> {
+        let pending: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM webhooks WHERE due_at IS NOT NULL")
+                .fetch_one(&self.reader)
+                .await?
+                .try_get("n")?;
+        let oldest: Option<i64> = sqlx::query(
+            "SELECT MIN(due_at) AS t FROM webhooks WHERE due_at IS NOT NULL AND claimed_by IS NULL AND due_at <= $1",
+        )
+        .bind(now.0)
+        .fetch_one(&self.reader)
+        .await?
+        .try_get("t")?;
+        Ok(QueueStats {
+            pending: pending as u64,
+            oldest_due: oldest.map(Millis),
+        })
+    }
+
+    async fn secrets(&self, level_id: &EntityId) -> Result<Option<SealedSecrets>> {
+        let row = sqlx::query(
+            "SELECT current AS s_current, previous AS s_previous, previous_until AS s_previous_until \
+             FROM level_secrets WHERE level_id = $1",
+        )
+        .bind(level_id.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        match row {
+            Some(r) => secrets_from_row(&r),
+            None => Ok(None),
+        }
+    }
+
+    async fn rotate_secret(
+        &self,
+        level_id: &EntityId,
+        current: &str,
+        previous_until: Millis,
+        now: Millis,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO level_secrets (level_id, current, previous, previous_until, updated_at) \
+             VALUES ($1, $2, NULL, NULL, $3) ON CONFLICT (level_id) DO UPDATE SET \
+             previous = level_secrets.current, previous_until = $4, current = excluded.current, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(level_id.as_str())
+        .bind(current)
+        .bind(now.0)
+        .bind(previous_until.0)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+}
+
+/// `$1, $2, ...` for `n` values starting at `$first`.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn secrets_from_row(row: &AnyRow) -> Result<Option<SealedSecrets>> {
+    let current: Option<String> = row.try_get("s_current")?;
+    let previous: Option<String> = row.try_get("s_previous")?;
+    let until: Option<i64> = row.try_get("s_previous_until")?;
+    Ok(current.map(|current| SealedSecrets {
+        current,
+        previous: previous.zip(until.map(Millis)),
+    }))
+}
+
+impl SqlStore {
+    pub(crate) async fn claim(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Claimed>> {
+        let skip_locked = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "UPDATE webhooks SET due_at = $1, claimed_by = $2 WHERE id IN \
+             (SELECT id FROM webhooks WHERE due_at <= $3 ORDER BY due_at LIMIT $4{skip_locked}) RETURNING id"
+        );
+        let mut tx = self.writer.begin().await?;
+        let ids: Vec<String> = sqlx::query(&sql)
+            .bind(lease_until.0)
+            .bind(owner)
+            .bind(now.0)
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            tx.commit().await?;
+            return Ok(vec![]);
+        }
+        let sql = format!(
+            "SELECT {WEBHOOK_COLUMNS}, s.current AS s_current, s.previous AS s_previous, \
+             s.previous_until AS s_previous_until FROM webhooks w JOIN events e ON e.id = w.event_id \
+             LEFT JOIN level_secrets s ON s.level_id = w.level_id WHERE w.id IN ({})",
+            placeholders(1, ids.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for id in &ids {
+            q = q.bind(id.as_str());
+        }
+        let rows = q.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let mut claimed = rows
+            .iter()
+            .map(|r| {
+                Ok(Claimed {
+                    webhook: webhook_from_row(r)?,
+                    secrets: secrets_from_row(r)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        claimed.sort_by(|a, b| a.webhook.id.cmp(&b.webhook.id));
+        Ok(claimed)
+    }
 }
 
 enum Arg {
@@ -375,6 +640,19 @@ impl Tx for SqlTx {
             .execute(&mut *self.tx)
             .await?;
         }
+        Ok(())
+    }
+
+    async fn put_secret(&mut self, level_id: &EntityId, sealed: &str, now: Millis) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO level_secrets (level_id, current, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (level_id) DO NOTHING",
+        )
+        .bind(level_id.as_str())
+        .bind(sealed)
+        .bind(now.0)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 

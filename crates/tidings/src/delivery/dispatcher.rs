@@ -1,0 +1,425 @@
+//! The dispatcher: one loop that claims due webhooks, and one task per attempt.
+//!
+//! - **Durable**: a webhook is claimed with a lease (its `due_at` moves to the lease's end),
+//!   so if this process dies mid-attempt the webhook becomes due again by itself.
+//! - **Cheap when idle**: it sleeps until the earliest due time, or until told new work
+//!   arrived; it never scans rows that are not due.
+//! - **Isolated**: at most `per_destination` attempts run at once per destination (scheme,
+//!   host and port); a destination that is saturated gets its extra webhooks handed back for
+//!   later instead of holding slots that others need.
+//! - **Batched**: finished attempts are recorded together, in one transaction per batch.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tidings_egress::{Egress, HeaderMap, HeaderValue};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::secrets::{SecretBox, Signer};
+use crate::clock::Clock;
+use crate::domain::{payload, EntityId, Millis};
+use crate::metrics::Metrics;
+use crate::schedule::RetrySchedule;
+use crate::store::{Attempt, Claimed, Next, Recorded, Store};
+
+/// Limits and timings of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    pub schedule: RetrySchedule,
+    /// Per-attempt timeout; the lease is this plus a margin.
+    pub request_timeout: Duration,
+    /// Attempts in flight at once, over all destinations.
+    pub max_in_flight: usize,
+    /// Attempts in flight at once to one destination.
+    pub per_destination: usize,
+    /// Longest sleep when nothing is due (a safety net; new work wakes the loop at once).
+    pub idle_wake: Duration,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            schedule: RetrySchedule::default(),
+            request_timeout: Duration::from_secs(15),
+            max_in_flight: 512,
+            per_destination: 32,
+            idle_wake: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How long a saturated destination's extra webhooks wait before they are claimed again.
+const SATURATED_BACKOFF: Duration = Duration::from_secs(1);
+/// Largest number of attempts recorded in one transaction.
+const RECORD_BATCH: usize = 512;
+
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    egress: Egress,
+    clock: Arc<dyn Clock>,
+    keys: SecretBox,
+    metrics: Arc<Metrics>,
+    config: DispatcherConfig,
+    /// Names this instance's claims in the store.
+    owner: String,
+    new_work: Arc<Notify>,
+    in_flight: Arc<AtomicUsize>,
+    slot_freed: Arc<Notify>,
+    destinations: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn Store>,
+        egress: Egress,
+        clock: Arc<dyn Clock>,
+        keys: SecretBox,
+        metrics: Arc<Metrics>,
+        config: DispatcherConfig,
+        new_work: Arc<Notify>,
+    ) -> Self {
+        Dispatcher {
+            store,
+            egress,
+            clock,
+            keys,
+            metrics,
+            config,
+            owner: format!(
+                "{}-{}",
+                hostname(),
+                EntityId::generate(crate::domain::Millis(0)).as_str()[12..].to_owned()
+            ),
+            new_work,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            slot_freed: Arc::new(Notify::new()),
+            destinations: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Runs until `shutdown` fires, then waits for attempts in flight to be recorded.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Recorded>();
+        let recorder = tokio::spawn(record_loop(
+            self.store.clone(),
+            self.owner.clone(),
+            self.clock.clone(),
+            done_rx,
+            self.in_flight.clone(),
+            self.slot_freed.clone(),
+            self.new_work.clone(),
+        ));
+        let lease = self.config.request_timeout + Duration::from_secs(30);
+        tracing::info!(owner = %self.owner, schedule = %self.config.schedule, "dispatcher started");
+        while !shutdown.is_cancelled() {
+            let free = self
+                .config
+                .max_in_flight
+                .saturating_sub(self.in_flight.load(Ordering::SeqCst));
+            if free == 0 {
+                tokio::select! {
+                    _ = self.slot_freed.notified() => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                continue;
+            }
+            let now = self.clock.now();
+            let batch = match self
+                .store
+                .claim_due(&self.owner, now, now.plus(lease), free.min(256) as u32)
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming due webhooks failed; retrying in 1s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                let wait = match self.store.next_due_at().await {
+                    Ok(Some(t)) => Duration::from_millis((t.0 - now.0).max(0) as u64)
+                        .min(self.config.idle_wake),
+                    Ok(None) => self.config.idle_wake,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the next due time failed");
+                        Duration::from_secs(1)
+                    }
+                };
+                if wait.is_zero() {
+                    // Due rows exist but are all claimed by others or just released: yield.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                tokio::select! {
+                    _ = self.new_work.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                continue;
+            }
+            self.in_flight.fetch_add(batch.len(), Ordering::SeqCst);
+            let mut saturated = Vec::new();
+            for claimed in batch {
+                let dest = destination(&claimed.webhook.url);
+                let admitted = {
+                    let mut map = self.destinations.lock().expect("destination map poisoned");
+                    let n = map.entry(dest.clone()).or_insert(0);
+                    if *n < self.config.per_destination {
+                        *n += 1;
+                        true
+                    } else {
+                        false
+                    }
+                };
+                if !admitted {
+                    saturated.push(claimed.webhook.id);
+                    continue;
+                }
+                let job = Attempting {
+                    egress: self.egress.clone(),
+                    clock: self.clock.clone(),
+                    keys: self.keys.clone(),
+                    metrics: self.metrics.clone(),
+                    schedule: self.config.schedule.clone(),
+                    destinations: self.destinations.clone(),
+                    dest,
+                    done: done_tx.clone(),
+                };
+                tokio::spawn(job.run(claimed));
+            }
+            if !saturated.is_empty() {
+                let n = saturated.len();
+                tracing::debug!(
+                    count = n,
+                    "destination saturated; handing webhooks back for later"
+                );
+                if let Err(e) = self
+                    .store
+                    .release(
+                        &self.owner,
+                        &saturated,
+                        self.clock.now().plus(SATURATED_BACKOFF),
+                    )
+                    .await
+                {
+                    tracing::error!(error = %e, "handing back webhooks failed; their lease will end by itself");
+                }
+                self.in_flight.fetch_sub(n, Ordering::SeqCst);
+            }
+        }
+        tracing::info!(
+            in_flight = self.in_flight.load(Ordering::SeqCst),
+            "dispatcher stopping; waiting for attempts in flight"
+        );
+        drop(done_tx);
+        let grace = self.config.request_timeout + Duration::from_secs(5);
+        if tokio::time::timeout(grace, recorder).await.is_err() {
+            tracing::warn!(
+                "attempts still in flight at shutdown; they will be sent again after restart"
+            );
+        }
+    }
+}
+
+/// One attempt of one webhook.
+struct Attempting {
+    egress: Egress,
+    clock: Arc<dyn Clock>,
+    keys: SecretBox,
+    metrics: Arc<Metrics>,
+    schedule: RetrySchedule,
+    destinations: Arc<Mutex<HashMap<String, usize>>>,
+    dest: String,
+    done: mpsc::UnboundedSender<Recorded>,
+}
+
+impl Attempting {
+    async fn run(self, claimed: Claimed) {
+        let w = &claimed.webhook;
+        let number = w.attempts + 1;
+        let started = self.clock.now();
+        if w.attempts == 0 {
+            // A first attempt was due when the event was acknowledged.
+            self.metrics.first_attempt_lag(started.0 - w.created_at.0);
+        }
+        let body = payload::body(&w.id, w.created_at, number, w.event_type, &w.data);
+        let (status_code, error, excerpt, duration_ms, outcome_label) =
+            match self.sign(&claimed, started, &body) {
+                Err(reason) => (None, Some(reason), String::new(), 0, "no_secret"),
+                Ok(headers) => {
+                    let outcome = self.egress.post(&w.url, &headers, Bytes::from(body)).await;
+                    let label = outcome_label(&outcome);
+                    let ms = outcome.duration.as_millis() as i64;
+                    self.metrics.attempt(label, outcome.duration);
+                    (
+                        outcome.status,
+                        outcome.error.map(|e| e.to_string()),
+                        outcome.body_excerpt,
+                        ms,
+                        label,
+                    )
+                }
+            };
+        let succeeded = outcome_label == "succeeded";
+        let finished = self.clock.now();
+        let next = if succeeded {
+            Next::Succeeded
+        } else {
+            match self.schedule.delay_after(number) {
+                Some(d) if number < self.schedule.max_attempts() => Next::RetryAt(finished.plus(d)),
+                _ => Next::Failed,
+            }
+        };
+        match &error {
+            None => tracing::debug!(webhook = %w.id, attempt = number, "delivered"),
+            Some(e) => {
+                tracing::info!(webhook = %w.id, attempt = number, error = %e, next = ?next, "attempt failed")
+            }
+        }
+        if next == Next::Failed {
+            tracing::warn!(webhook = %w.id, level = %w.level_id, attempts = number, "webhook failed for good; notification queued");
+        }
+        {
+            let mut map = self.destinations.lock().expect("destination map poisoned");
+            if let Some(n) = map.get_mut(&self.dest) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.dest);
+                }
+            }
+        }
+        let attempt = Attempt {
+            number,
+            started_at: started,
+            duration_ms,
+            status_code,
+            error,
+            body: excerpt,
+        };
+        let _ = self.done.send(Recorded {
+            webhook_id: w.id.clone(),
+            attempt,
+            next,
+        });
+    }
+
+    /// The Standard Webhooks headers for this attempt.
+    fn sign(&self, claimed: &Claimed, now: Millis, body: &str) -> Result<HeaderMap, String> {
+        let sealed = claimed
+            .secrets
+            .as_ref()
+            .ok_or("the receiving level has no signing secret")?;
+        let signer = Signer::open(sealed, now, &self.keys)
+            .map_err(|e| format!("signing secret unavailable: {e}"))?;
+        let ts = now.0.div_euclid(1000);
+        let w = &claimed.webhook;
+        let mut h = HeaderMap::with_capacity(3);
+        let value = |s: String| HeaderValue::from_str(&s).map_err(|e| e.to_string());
+        h.insert("webhook-id", value(w.id.to_string())?);
+        h.insert("webhook-timestamp", value(ts.to_string())?);
+        h.insert(
+            "webhook-signature",
+            value(signer.signature(w.id.as_str(), ts, body.as_bytes()))?,
+        );
+        Ok(h)
+    }
+}
+
+fn outcome_label(o: &tidings_egress::Outcome) -> &'static str {
+    use tidings_egress::AttemptError as E;
+    match &o.error {
+        None if o.is_success() => "succeeded",
+        None => "http_status",
+        Some(E::Status(_)) => "http_status",
+        Some(E::Refused { .. }) => "refused",
+        Some(E::Timeout) => "timeout",
+        Some(E::Connect(_)) => "connect",
+        Some(E::Tls(_)) => "tls",
+        Some(E::Dns(_)) => "dns",
+        Some(E::InvalidUrl(_)) | Some(E::SchemeNotAllowed { .. }) => "invalid_url",
+        Some(_) => "transport",
+    }
+}
+
+/// Records finished attempts in batches; a failed write is retried, never dropped.
+async fn record_loop(
+    store: Arc<dyn Store>,
+    owner: String,
+    clock: Arc<dyn Clock>,
+    mut rx: mpsc::UnboundedReceiver<Recorded>,
+    in_flight: Arc<AtomicUsize>,
+    slot_freed: Arc<Notify>,
+    new_work: Arc<Notify>,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < RECORD_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        loop {
+            match store.record(&owner, &batch, clock.now()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, count = batch.len(), "recording attempts failed; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        in_flight.fetch_sub(batch.len(), Ordering::SeqCst);
+        batch.clear();
+        slot_freed.notify_one();
+        // A recorded failure may have made the next due time earlier than the loop's sleep.
+        new_work.notify_one();
+    }
+}
+
+/// The destination a URL names, for per-destination limits: scheme, host and port.
+fn destination(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => url.to_owned(),
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tidings".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_are_scheme_host_and_port() {
+        assert_eq!(
+            destination("https://a.example/x?y"),
+            "https://a.example:443"
+        );
+        assert_eq!(
+            destination("https://a.example:8443/x"),
+            "https://a.example:8443"
+        );
+        assert_eq!(destination("http://A.example/"), "http://a.example:80");
+    }
+}

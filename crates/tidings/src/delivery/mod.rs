@@ -1,0 +1,13 @@
+//! Delivery: turns due webhooks into signed HTTPS POSTs and records what came back.
+//!
+//! - [`secrets`]: each level's signing secret, sealed at rest, rotated with an overlap.
+//! - [`dispatcher`]: claims due webhooks from the store, sends them with the guarded client
+//!   (`tidings-egress`), isolates destinations from each other, and records every attempt.
+//!
+//! Delivery never decides who receives an event (that was fixed when the webhook was made)
+//! and never changes a webhook's URL snapshot or payload.
+
+pub mod dispatcher;
+pub mod secrets;
+
+pub use dispatcher::{Dispatcher, DispatcherConfig};
