@@ -30,9 +30,10 @@ pub enum Backend {
 }
 
 pub struct SqlStore {
-    backend: Backend,
-    writer: AnyPool,
-    reader: AnyPool,
+    pub(super) backend: Backend,
+    /// On SQLite a pool of one connection: the single writer.
+    pub(super) writer: AnyPool,
+    pub(super) reader: AnyPool,
 }
 
 impl SqlStore {
