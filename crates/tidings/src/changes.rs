@@ -198,7 +198,7 @@ impl Hierarchy {
         }
         let now = self.clock.now();
         let mut tx = self.store.write().await?;
-        let current = get_kind(tx.as_mut(), kind, id).await?;
+        let current = get_for_change(tx.as_mut(), kind, id).await?;
         let mut form = Input::of(&current).to_json();
         merge_patch(&mut form, &patch);
         let input = Input::parse(kind, form).map_err(ChangeError::Invalid)?;
@@ -228,7 +228,7 @@ impl Hierarchy {
     /// Deletes an entity that nothing refers to any more.
     pub async fn delete(&self, kind: Kind, id: &str) -> Result<Applied, ChangeError> {
         let mut tx = self.store.write().await?;
-        let current = get_kind(tx.as_mut(), kind, id).await?;
+        let current = get_for_change(tx.as_mut(), kind, id).await?;
         let children = tx.referrers(current.id(), None, 5).await?;
         if !children.is_empty() {
             let names: Vec<String> = children
@@ -248,7 +248,7 @@ impl Hierarchy {
     pub async fn moment(&self, id: &str, moment: Moment) -> Result<Applied, ChangeError> {
         let now = self.clock.now();
         let mut tx = self.store.write().await?;
-        let Entity::Meeting(mut meeting) = get_kind(tx.as_mut(), Kind::Meeting, id).await? else {
+        let Entity::Meeting(mut meeting) = get_for_change(tx.as_mut(), Kind::Meeting, id).await? else {
             unreachable!("get_kind checked the kind")
         };
         match moment {
@@ -378,12 +378,19 @@ async fn ancestors(tx: &mut dyn Tx, entity: &Entity) -> Result<Vec<Ancestor>, St
 }
 
 async fn get_kind(tx: &mut dyn Tx, kind: Kind, id: &str) -> Result<Entity, ChangeError> {
-    let not_found = || ChangeError::NotFound {
-        kind,
-        id: id.to_owned(),
-    };
+    get_kind_as(tx, kind, id, false).await
+}
+
+/// Reads the entity a change is about, locking it against concurrent changes.
+async fn get_for_change(tx: &mut dyn Tx, kind: Kind, id: &str) -> Result<Entity, ChangeError> {
+    get_kind_as(tx, kind, id, true).await
+}
+
+async fn get_kind_as(tx: &mut dyn Tx, kind: Kind, id: &str, for_change: bool) -> Result<Entity, ChangeError> {
+    let not_found = || ChangeError::NotFound { kind, id: id.to_owned() };
     let id = EntityId::parse(id).map_err(|_| not_found())?;
-    match tx.get(&id).await? {
+    let found = if for_change { tx.get_for_change(&id).await? } else { tx.get(&id).await? };
+    match found {
         Some(e) if e.kind() == kind => Ok(e),
         _ => Err(not_found()),
     }

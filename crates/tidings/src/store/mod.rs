@@ -249,7 +249,12 @@ pub trait Store: Send + Sync + 'static {
 /// One transaction. Dropping it without `commit` rolls it back.
 #[async_trait]
 pub trait Tx: Send {
+    /// Reads an entity; in a write transaction it cannot be deleted until commit.
     async fn get(&mut self, id: &EntityId) -> Result<Option<Entity>>;
+
+    /// Reads an entity that this transaction will change or delete; concurrent changes of
+    /// it wait for this transaction (no lost updates).
+    async fn get_for_change(&mut self, id: &EntityId) -> Result<Option<Entity>>;
 
     /// Inserts or replaces an entity and the references it makes.
     async fn put(&mut self, entity: &Entity, now: Millis) -> Result<()>;

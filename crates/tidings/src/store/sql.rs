@@ -143,15 +143,18 @@ impl Store for SqlStore {
     }
 
     async fn write(&self) -> Result<Box<dyn Tx>> {
-        Ok(Box::new(SqlTx {
-            tx: self.writer.begin().await?,
-        }))
+        // SQLite has one writer, so reads inside a write transaction are stable already.
+        // PostgreSQL runs writers side by side: rows read as references are share-locked (a
+        // parent cannot be deleted under a new child), rows about to change are locked.
+        let locks = match self.backend {
+            Backend::Sqlite => RowLocks::NONE,
+            Backend::Postgres => RowLocks { reference: " FOR SHARE", change: " FOR UPDATE" },
+        };
+        Ok(Box::new(SqlTx { tx: self.writer.begin().await?, locks }))
     }
 
     async fn read(&self) -> Result<Box<dyn Tx>> {
-        Ok(Box::new(SqlTx {
-            tx: self.reader.begin().await?,
-        }))
+        Ok(Box::new(SqlTx { tx: self.reader.begin().await?, locks: RowLocks::NONE }))
     }
 
     async fn list(&self, kind: Kind, after: Option<&EntityId>, limit: u32) -> Result<Vec<Entity>> {
@@ -547,16 +550,38 @@ enum Arg {
 
 struct SqlTx {
     tx: Transaction<'static, Any>,
+    locks: RowLocks,
+}
+
+/// The row-lock clauses a transaction adds to its reads.
+#[derive(Clone, Copy)]
+struct RowLocks {
+    reference: &'static str,
+    change: &'static str,
+}
+
+impl RowLocks {
+    const NONE: RowLocks = RowLocks { reference: "", change: "" };
+}
+
+impl SqlTx {
+    async fn get_locked(&mut self, id: &EntityId, lock: &str) -> Result<Option<Entity>> {
+        let sql = format!("SELECT doc FROM entities WHERE id = $1{lock}");
+        let row = sqlx::query(&sql).bind(id.as_str()).fetch_optional(&mut *self.tx).await?;
+        row.as_ref().map(entity_from_row).transpose()
+    }
 }
 
 #[async_trait]
 impl Tx for SqlTx {
     async fn get(&mut self, id: &EntityId) -> Result<Option<Entity>> {
-        let row = sqlx::query("SELECT doc FROM entities WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&mut *self.tx)
-            .await?;
-        row.as_ref().map(entity_from_row).transpose()
+        let lock = self.locks.reference;
+        self.get_locked(id, lock).await
+    }
+
+    async fn get_for_change(&mut self, id: &EntityId) -> Result<Option<Entity>> {
+        let lock = self.locks.change;
+        self.get_locked(id, lock).await
     }
 
     async fn put(&mut self, entity: &Entity, now: Millis) -> Result<()> {
