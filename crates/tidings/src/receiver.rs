@@ -189,10 +189,10 @@ async fn receive(
     let is_new = receiver.seen.lock().expect("lock").insert(&webhook.id);
     if !is_new {
         tracing::info!(
-            event_type = %webhook.event_type,
-            id = %webhook.id,
-            attempt = webhook.attempt,
-            "repeat of a webhook already received; ignored"
+            "repeat of {} {} (attempt {}); ignored",
+            webhook.event_type,
+            webhook.id,
+            webhook.attempt
         );
         return reply(StatusCode::OK, json!({ "status": "repeat" }));
     }
@@ -200,10 +200,10 @@ async fn receive(
     // 4. Your code goes here; this example only logs the webhook.
     let data = serde_json::to_string_pretty(&webhook.data).unwrap_or_default();
     tracing::info!(
-        event_type = %webhook.event_type,
-        id = %webhook.id,
-        attempt = webhook.attempt,
-        "webhook received, data:\n{data}"
+        "received {} {} (attempt {}), data:\n{data}",
+        webhook.event_type,
+        webhook.id,
+        webhook.attempt
     );
     reply(StatusCode::OK, json!({ "status": "received" }))
 }

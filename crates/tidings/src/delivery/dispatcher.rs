@@ -114,6 +114,7 @@ impl Dispatcher {
             self.slot_freed.clone(),
             self.new_work.clone(),
         ));
+        self.store.listen_for_work(self.new_work.clone());
         let lease = self.config.request_timeout + Duration::from_secs(30);
         tracing::info!(owner = %self.owner, schedule = %self.config.schedule, "dispatcher started");
         while !shutdown.is_cancelled() {

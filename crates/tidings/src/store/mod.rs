@@ -211,6 +211,10 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Claimed>>;
 
+    /// Wakes `wake` whenever another instance queues work (PostgreSQL LISTEN/NOTIFY); a
+    /// no-op where one process owns the store.
+    fn listen_for_work(&self, wake: std::sync::Arc<tokio::sync::Notify>);
+
     /// When the earliest waiting webhook is due (claimed ones count at their lease's end).
     async fn next_due_at(&self) -> Result<Option<Millis>>;
 

@@ -6,6 +6,10 @@
 //! (WAL lets them run beside the writer).
 
 use std::str::FromStr;
+use std::sync::Arc;
+
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
 
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -31,6 +35,8 @@ pub enum Backend {
 
 pub struct SqlStore {
     pub(super) backend: Backend,
+    /// The database URL, for the PostgreSQL listener connection.
+    url: String,
     /// On SQLite a pool of one connection: the single writer.
     pub(super) writer: AnyPool,
     pub(super) reader: AnyPool,
@@ -51,22 +57,14 @@ impl SqlStore {
             let writer = sqlite_pool(1).connect(&url).await?;
             SQLITE_MIGRATIONS.run(&writer).await?;
             let reader = sqlite_pool(4).connect(&url).await?;
-            SqlStore {
-                backend: Backend::Sqlite,
-                writer,
-                reader,
-            }
+            SqlStore { backend: Backend::Sqlite, url, writer, reader }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = AnyPoolOptions::new()
                 .max_connections(16)
                 .connect(url)
                 .await?;
             POSTGRES_MIGRATIONS.run(&pool).await?;
-            SqlStore {
-                backend: Backend::Postgres,
-                writer: pool.clone(),
-                reader: pool,
-            }
+            SqlStore { backend: Backend::Postgres, url: url.to_owned(), writer: pool.clone(), reader: pool }
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
@@ -150,11 +148,12 @@ impl Store for SqlStore {
             Backend::Sqlite => RowLocks::NONE,
             Backend::Postgres => RowLocks { reference: " FOR SHARE", change: " FOR UPDATE" },
         };
-        Ok(Box::new(SqlTx { tx: self.writer.begin().await?, locks }))
+        let signal_work = self.backend == Backend::Postgres;
+        Ok(Box::new(SqlTx { tx: self.writer.begin().await?, locks, signal_work }))
     }
 
     async fn read(&self) -> Result<Box<dyn Tx>> {
-        Ok(Box::new(SqlTx { tx: self.reader.begin().await?, locks: RowLocks::NONE }))
+        Ok(Box::new(SqlTx { tx: self.reader.begin().await?, locks: RowLocks::NONE, signal_work: false }))
     }
 
     async fn list(&self, kind: Kind, after: Option<&EntityId>, limit: u32) -> Result<Vec<Entity>> {
@@ -286,6 +285,34 @@ impl Store for SqlStore {
         limit: u32,
     ) -> Result<Vec<Claimed>> {
         self.claim(owner, now, lease_until, limit).await
+    }
+
+    fn listen_for_work(&self, wake: Arc<Notify>) {
+        if self.backend != Backend::Postgres {
+            return; // one process per SQLite file: in-process wake-ups are enough
+        }
+        let url = self.url.clone();
+        tokio::spawn(async move {
+            loop {
+                match PgListener::connect(&url).await {
+                    Ok(mut listener) => {
+                        if let Err(e) = listener.listen(WORK_CHANNEL).await {
+                            tracing::warn!(error = %e, "LISTEN failed; retrying in 1s");
+                        } else {
+                            tracing::debug!("listening for work queued by other instances");
+                            while listener.recv().await.is_ok() {
+                                wake.notify_one();
+                            }
+                            tracing::warn!("lost the LISTEN connection; reconnecting");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot open the LISTEN connection; retrying in 1s"),
+                }
+                // Whatever was queued meanwhile is found by the next claim.
+                wake.notify_one();
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
     }
 
     async fn next_due_at(&self) -> Result<Option<Millis>> {
@@ -551,7 +578,12 @@ enum Arg {
 struct SqlTx {
     tx: Transaction<'static, Any>,
     locks: RowLocks,
+    /// Tell other instances (LISTEN/NOTIFY, sent at commit) when webhooks are queued.
+    signal_work: bool,
 }
+
+/// The PostgreSQL channel on which instances announce newly queued work.
+pub const WORK_CHANNEL: &str = "tidings_work";
 
 /// The row-lock clauses a transaction adds to its reads.
 #[derive(Clone, Copy)]
@@ -642,6 +674,10 @@ impl Tx for SqlTx {
     }
 
     async fn add_event(&mut self, event: &NewEvent, webhooks: &[NewWebhook]) -> Result<()> {
+        if self.signal_work && !webhooks.is_empty() {
+            // Delivered to listeners only if and when this transaction commits.
+            sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut *self.tx).await?;
+        }
         sqlx::query("INSERT INTO events (id, type, subject_id, data, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(event.id.as_str())
             .bind(event.event_type.as_str())
