@@ -77,7 +77,7 @@ impl Default for Settings {
 
 impl Settings {
     /// Loads defaults, then the TOML file if given, then the environment.
-    pub fn load(file: Option<&Path>) -> Result<Settings, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Settings, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
@@ -90,6 +90,7 @@ impl Settings {
                 "receiver_tls_key",
             ]))
             .extract()
+            .map_err(Box::new)
     }
 }
 

@@ -1,0 +1,61 @@
+//! Opens each kind of store the suite runs against: a temporary SQLite file and a fresh
+//! PostgreSQL database. PostgreSQL is required: a missing server fails the test, never skips.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use sqlx::Connection;
+use tidings::store::{SqlStore, Store};
+
+/// The PostgreSQL server the tests use (a database is created per test).
+pub fn postgres_admin_url() -> String {
+    std::env::var("TIDINGS_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh, empty PostgreSQL database; returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL is required for the store tests at {admin} (set TIDINGS_TEST_POSTGRES_URL): {e}")
+    });
+    // Leftovers of earlier runs: dropping a database that is in use fails, so only
+    // abandoned ones go.
+    let old: Vec<(String,)> = sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'tidings_test_%'")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+    for (db,) in old {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db}")).execute(&mut conn).await;
+    }
+    let name = format!("tidings_test_{}", tidings::domain::EntityId::generate(tidings::domain::Millis(0)).as_str()[12..].to_owned());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+    let mut url = url::Url::parse(&admin).expect("admin URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+/// A store of each backend, with something to keep alive (the temp dir) while it is used.
+pub struct TestStore {
+    pub name: &'static str,
+    pub url: String,
+    pub store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub async fn sqlite() -> TestStore {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = Arc::new(SqlStore::open(&url).await.expect("open sqlite"));
+    TestStore { name: "sqlite", url, store, _dir: Some(dir) }
+}
+
+pub async fn postgres() -> TestStore {
+    let url = fresh_postgres_database().await;
+    let store = Arc::new(SqlStore::open(&url).await.expect("open postgres"));
+    TestStore { name: "postgres", url, store, _dir: None }
+}
+
+pub async fn both() -> Vec<TestStore> {
+    vec![sqlite().await, postgres().await]
+}
