@@ -19,16 +19,20 @@ pub async fn fresh_postgres_database() -> String {
     let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
         panic!("PostgreSQL is required for the store tests at {admin} (set TIDINGS_TEST_POSTGRES_URL): {e}")
     });
-    // Leftovers of earlier runs: dropping a database that is in use fails, so only
-    // abandoned ones go.
+    // The name starts with the creation time (the id's first 12 hex digits are milliseconds),
+    // so leftovers of runs more than an hour old can be dropped without touching live ones.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let old: Vec<(String,)> = sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'tidings_test_%'")
         .fetch_all(&mut conn)
         .await
         .unwrap_or_default();
     for (db,) in old {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db}")).execute(&mut conn).await;
+        let created = i64::from_str_radix(db.trim_start_matches("tidings_test_").get(..12).unwrap_or(""), 16).unwrap_or(now);
+        if now - created > 3_600_000 {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db}")).execute(&mut conn).await;
+        }
     }
-    let name = format!("tidings_test_{}", tidings::domain::EntityId::generate(tidings::domain::Millis(0)).as_str()[12..].to_owned());
+    let name = format!("tidings_test_{}", tidings::domain::EntityId::generate(tidings::domain::Millis(now)));
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
     let mut url = url::Url::parse(&admin).expect("admin URL");
     url.set_path(&format!("/{name}"));
