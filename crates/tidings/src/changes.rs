@@ -18,6 +18,7 @@ use crate::domain::routing::{recipients, Ancestor};
 use crate::domain::validate::{FieldError, UrlRules};
 use crate::domain::{Action, EntityId, EventType, Kind};
 use crate::store::{NewEvent, NewWebhook, Store, StoreError, Tx};
+use crate::tenancy::Principal;
 use crate::views::view;
 
 /// Why a change was refused.
@@ -31,6 +32,9 @@ pub enum ChangeError {
     InvalidReference(FieldError),
     #[error("{0}")]
     Conflict(String),
+    /// The key may not do this at all (not: may not see this object, which is `NotFound`).
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -131,18 +135,20 @@ impl Hierarchy {
     }
 
     /// Creates an entity of `kind` from a request body.
-    pub async fn create(&self, kind: Kind, body: Value) -> Result<Applied, ChangeError> {
+    pub async fn create(&self, who: &Principal, kind: Kind, body: Value) -> Result<Applied, ChangeError> {
+        operator_only_for_packages(who, kind)?;
         let input = Input::parse(kind, body).map_err(ChangeError::Invalid)?;
         input
             .validate(self.rules.url_rules)
             .map_err(ChangeError::Invalid)?;
         let now = self.clock.now();
         let mut tx = self.store.write().await?;
-        check_references(tx.as_mut(), &input).await?;
+        check_references(tx.as_mut(), who, &input, None).await?;
         let users = load_agents(tx.as_mut(), &input).await?;
         let entity = input.build(EntityId::generate(now), None, &self.context(), &|id| {
             find_user(&users, id)
         });
+        ensure_within(tx.as_mut(), who, &entity).await?;
         tx.put(&entity, now).await?;
         if entity.kind().level().is_some() {
             // Every level gets its signing secret in the same transaction that creates it.
@@ -153,8 +159,8 @@ impl Hierarchy {
     }
 
     /// A level's current signing secret (`whsec_...`).
-    pub async fn secret(&self, kind: Kind, id: &str) -> Result<String, ChangeError> {
-        let level = self.level_id(kind, id).await?;
+    pub async fn secret(&self, who: &Principal, kind: Kind, id: &str) -> Result<String, ChangeError> {
+        let level = self.level_id(who, kind, id).await?;
         let sealed = self
             .store
             .secrets(&level)
@@ -171,8 +177,8 @@ impl Hierarchy {
     }
 
     /// Replaces a level's signing secret; the old one keeps signing for 24 hours.
-    pub async fn rotate_secret(&self, kind: Kind, id: &str) -> Result<String, ChangeError> {
-        let level = self.level_id(kind, id).await?;
+    pub async fn rotate_secret(&self, who: &Principal, kind: Kind, id: &str) -> Result<String, ChangeError> {
+        let level = self.level_id(who, kind, id).await?;
         let now = self.clock.now();
         let new = secrets::generate();
         let until = crate::domain::Millis(now.0 + secrets::ROTATION_OVERLAP_MS);
@@ -183,13 +189,25 @@ impl Hierarchy {
         Ok(new.to_string())
     }
 
-    async fn level_id(&self, kind: Kind, id: &str) -> Result<EntityId, ChangeError> {
+    async fn level_id(&self, who: &Principal, kind: Kind, id: &str) -> Result<EntityId, ChangeError> {
         let mut tx = self.store.read().await?;
-        Ok(get_kind(tx.as_mut(), kind, id).await?.id().clone())
+        Ok(get_visible(tx.as_mut(), who, kind, id, false).await?.id().clone())
+    }
+
+    /// Whether the level `level_id` lies in the principal's subtree (for webhooks, e-mails).
+    pub async fn sees_level(&self, who: &Principal, level_id: &EntityId) -> Result<bool, ChangeError> {
+        if who.is_operator() {
+            return Ok(true);
+        }
+        let mut tx = self.store.read().await?;
+        match tx.get(level_id).await? {
+            Some(e) => Ok(sees(tx.as_mut(), who, &e).await?),
+            None => Ok(false),
+        }
     }
 
     /// Applies a JSON merge patch to an entity. A patch that changes nothing emits nothing.
-    pub async fn patch(&self, kind: Kind, id: &str, patch: Value) -> Result<Applied, ChangeError> {
+    pub async fn patch(&self, who: &Principal, kind: Kind, id: &str, patch: Value) -> Result<Applied, ChangeError> {
         if !patch.is_object() {
             return Err(ChangeError::Invalid(FieldError::new(
                 "",
@@ -198,14 +216,15 @@ impl Hierarchy {
         }
         let now = self.clock.now();
         let mut tx = self.store.write().await?;
-        let current = get_for_change(tx.as_mut(), kind, id).await?;
+        let current = get_visible(tx.as_mut(), who, kind, id, true).await?;
+        operator_only_for_packages(who, kind)?;
         let mut form = Input::of(&current).to_json();
         merge_patch(&mut form, &patch);
         let input = Input::parse(kind, form).map_err(ChangeError::Invalid)?;
         input
             .validate(self.rules.url_rules)
             .map_err(ChangeError::Invalid)?;
-        check_references(tx.as_mut(), &input).await?;
+        check_references(tx.as_mut(), who, &input, Some(&current)).await?;
         let users = load_agents(tx.as_mut(), &input).await?;
         let entity = input.build(
             current.id().clone(),
@@ -213,6 +232,10 @@ impl Hierarchy {
             &self.context(),
             &|id| find_user(&users, id),
         );
+        if who.own_level() == Some(current.id()) && entity.up() != current.up() {
+            return Err(ChangeError::Forbidden("a key cannot move its own level".into()));
+        }
+        ensure_within(tx.as_mut(), who, &entity).await?;
         if entity == current {
             let view = view(tx.as_mut(), &current).await?;
             return Ok(Applied {
@@ -226,9 +249,13 @@ impl Hierarchy {
     }
 
     /// Deletes an entity that nothing refers to any more.
-    pub async fn delete(&self, kind: Kind, id: &str) -> Result<Applied, ChangeError> {
+    pub async fn delete(&self, who: &Principal, kind: Kind, id: &str) -> Result<Applied, ChangeError> {
         let mut tx = self.store.write().await?;
-        let current = get_for_change(tx.as_mut(), kind, id).await?;
+        let current = get_visible(tx.as_mut(), who, kind, id, true).await?;
+        operator_only_for_packages(who, kind)?;
+        if who.own_level() == Some(current.id()) {
+            return Err(ChangeError::Forbidden("a key cannot delete its own level".into()));
+        }
         let children = tx.referrers(current.id(), None, 5).await?;
         if !children.is_empty() {
             let names: Vec<String> = children
@@ -245,10 +272,10 @@ impl Hierarchy {
     }
 
     /// Records a meeting moment (start, end, takeover, ...) and emits its event.
-    pub async fn moment(&self, id: &str, moment: Moment) -> Result<Applied, ChangeError> {
+    pub async fn moment(&self, who: &Principal, id: &str, moment: Moment) -> Result<Applied, ChangeError> {
         let now = self.clock.now();
         let mut tx = self.store.write().await?;
-        let Entity::Meeting(mut meeting) = get_for_change(tx.as_mut(), Kind::Meeting, id).await? else {
+        let Entity::Meeting(mut meeting) = get_visible(tx.as_mut(), who, Kind::Meeting, id, true).await? else {
             unreachable!("get_kind checked the kind")
         };
         match moment {
@@ -267,26 +294,32 @@ impl Hierarchy {
     }
 
     /// An entity's current wire shape.
-    pub async fn get(&self, kind: Kind, id: &str) -> Result<Value, ChangeError> {
+    pub async fn get(&self, who: &Principal, kind: Kind, id: &str) -> Result<Value, ChangeError> {
         let mut tx = self.store.read().await?;
-        let entity = get_kind(tx.as_mut(), kind, id).await?;
+        let entity = get_visible(tx.as_mut(), who, kind, id, false).await?;
         Ok(view(tx.as_mut(), &entity).await?)
     }
 
     /// A page of entities of one kind, in creation order, after the cursor.
+    /// A page of the entities the principal can see; `next` is the cursor for the next page
+    /// (a tenant's page may hold fewer than `limit` when others' entities were skipped).
     pub async fn list(
         &self,
+        who: &Principal,
         kind: Kind,
         after: Option<&EntityId>,
         limit: u32,
-    ) -> Result<Vec<Value>, ChangeError> {
+    ) -> Result<(Vec<Value>, Option<EntityId>), ChangeError> {
         let entities = self.store.list(kind, after, limit).await?;
+        let next = (entities.len() as u32 == limit).then(|| entities.last().map(|e| e.id().clone())).flatten();
         let mut tx = self.store.read().await?;
         let mut out = Vec::with_capacity(entities.len());
         for e in &entities {
-            out.push(view(tx.as_mut(), e).await?);
+            if sees(tx.as_mut(), who, e).await? {
+                out.push(view(tx.as_mut(), e).await?);
+            }
         }
-        Ok(out)
+        Ok((out, next))
     }
 
     fn context(&self) -> BuildContext<'_> {
@@ -377,28 +410,65 @@ async fn ancestors(tx: &mut dyn Tx, entity: &Entity) -> Result<Vec<Ancestor>, St
     Ok(chain)
 }
 
-async fn get_kind(tx: &mut dyn Tx, kind: Kind, id: &str) -> Result<Entity, ChangeError> {
-    get_kind_as(tx, kind, id, false).await
-}
-
-/// Reads the entity a change is about, locking it against concurrent changes.
-async fn get_for_change(tx: &mut dyn Tx, kind: Kind, id: &str) -> Result<Entity, ChangeError> {
-    get_kind_as(tx, kind, id, true).await
-}
-
-async fn get_kind_as(tx: &mut dyn Tx, kind: Kind, id: &str, for_change: bool) -> Result<Entity, ChangeError> {
+/// Reads an entity of `kind` that the principal can see; anything else is "not found", so a
+/// key learns nothing about what lies outside its subtree. `for_change` locks it against
+/// concurrent changes.
+async fn get_visible(
+    tx: &mut dyn Tx,
+    who: &Principal,
+    kind: Kind,
+    id: &str,
+    for_change: bool,
+) -> Result<Entity, ChangeError> {
     let not_found = || ChangeError::NotFound { kind, id: id.to_owned() };
     let id = EntityId::parse(id).map_err(|_| not_found())?;
     let found = if for_change { tx.get_for_change(&id).await? } else { tx.get(&id).await? };
     match found {
-        Some(e) if e.kind() == kind => Ok(e),
+        Some(e) if e.kind() == kind && sees(tx, who, &e).await? => Ok(e),
         _ => Err(not_found()),
     }
 }
 
-async fn check_references(tx: &mut dyn Tx, input: &Input) -> Result<(), ChangeError> {
+/// Whether the principal can see `entity`. Packages are a catalogue everyone can read.
+async fn sees(tx: &mut dyn Tx, who: &Principal, entity: &Entity) -> Result<bool, StoreError> {
+    if who.is_operator() || entity.kind() == Kind::Package {
+        return Ok(true);
+    }
+    let above: Vec<EntityId> = ancestors(tx, entity).await?.into_iter().map(|a| a.id).collect();
+    Ok(who.sees(entity.id(), &above))
+}
+
+/// A new or changed entity must stay inside the principal's subtree.
+async fn ensure_within(tx: &mut dyn Tx, who: &Principal, entity: &Entity) -> Result<(), ChangeError> {
+    if sees(tx, who, entity).await? {
+        Ok(())
+    } else {
+        Err(ChangeError::Forbidden(format!("this key cannot place a {} outside its own subtree", entity.kind())))
+    }
+}
+
+fn operator_only_for_packages(who: &Principal, kind: Kind) -> Result<(), ChangeError> {
+    if kind == Kind::Package && !who.is_operator() {
+        return Err(ChangeError::Forbidden("only the operator key manages packages".into()));
+    }
+    Ok(())
+}
+
+/// Every reference must name an entity of the right kind that the principal can see;
+/// references the record already had (`kept`, e.g. a key's own level's parent) stay valid.
+async fn check_references(
+    tx: &mut dyn Tx,
+    who: &Principal,
+    input: &Input,
+    kept: Option<&Entity>,
+) -> Result<(), ChangeError> {
+    let kept = kept.map(Entity::refs).unwrap_or_default();
     for r in input.references() {
-        match tx.get(&r.id).await? {
+        let found = match tx.get(&r.id).await? {
+            Some(e) if kept.contains(&r.id) || sees(tx, who, &e).await? => Some(e),
+            _ => None,
+        };
+        match found {
             Some(e) if e.kind() == r.kind => {}
             Some(e) => {
                 return Err(ChangeError::InvalidReference(FieldError::new(

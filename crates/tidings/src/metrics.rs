@@ -29,6 +29,9 @@ pub struct Metrics {
     attempts: Family<OutcomeLabel, Counter>,
     attempt_duration: Histogram,
     first_attempt_lag: Histogram,
+    emails_queued: Counter,
+    emails_sent: Counter,
+    emails_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -73,6 +76,22 @@ impl Metrics {
             "Delivery latency: from the event's acknowledgement to the start of its first attempt",
             first_attempt_lag.clone(),
         );
+        let [emails_queued, emails_sent, emails_failed] = [(); 3].map(|_| Counter::default());
+        registry.register(
+            "emails_queued",
+            "Failure e-mails opened by this process (a digest counts once)",
+            emails_queued.clone(),
+        );
+        registry.register(
+            "emails_sent",
+            "Failure e-mails sent by this process",
+            emails_sent.clone(),
+        );
+        registry.register(
+            "emails_failed",
+            "Failed SMTP sends of failure e-mails (each is retried later)",
+            emails_failed.clone(),
+        );
         Metrics {
             registry,
             events_created,
@@ -80,6 +99,9 @@ impl Metrics {
             attempts,
             attempt_duration,
             first_attempt_lag,
+            emails_queued,
+            emails_sent,
+            emails_failed,
         }
     }
 
@@ -104,6 +126,18 @@ impl Metrics {
     pub fn first_attempt_lag(&self, millis: i64) {
         self.first_attempt_lag
             .observe(millis.max(0) as f64 / 1000.0);
+    }
+
+    pub fn emails_queued(&self, n: u64) {
+        self.emails_queued.inc_by(n);
+    }
+
+    pub fn email_sent(&self) {
+        self.emails_sent.inc();
+    }
+
+    pub fn email_failed(&self) {
+        self.emails_failed.inc();
     }
 
     /// The text exposition: this process's counters, then the store's totals.

@@ -21,12 +21,15 @@ use crate::delivery::secrets::SecretBox;
 use crate::delivery::{Dispatcher, DispatcherConfig};
 use crate::domain::validate::UrlRules;
 use crate::metrics::Metrics;
+use crate::notify::Mailer;
 use crate::store;
 
 /// Everything `serve` runs, built but not started.
 pub struct App {
     pub state: AppState,
     pub dispatcher: Dispatcher,
+    /// Sends failure e-mails; run it like the dispatcher.
+    pub mailer: Mailer,
 }
 
 /// Opens the store (creating and migrating it), the secret key and the outbound client.
@@ -62,6 +65,8 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result
         new_work.clone(),
         keys.clone(),
     ));
+    let auth = Arc::new(crate::api::auth::Auth::setup(settings.admin_key.as_deref(), store.as_ref(), clock.now()).await?);
+    let mailer = Mailer::new(store.clone(), clock.clone(), metrics.clone(), settings)?;
     let dispatcher = Dispatcher::new(
         store,
         egress,
@@ -78,8 +83,9 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result
         new_work,
     );
     Ok(App {
-        state: AppState { hierarchy, metrics },
+        state: AppState { hierarchy, metrics, auth },
         dispatcher,
+        mailer,
     })
 }
 
@@ -106,7 +112,11 @@ fn egress_config(settings: &Settings) -> anyhow::Result<EgressConfig> {
 
 /// Runs `tidings serve` until a shutdown signal.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let App { state, dispatcher } = build(&settings, Arc::new(SystemClock)).await?;
+    let App {
+        state,
+        dispatcher,
+        mailer,
+    } = build(&settings, Arc::new(SystemClock)).await?;
     if settings.allow_http {
         tracing::warn!(
             "TIDINGS_ALLOW_HTTP is on: http:// webhook URLs are accepted (development only)"
@@ -128,10 +138,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     );
     let stop = CancellationToken::new();
     let dispatching = tokio::spawn(dispatcher.run(stop.clone()));
+    let mailing = tokio::spawn(mailer.run(stop.clone()));
     // A line on stdout that scripts and tests can wait for.
     println!("tidings listening on http://{addr}");
     let signal_stop = stop.clone();
-    axum::serve(listener, api::router(state))
+    let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             signal_stop.cancel();
@@ -139,6 +151,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await?;
     stop.cancel();
     let _ = dispatching.await;
+    let _ = mailing.await;
     tracing::info!("tidings stopped");
     Ok(())
 }

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -16,6 +16,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::changes::Moment;
 use crate::domain::{EntityId, Kind};
+use crate::tenancy::Principal;
 
 /// Each collection and the kind it holds; the router and the OpenAPI document both read it.
 pub const COLLECTIONS: [(&str, Kind); 7] = [
@@ -38,24 +39,24 @@ pub fn routes() -> Router<AppState> {
         router = router
             .route(
                 &format!("/v1/{name}"),
-                post(move |s, b| create(s, kind, b)).get(move |s, q| list(s, kind, q)),
+                post(move |s, w, b| create(s, w, kind, b)).get(move |s, w, q| list(s, w, kind, q)),
             )
             .route(
                 &format!("/v1/{name}/{{id}}"),
-                get(move |s, p| read(s, kind, p))
-                    .patch(move |s, p, b| change(s, kind, p, b))
-                    .delete(move |s, p| remove(s, kind, p)),
+                get(move |s, w, p| read(s, w, kind, p))
+                    .patch(move |s, w, p, b| change(s, w, kind, p, b))
+                    .delete(move |s, w, p| remove(s, w, kind, p)),
             );
     }
     for (name, kind) in COLLECTIONS.into_iter().filter(|(_, k)| k.level().is_some()) {
         router = router
             .route(
                 &format!("/v1/{name}/{{id}}/secret"),
-                get(move |s, p| secret(s, kind, p)),
+                get(move |s, w, p| secret(s, w, kind, p)),
             )
             .route(
                 &format!("/v1/{name}/{{id}}/secret/rotate"),
-                post(move |s, p| rotate(s, kind, p)),
+                post(move |s, w, p| rotate(s, w, kind, p)),
             );
     }
     router.route("/v1/meetings/{id}/{moment}", post(moment))
@@ -74,11 +75,12 @@ pub fn json_body(body: &Bytes) -> Result<Value, ApiError> {
 
 async fn create(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     kind: Kind,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = json_body(&body)?;
-    let applied = s.hierarchy.create(kind, body).await?;
+    let applied = s.hierarchy.create(&who, kind, body).await?;
     s.metrics.applied(&applied);
     Ok((StatusCode::CREATED, Json(applied.view)))
 }
@@ -121,46 +123,51 @@ pub fn page_body(data: Vec<Value>, limit: u32) -> Value {
 
 async fn list(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     kind: Kind,
     Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let (after, limit) = page.parse()?;
-    let data = s.hierarchy.list(kind, after.as_ref(), limit).await?;
-    Ok(Json(page_body(data, limit)))
+    let (data, next) = s.hierarchy.list(&who, kind, after.as_ref(), limit).await?;
+    Ok(Json(serde_json::json!({ "data": data, "next_cursor": next })))
 }
 
 async fn read(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     kind: Kind,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(s.hierarchy.get(kind, &id).await?))
+    Ok(Json(s.hierarchy.get(&who, kind, &id).await?))
 }
 
 async fn change(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     kind: Kind,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let body = json_body(&body)?;
-    let applied = s.hierarchy.patch(kind, &id, body).await?;
+    let applied = s.hierarchy.patch(&who, kind, &id, body).await?;
     s.metrics.applied(&applied);
     Ok(Json(applied.view))
 }
 
 async fn remove(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     kind: Kind,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let applied = s.hierarchy.delete(kind, &id).await?;
+    let applied = s.hierarchy.delete(&who, kind, &id).await?;
     s.metrics.applied(&applied);
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn moment(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path((id, moment)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let Some(m) = Moment::parse(&moment) else {
@@ -169,7 +176,7 @@ async fn moment(
             MOMENTS.join(", ")
         )));
     };
-    let applied = s.hierarchy.moment(&id, m).await?;
+    let applied = s.hierarchy.moment(&who, &id, m).await?;
     s.metrics.applied(&applied);
     Ok(Json(applied.view))
 }
@@ -182,20 +189,22 @@ pub struct SecretBody {
 
 async fn secret(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     kind: Kind,
     Path(id): Path<String>,
 ) -> Result<Json<SecretBody>, ApiError> {
     Ok(Json(SecretBody {
-        secret: s.hierarchy.secret(kind, &id).await?,
+        secret: s.hierarchy.secret(&who, kind, &id).await?,
     }))
 }
 
 async fn rotate(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     kind: Kind,
     Path(id): Path<String>,
 ) -> Result<Json<SecretBody>, ApiError> {
     Ok(Json(SecretBody {
-        secret: s.hierarchy.rotate_secret(kind, &id).await?,
+        secret: s.hierarchy.rotate_secret(&who, kind, &id).await?,
     }))
 }

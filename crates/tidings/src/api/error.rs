@@ -25,8 +25,8 @@ pub struct ErrorBody {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Machine-readable: invalid_json, invalid_field, invalid_reference, not_found, conflict,
-    /// unauthorized, internal.
+    /// Machine-readable: invalid_json, invalid_field, invalid_reference, invalid_query,
+    /// not_found, conflict, forbidden, unauthorized, rate_limited, internal.
     pub code: &'static str,
     pub message: String,
     /// The offending field as a dotted path, when one field is to blame.
@@ -78,6 +78,7 @@ impl From<ChangeError> for ApiError {
             ChangeError::Invalid(f) => ApiError::field("invalid_field", f),
             ChangeError::InvalidReference(f) => ApiError::field("invalid_reference", f),
             ChangeError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            ChangeError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             ChangeError::Store(s) => s.into(),
         }
     }

@@ -1,8 +1,11 @@
 //! The HTTP API (SPEC section 8): one file per resource, the shared error shape, the
 //! operational endpoints and the OpenAPI document.
 
+pub mod auth;
+pub mod emails;
 pub mod entities;
 pub mod error;
+pub mod keys;
 pub mod openapi;
 pub mod webhooks;
 
@@ -26,12 +29,19 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub struct AppState {
     pub hierarchy: Arc<Hierarchy>,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<auth::Auth>,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // Everything under /v1 but the OpenAPI document needs a key.
+    let authenticated = Router::new()
         .merge(entities::routes())
         .merge(webhooks::routes())
+        .merge(emails::routes())
+        .merge(keys::routes())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));
+    Router::new()
+        .merge(authenticated)
         .route(
             "/v1/openapi.json",
             get(|| async { Json(openapi::document()) }),

@@ -10,6 +10,7 @@ use utoipa::openapi::{
 
 use super::entities::{COLLECTIONS, MOMENTS};
 use super::error::ErrorBody;
+use super::emails::EmailView;
 use super::webhooks::WebhookView;
 use crate::domain::entities as e;
 use crate::domain::Kind;
@@ -196,6 +197,19 @@ pub fn document() -> OpenApi {
             )
             .response("404", error("Not found")),
     );
+    paths.add_path_operation(
+        "/v1/emails",
+        vec![HttpMethod::Get],
+        OperationBuilder::new()
+            .tag("emails")
+            .summary(Some(
+                "List failure e-mails; filter by level_id and status (queued, sent, no_recipient)",
+            ))
+            .response(
+                "200",
+                ok("{\"data\": [EmailView...], \"next_cursor\": id or null}", None),
+            ),
+    );
     let components = ComponentsBuilder::new()
         .schema_from::<e::ResellerInput>()
         .schema_from::<e::DealerInput>()
@@ -212,6 +226,7 @@ pub fn document() -> OpenApi {
         .schema_from::<e::MeetingView>()
         .schema_from::<e::Package>()
         .schema_from::<WebhookView>()
+        .schema_from::<EmailView>()
         .schema_from::<ErrorBody>()
         .build();
     OpenApiBuilder::new()

@@ -4,14 +4,16 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::entities::{page_body, Page};
+use super::entities::Page;
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::{payload, EntityId, EventType, Level, Millis};
+use crate::tenancy::Principal;
+use std::collections::HashMap;
 use crate::store::{Attempt, RetryOutcome, Webhook, WebhookFilter, WebhookStatus};
 
 pub fn routes() -> Router<AppState> {
@@ -163,19 +165,34 @@ impl ListQuery {
 
 async fn list(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = q.filter()?;
     let rows = s.hierarchy.store().webhooks(&filter).await?;
-    let data = rows
-        .iter()
-        .map(|w| serde_json::to_value(webhook_view(w, None)).unwrap_or(Value::Null))
-        .collect();
-    Ok(Json(page_body(data, filter.limit)))
+    let next = (rows.len() as u32 == filter.limit).then(|| rows.last().map(|w| w.id.clone())).flatten();
+    // A tenant sees the webhooks addressed to its level and the levels below it.
+    let mut visible: HashMap<EntityId, bool> = HashMap::new();
+    let mut data = Vec::with_capacity(rows.len());
+    for w in &rows {
+        let sees = match visible.get(&w.level_id) {
+            Some(v) => *v,
+            None => {
+                let v = s.hierarchy.sees_level(&who, &w.level_id).await?;
+                visible.insert(w.level_id.clone(), v);
+                v
+            }
+        };
+        if sees {
+            data.push(serde_json::to_value(webhook_view(w, None)).unwrap_or(Value::Null));
+        }
+    }
+    Ok(Json(serde_json::json!({ "data": data, "next_cursor": next })))
 }
 
 async fn one(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<WebhookView>, ApiError> {
     let not_found = || ApiError::not_found(format!("webhook {id} not found"));
@@ -186,15 +203,23 @@ async fn one(
         .webhook(&wid)
         .await?
         .ok_or_else(not_found)?;
+    if !s.hierarchy.sees_level(&who, &w.level_id).await? {
+        return Err(not_found());
+    }
     Ok(Json(webhook_view(&w, Some(&attempts))))
 }
 
 async fn retry(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
     let not_found = || ApiError::not_found(format!("webhook {id} not found"));
     let wid = EntityId::parse(&id).map_err(|_| not_found())?;
+    let (w, _) = s.hierarchy.store().webhook(&wid).await?.ok_or_else(not_found)?;
+    if !s.hierarchy.sees_level(&who, &w.level_id).await? {
+        return Err(not_found());
+    }
     match s.hierarchy.store().retry(&wid, s.hierarchy.now()).await? {
         RetryOutcome::NotFound => return Err(not_found()),
         RetryOutcome::InFlight => {
@@ -230,6 +255,7 @@ pub struct RecoverRequest {
 
 async fn recover(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let value = super::entities::json_body(&body)?;
@@ -242,6 +268,9 @@ async fn recover(
             ),
         )
     })?;
+    if !s.hierarchy.sees_level(&who, &req.level_id).await? {
+        return Err(ApiError::not_found(format!("level {} not found", req.level_id)));
+    }
     let n = s
         .hierarchy
         .store()

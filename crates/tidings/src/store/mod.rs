@@ -5,6 +5,8 @@
 //! [`Tx`] and become visible together at commit, or not at all (the transactional outbox).
 //! It never decides who receives what; that is the domain's job.
 
+mod keys;
+mod notifications;
 mod sql;
 
 use async_trait::async_trait;
@@ -13,6 +15,8 @@ use crate::delivery::secrets::SealedSecrets;
 use crate::domain::entities::Entity;
 use crate::domain::{EntityId, EventType, Kind, Level, Millis};
 
+pub use keys::{ApiKeyRecord, KeyStore};
+pub use notifications::*;
 pub use sql::SqlStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +181,7 @@ pub struct QueueStats {
 
 /// The store: reads, the write transaction, and the delivery queue.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: NotificationStore + KeyStore + Send + Sync + 'static {
     /// Which database this is (`sqlite` or `postgres`), for logs and readiness.
     fn backend(&self) -> &'static str;
 

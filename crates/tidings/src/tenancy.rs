@@ -1,0 +1,59 @@
+//! Who is asking, and what they may see: the operator sees everything; a key scoped to a
+//! level sees that level and everything below it, and nothing else exists for it.
+//!
+//! Pure rules over an entity's chain of levels; the caller loads the chain.
+
+use crate::domain::{EntityId, Level};
+
+/// The holder of an API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Operator,
+    /// A key bound to one level (reseller, dealer, company or site).
+    Tenant { level: Level, id: EntityId },
+}
+
+impl Principal {
+    pub fn is_operator(&self) -> bool {
+        matches!(self, Principal::Operator)
+    }
+
+    /// Whether an entity whose id is `id` and whose chain of levels above it is `above`
+    /// (nearest first) lies in this principal's subtree (the level itself included).
+    pub fn sees(&self, id: &EntityId, above: &[EntityId]) -> bool {
+        match self {
+            Principal::Operator => true,
+            Principal::Tenant { id: own, .. } => id == own || above.contains(own),
+        }
+    }
+
+    /// The tenant's own level id, if a tenant.
+    pub fn own_level(&self) -> Option<&EntityId> {
+        match self {
+            Principal::Operator => None,
+            Principal::Tenant { id, .. } => Some(id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> EntityId {
+        EntityId::parse(&format!("{n:024x}")).unwrap()
+    }
+
+    #[test]
+    fn a_tenant_sees_its_level_and_below_only() {
+        let dealer = Principal::Tenant { level: Level::Dealer, id: id(2) };
+        // reseller 1 > dealer 2 > company 3 > site 4; sibling dealer 5 > company 6
+        assert!(dealer.sees(&id(2), &[id(1)]));
+        assert!(dealer.sees(&id(3), &[id(2), id(1)]));
+        assert!(dealer.sees(&id(4), &[id(3), id(2), id(1)]));
+        assert!(!dealer.sees(&id(1), &[]), "not the level above");
+        assert!(!dealer.sees(&id(5), &[id(1)]), "not a sibling");
+        assert!(!dealer.sees(&id(6), &[id(5), id(1)]), "not a sibling's subtree");
+        assert!(Principal::Operator.sees(&id(6), &[id(5), id(1)]));
+    }
+}
