@@ -11,6 +11,10 @@ use utoipa::openapi::{
 use super::entities::{COLLECTIONS, MOMENTS};
 use super::error::ErrorBody;
 use super::emails::EmailView;
+use super::entities::SecretBody;
+use super::keys::{KeyView, NewKey};
+use super::webhooks::RecoverRequest;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use super::webhooks::WebhookView;
 use crate::domain::entities as e;
 use crate::domain::Kind;
@@ -210,6 +214,75 @@ pub fn document() -> OpenApi {
                 ok("{\"data\": [EmailView...], \"next_cursor\": id or null}", None),
             ),
     );
+    paths.add_path_operation(
+        "/v1/webhooks/{id}/retry",
+        vec![HttpMethod::Post],
+        OperationBuilder::new()
+            .tag("webhooks")
+            .summary(Some("Send again now (a failed webhook gets one more attempt, numbered on)"))
+            .parameter(id_param())
+            .response("202", ok("Queued", Some("WebhookView")))
+            .response("404", error("Not found"))
+            .response("409", error("An attempt is in flight")),
+    );
+    paths.add_path_operation(
+        "/v1/webhooks/recover",
+        vec![HttpMethod::Post],
+        OperationBuilder::new()
+            .tag("webhooks")
+            .summary(Some("Re-send every failed webhook of a level created since a time"))
+            .request_body(body("RecoverRequest", "{\"level_id\": ..., \"since\": \"2020-07-15T12:33:14.000Z\"}"))
+            .response("202", ok("{\"recovered\": count}", None))
+            .response("404", error("Level not found")),
+    );
+    for (name, kind) in COLLECTIONS.into_iter().filter(|(_, k)| k.level().is_some()) {
+        paths.add_path_operation(
+            format!("/v1/{name}/{{id}}/secret"),
+            vec![HttpMethod::Get],
+            OperationBuilder::new()
+                .tag(name)
+                .summary(Some(format!("The {kind}'s signing secret")))
+                .parameter(id_param())
+                .response("200", ok("{\"secret\": \"whsec_...\"}", Some("SecretBody")))
+                .response("404", error("Not found")),
+        );
+        paths.add_path_operation(
+            format!("/v1/{name}/{{id}}/secret/rotate"),
+            vec![HttpMethod::Post],
+            OperationBuilder::new()
+                .tag(name)
+                .summary(Some("Make a new signing secret; the old one also signs for 24 hours"))
+                .parameter(id_param())
+                .response("200", ok("The new secret", Some("SecretBody")))
+                .response("404", error("Not found")),
+        );
+    }
+    paths.add_path_operation(
+        "/v1/api-keys",
+        vec![HttpMethod::Post],
+        OperationBuilder::new()
+            .tag("api-keys")
+            .summary(Some("Make a key bound to one level (operator only); the key is shown once"))
+            .request_body(body("NewKey", "{\"level\": \"dealer\", \"id\": ..., \"label\": ...}"))
+            .response("201", ok("The key, with `key` set this once", Some("KeyView")))
+            .response("403", error("Not the operator key"))
+            .response("422", error("Invalid level or id")),
+    );
+    paths.add_path_operation(
+        "/v1/api-keys",
+        vec![HttpMethod::Get],
+        OperationBuilder::new().tag("api-keys").summary(Some("List keys (never the keys themselves)")).response("200", ok("{\"data\": [KeyView...]}", None)),
+    );
+    paths.add_path_operation(
+        "/v1/api-keys/{id}",
+        vec![HttpMethod::Delete],
+        OperationBuilder::new()
+            .tag("api-keys")
+            .summary(Some("Revoke a key; it stops working at once"))
+            .parameter(id_param())
+            .response("204", ok("Revoked", None))
+            .response("404", error("No such key, or already revoked")),
+    );
     let components = ComponentsBuilder::new()
         .schema_from::<e::ResellerInput>()
         .schema_from::<e::DealerInput>()
@@ -228,6 +301,11 @@ pub fn document() -> OpenApi {
         .schema_from::<WebhookView>()
         .schema_from::<EmailView>()
         .schema_from::<ErrorBody>()
+        .schema_from::<RecoverRequest>()
+        .schema_from::<SecretBody>()
+        .schema_from::<NewKey>()
+        .schema_from::<KeyView>()
+        .security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()))
         .build();
     OpenApiBuilder::new()
         .info(
@@ -238,5 +316,6 @@ pub fn document() -> OpenApi {
         )
         .paths(paths)
         .components(Some(components))
+        .security(Some([SecurityRequirement::new("bearer", Vec::<String>::new())]))
         .build()
 }
