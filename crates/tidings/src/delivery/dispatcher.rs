@@ -115,7 +115,9 @@ impl Dispatcher {
             self.new_work.clone(),
         ));
         self.store.listen_for_work(self.new_work.clone());
-        let lease = self.config.request_timeout + Duration::from_secs(30);
+        // Long enough for an attempt and its recording; short enough that another instance
+        // takes over promptly when this one dies.
+        let lease = self.config.request_timeout * 2 + Duration::from_secs(5);
         tracing::info!(owner = %self.owner, schedule = %self.config.schedule, "dispatcher started");
         while !shutdown.is_cancelled() {
             let free = self

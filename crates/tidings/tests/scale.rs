@@ -1,0 +1,220 @@
+//! Scale-out on PostgreSQL (SPEC section 9): several `tidings serve` processes on one
+//! database share the work, deliver every webhook, and deliver none twice in normal
+//! operation; when one dies, the others take over its claims when their leases end.
+
+mod stores;
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::receiver::Receiver;
+use support::tls::TestCa;
+
+const ADMIN_KEY: &str = "scale-test-admin-key-0123456789";
+
+/// One `tidings serve` process.
+struct Instance {
+    child: Child,
+    base: String,
+}
+
+impl Instance {
+    fn start(database_url: &str, dir: &std::path::Path, ca_file: &std::path::Path, max_in_flight: usize) -> Instance {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .arg("serve")
+            .env("TIDINGS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TIDINGS_DATABASE_URL", database_url)
+            .env("TIDINGS_ADMIN_KEY", ADMIN_KEY)
+            .env("TIDINGS_SECRET_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+            .env("TIDINGS_SECRET_KEY_FILE", dir.join("unused.key"))
+            .env("TIDINGS_CA_FILE", ca_file)
+            .env("TIDINGS_SSRF_ALLOW", "127.0.0.1/32")
+            .env("TIDINGS_REQUEST_TIMEOUT", "1s")
+            .env("TIDINGS_RETRY_SCHEDULE", "200ms,200ms,200ms,200ms")
+            .env("TIDINGS_MAX_IN_FLIGHT", max_in_flight.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tidings serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("tidings listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30)).expect("tidings serve did not start within 30 s");
+        Instance { child, base: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {ADMIN_KEY}").parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
+async fn post(c: &reqwest::Client, url: String, body: Value) -> Value {
+    let r = c.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201, "POST {url}");
+    r.json().await.unwrap()
+}
+
+fn contact() -> Value {
+    json!({"first_name": "F", "last_name": "L", "email": "f@example.com"})
+}
+
+/// Creates one reseller whose webhook URL is the receiver, then `n` dealers through the
+/// instances' APIs in turn (each a DEALER_CREATED webhook to the reseller), 8 at a time.
+/// Returns the reseller's id.
+async fn burst(bases: &[String], url: &str, n: usize) -> String {
+    let c = client();
+    let reseller = post(&c, format!("{}/v1/resellers", bases[0]), json!({"name": "R", "contact": contact(), "webhook_url": url})).await;
+    let rid = reseller["id"].as_str().unwrap().to_owned();
+    let mut done = 0;
+    while done < n {
+        let chunk = (n - done).min(8);
+        let mut tasks = Vec::new();
+        for i in 0..chunk {
+            let c = c.clone();
+            let base = bases[(done + i) % bases.len()].clone();
+            let body = json!({"name": format!("Dealer {}", done + i), "contact": contact(), "reseller": {"id": rid}});
+            tasks.push(tokio::spawn(async move { post(&c, format!("{base}/v1/dealers"), body).await }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        done += chunk;
+    }
+    rid
+}
+
+/// Polls until every webhook of the level succeeded; returns how many there are.
+async fn wait_all_succeeded(base: &str, level_id: &str, expected: usize) {
+    let c = client();
+    for _ in 0..600 {
+        let mut succeeded = 0;
+        let mut after = String::new();
+        loop {
+            let page: Value = c
+                .get(format!("{base}/v1/webhooks?level_id={level_id}&status=succeeded&limit=1000{after}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            succeeded += page["data"].as_array().unwrap().len();
+            match page["next_cursor"].as_str() {
+                Some(cur) => after = format!("&after={cur}"),
+                None => break,
+            }
+        }
+        if succeeded == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not every webhook succeeded within 60 s");
+}
+
+/// How many times the receiver got each webhook id.
+fn deliveries(receiver: &Receiver) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for r in receiver.requests() {
+        *counts.entry(r.header("webhook-id").to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_deliver_a_burst_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("scale test CA");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let receiver = Receiver::start(&ca.loopback_identity()).await;
+    let db = stores::fresh_postgres_database().await;
+    let instances: Vec<Instance> = (0..3).map(|_| Instance::start(&db, dir.path(), &ca_file, 256)).collect();
+    let bases: Vec<String> = instances.iter().map(|i| i.base.clone()).collect();
+
+    let n = 3000;
+    let rid = burst(&bases, &receiver.url("/hook"), n).await;
+    wait_all_succeeded(&bases[0], &rid, n).await;
+
+    let counts = deliveries(&receiver);
+    assert_eq!(counts.len(), n, "every webhook reached the receiver");
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "no webhook delivered twice, but these were: {twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_loses_nothing_and_duplicates_only_its_in_flight_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("scale test CA");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let receiver = Receiver::start(&ca.loopback_identity()).await;
+    // Slow answers keep attempts in flight, so the kill lands mid-delivery.
+    receiver.on("/hook", support::receiver::Reply::ok().after(Duration::from_millis(20)));
+    let db = stores::fresh_postgres_database().await;
+    const VICTIM_IN_FLIGHT: usize = 32;
+    let mut victim = Some(Instance::start(&db, dir.path(), &ca_file, VICTIM_IN_FLIGHT));
+    let survivors: Vec<Instance> = (0..2).map(|_| Instance::start(&db, dir.path(), &ca_file, 256)).collect();
+    let mut bases: Vec<String> = survivors.iter().map(|i| i.base.clone()).collect();
+    bases.push(victim.as_ref().unwrap().base.clone());
+
+    let n = 3000;
+    // Half-way through the burst, SIGKILL the victim (its API then stops answering, so the
+    // rest of the burst goes to the survivors).
+    let mut killed = false;
+    let survivor_bases = bases[..2].to_vec();
+    let c = client();
+    let reseller = post(&c, format!("{}/v1/resellers", bases[0]), json!({"name": "R", "contact": contact(), "webhook_url": receiver.url("/hook")})).await;
+    let rid = reseller["id"].as_str().unwrap().to_owned();
+    for start in (0..n).step_by(8) {
+        let use_bases = if killed { &survivor_bases } else { &bases };
+        let mut tasks = Vec::new();
+        for i in start..(start + 8).min(n) {
+            let c = c.clone();
+            let base = use_bases[i % use_bases.len()].clone();
+            let body = json!({"name": format!("Dealer {i}"), "contact": contact(), "reseller": {"id": rid}});
+            tasks.push(tokio::spawn(async move { post(&c, format!("{base}/v1/dealers"), body).await }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        if start >= n / 2 && !killed {
+            drop(victim.take()); // Child::kill is SIGKILL
+            killed = true;
+        }
+    }
+    wait_all_succeeded(&bases[0], &rid, n).await;
+
+    let counts = deliveries(&receiver);
+    assert_eq!(counts.len(), n, "every webhook reached the receiver");
+    let duplicates: usize = counts.values().map(|c| c - 1).sum();
+    assert!(
+        duplicates <= VICTIM_IN_FLIGHT,
+        "duplicates ({duplicates}) can only be attempts the killed instance had in flight (at most {VICTIM_IN_FLIGHT})"
+    );
+}
