@@ -1,16 +1,20 @@
 //! `/v1/emails`: the failure e-mails, queued, sent, or recorded as having no recipient.
 
+use std::collections::HashMap;
+
 use axum::extract::{Query, State};
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::entities::{page_body, Page};
+use super::entities::Page;
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::{EntityId, Millis};
 use crate::store::{Email, EmailFilter, EmailStatus};
+use crate::tenancy::Principal;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/emails", get(list))
@@ -72,6 +76,7 @@ pub struct ListQuery {
 
 async fn list(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (after, limit) = Page {
@@ -95,13 +100,27 @@ async fn list(
         after,
         limit,
     };
-    let data = s
-        .hierarchy
-        .store()
-        .emails(&filter)
-        .await?
-        .into_iter()
-        .map(|e| serde_json::to_value(EmailView::from(e)).unwrap_or(Value::Null))
-        .collect();
-    Ok(Json(page_body(data, limit)))
+    let rows = s.hierarchy.store().emails(&filter).await?;
+    let next = (rows.len() as u32 == limit)
+        .then(|| rows.last().map(|e| e.id.clone()))
+        .flatten();
+    // A tenant sees the e-mails about its level and the levels below it.
+    let mut visible: HashMap<EntityId, bool> = HashMap::new();
+    let mut data = Vec::with_capacity(rows.len());
+    for e in rows {
+        let sees = match visible.get(&e.level_id) {
+            Some(v) => *v,
+            None => {
+                let v = s.hierarchy.sees_level(&who, &e.level_id).await?;
+                visible.insert(e.level_id.clone(), v);
+                v
+            }
+        };
+        if sees {
+            data.push(serde_json::to_value(EmailView::from(e)).unwrap_or(Value::Null));
+        }
+    }
+    Ok(Json(
+        serde_json::json!({ "data": data, "next_cursor": next }),
+    ))
 }

@@ -211,7 +211,10 @@ pub fn document() -> OpenApi {
             ))
             .response(
                 "200",
-                ok("{\"data\": [EmailView...], \"next_cursor\": id or null}", None),
+                ok(
+                    "{\"data\": [EmailView...], \"next_cursor\": id or null}",
+                    None,
+                ),
             ),
     );
     paths.add_path_operation(

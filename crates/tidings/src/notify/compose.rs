@@ -72,17 +72,20 @@ pub fn compose(url: &str, webhooks: &[FailedWebhook]) -> Composed {
     let n = webhooks.len();
     if n == 1 {
         b.push_str(&format!(
-            "A webhook to {url} failed: every attempt to deliver it failed, and Tidings will not\n\
-             try it again by itself.\n\n"
+            "A webhook to {url} failed.\n\
+             Every attempt failed; Tidings will not try it again by itself.\n\n"
         ));
     } else {
         b.push_str(&format!(
-            "{n} webhooks to {url} failed: every attempt to deliver them failed, and Tidings will\n\
-             not try them again by itself.\n\n"
+            "{n} webhooks to {url} failed.\n\
+             Every attempt of each failed; Tidings will not try them again by itself.\n\n"
         ));
     }
     if let Some(w) = webhooks.first() {
-        b.push_str(&format!("URL:    {url}\nLevel:  {} {}\n\n", w.level, w.level_id));
+        b.push_str(&format!(
+            "URL:    {url}\nLevel:  {} {}\n\n",
+            w.level, w.level_id
+        ));
     }
     for (i, w) in webhooks.iter().enumerate() {
         if i == DETAILED_WEBHOOKS {
@@ -114,7 +117,7 @@ pub fn compose(url: &str, webhooks: &[FailedWebhook]) -> Composed {
         b.push('\n');
     }
     b.push_str(
-        "\nWhat to do: make the receiver answer HTTP 200, then send the webhooks again with\n\
+        "What to do: make the receiver answer HTTP 200, then send the webhooks again with\n\
          POST /v1/webhooks/{id}/retry, or all failed webhooks of the level since a time with\n\
          POST /v1/webhooks/recover. GET /v1/webhooks/{id} shows a webhook and its attempts.\n\n\
          -- \nTidings failure notification. You receive it as the notification contact of this\n\
@@ -233,7 +236,12 @@ mod tests {
             1,
             EventType::DealerCreated,
             vec![
-                attempt(1, Some(500), "HTTP 500: only 200 counts as success", "boom one"),
+                attempt(
+                    1,
+                    Some(500),
+                    "HTTP 500: only 200 counts as success",
+                    "boom one",
+                ),
                 attempt(2, None, "connection failed: Connection refused", ""),
                 attempt(3, Some(503), "HTTP 503: only 200 counts as success", ""),
             ],
@@ -289,9 +297,13 @@ mod tests {
         assert_eq!(c.body.matches("\nWebhook ").count(), 100);
         assert!(c.body.contains("body: error of 100\n"));
         assert!(!c.body.contains("error of 101"));
-        assert!(c.body.contains("The other 5 webhooks, without their attempts:\n"));
+        assert!(c
+            .body
+            .contains("The other 5 webhooks, without their attempts:\n"));
         for n in 101..=105 {
-            assert!(c.body.contains(&format!("- {}  SITE_CHANGED  entity ", id(n))));
+            assert!(c
+                .body
+                .contains(&format!("- {}  SITE_CHANGED  entity ", id(n))));
         }
     }
 }

@@ -172,7 +172,14 @@ mod tests {
         let hour = HOUR.as_millis() as i64;
         let now = NOW.0;
         #[allow(clippy::type_complexity)]
-        let cases: Vec<(&str, Vec<Failure>, Vec<(DigestKey, u32, i64, bool)>, Duration, Vec<Placement>)> = vec![
+        let cases: Vec<(
+            &str,
+            Vec<Failure>,
+            Vec<(DigestKey, u32, i64, bool)>,
+            Duration,
+            Vec<Placement>,
+        )> =
+            vec![
             (
                 "first failure to a URL is sent at once",
                 vec![failure(1, 7, A)],

@@ -96,19 +96,24 @@ impl Mailer {
             window: settings.digest_window,
             ..MailerConfig::default()
         };
-        let smtp = match settings.smtp_url.as_deref().filter(|u| !u.trim().is_empty()) {
+        let smtp = match settings
+            .smtp_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        {
             Some(url) => Some(Smtp {
                 transport: transport(url, config.send_timeout)?,
                 shown: crate::startup::redact(url),
             }),
             None => None,
         };
-        let from: Mailbox = settings
-            .mail_from
-            .parse()
-            .map_err(|e: lettre::address::AddressError| {
-                MailerError::MailFrom(settings.mail_from.clone(), e.to_string())
-            })?;
+        let from: Mailbox =
+            settings
+                .mail_from
+                .parse()
+                .map_err(|e: lettre::address::AddressError| {
+                    MailerError::MailFrom(settings.mail_from.clone(), e.to_string())
+                })?;
         Ok(Mailer {
             store,
             clock,
@@ -116,10 +121,7 @@ impl Mailer {
             smtp,
             from,
             config,
-            owner: format!(
-                "mailer-{}",
-                &EntityId::generate(Millis(0)).as_str()[12..]
-            ),
+            owner: format!("mailer-{}", &EntityId::generate(Millis(0)).as_str()[12..]),
         })
     }
 
@@ -346,7 +348,8 @@ pub fn transport(
         .timeout(Some(timeout));
     if !u.username().is_empty() {
         let decode = |s: &str| {
-            percent_decode(s).map_err(|_| bad("user or password is not valid percent-encoded UTF-8".into()))
+            percent_decode(s)
+                .map_err(|_| bad("user or password is not valid percent-encoded UTF-8".into()))
         };
         builder = builder.credentials(Credentials::new(
             decode(u.username())?,
@@ -418,7 +421,7 @@ mod tests {
             ("smtp://", "no host"),
             ("not a url", "not a URL"),
         ] {
-            let e = transport(bad, t).err().expect(bad).to_string();
+            let e = transport(bad, t).expect_err(bad).to_string();
             assert!(e.contains(reason), "{bad}: {e}");
         }
     }

@@ -101,8 +101,7 @@ pub trait NotificationStore: Send + Sync {
     ) -> Result<Vec<EntityId>>;
 
     /// Notes the address a queued e-mail will go to.
-    async fn set_email_recipient(&self, id: &EntityId, recipient: &str, now: Millis)
-        -> Result<()>;
+    async fn set_email_recipient(&self, id: &EntityId, recipient: &str, now: Millis) -> Result<()>;
 
     /// Records that no level has a notification contact: the e-mail is `no_recipient` and
     /// will not be sent. Only if it is queued and claimed by `owner` (`None`: by nobody).
@@ -369,12 +368,7 @@ impl NotificationStore for SqlStore {
         Ok(opened)
     }
 
-    async fn set_email_recipient(
-        &self,
-        id: &EntityId,
-        recipient: &str,
-        now: Millis,
-    ) -> Result<()> {
+    async fn set_email_recipient(&self, id: &EntityId, recipient: &str, now: Millis) -> Result<()> {
         sqlx::query(
             "UPDATE emails SET recipient = $1, updated_at = $2 WHERE id = $3 AND status = 'queued'",
         )
