@@ -86,6 +86,14 @@ async fn five_failed_attempts_send_exactly_one_email(database_url: Option<String
     assert_eq!(e["attempts"], 1);
     assert_eq!(e["last_error"], serde_json::Value::Null);
     assert!(e["sent_at"].is_string());
+    let metrics = t.metrics().await;
+    for line in [
+        "tidings_emails_queued_total 1",
+        "tidings_emails_sent_total 1",
+        "tidings_emails_failed_total 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     t.stop().await;
 }
 
@@ -291,6 +299,10 @@ async fn smtp_down_when_the_webhook_fails_the_email_arrives_once_it_is_up() {
     })
     .await;
     assert!(sent["attempts"].as_u64().unwrap() >= 3, "{sent}");
+    let failed_sends = sent["attempts"].as_u64().unwrap() - 1;
+    let metrics = t.metrics().await;
+    let line = format!("tidings_emails_failed_total {failed_sends}");
+    assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     tokio::time::sleep(SETTLE).await;
     assert_eq!(smtp.messages().len(), 1);
     t.stop().await;

@@ -38,7 +38,7 @@ pub struct MailerConfig {
     pub backoff_first: Duration,
     /// ...up to this.
     pub backoff_max: Duration,
-    /// Longest SMTP exchange; the claim's lease is this plus a margin.
+    /// Longest SMTP exchange, connect to QUIT; the claim's lease is this plus a margin.
     pub send_timeout: Duration,
 }
 
@@ -244,12 +244,19 @@ impl Mailer {
         };
         let composed = compose::compose(&email.url, &webhooks);
         let result = match self.message(&recipient, &composed) {
-            Ok(message) => smtp
-                .transport
-                .send(message)
-                .await
-                .map(|_| ())
-                .map_err(|e| smtp_error(&e)),
+            // The whole exchange is bounded, so it always ends within the claim's lease.
+            Ok(message) => {
+                match tokio::time::timeout(self.config.send_timeout, smtp.transport.send(message))
+                    .await
+                {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(smtp_error(&e)),
+                    Err(_) => Err(format!(
+                        "the SMTP exchange took longer than {:?}",
+                        self.config.send_timeout
+                    )),
+                }
+            }
             Err(e) => Err(e),
         };
         let now = self.clock.now();

@@ -388,6 +388,18 @@ impl Tidings {
         .await
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `GET /v1/emails?QUERY` → `data`.
     pub async fn emails(&self, query: &str) -> Vec<Value> {
         self.get(&format!("/v1/emails?{query}")).await["data"]
