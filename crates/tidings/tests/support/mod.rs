@@ -1,0 +1,8 @@
+//! What the delivery tests stand on: certificates made in the test ([`tls`]), a real HTTPS
+//! receiver ([`receiver`]) and Tidings running in-process ([`app`]).
+
+#![allow(dead_code)] // not every test binary uses every helper
+
+pub mod app;
+pub mod receiver;
+pub mod tls;
