@@ -135,7 +135,12 @@ impl Hierarchy {
     }
 
     /// Creates an entity of `kind` from a request body.
-    pub async fn create(&self, who: &Principal, kind: Kind, body: Value) -> Result<Applied, ChangeError> {
+    pub async fn create(
+        &self,
+        who: &Principal,
+        kind: Kind,
+        body: Value,
+    ) -> Result<Applied, ChangeError> {
         operator_only_for_packages(who, kind)?;
         let input = Input::parse(kind, body).map_err(ChangeError::Invalid)?;
         input
@@ -144,6 +149,7 @@ impl Hierarchy {
         let now = self.clock.now();
         let mut tx = self.store.write().await?;
         check_references(tx.as_mut(), who, &input, None).await?;
+        check_consistency(tx.as_mut(), &input).await?;
         let users = load_agents(tx.as_mut(), &input).await?;
         let entity = input.build(EntityId::generate(now), None, &self.context(), &|id| {
             find_user(&users, id)
@@ -159,7 +165,12 @@ impl Hierarchy {
     }
 
     /// A level's current signing secret (`whsec_...`).
-    pub async fn secret(&self, who: &Principal, kind: Kind, id: &str) -> Result<String, ChangeError> {
+    pub async fn secret(
+        &self,
+        who: &Principal,
+        kind: Kind,
+        id: &str,
+    ) -> Result<String, ChangeError> {
         let level = self.level_id(who, kind, id).await?;
         let sealed = self
             .store
@@ -177,7 +188,12 @@ impl Hierarchy {
     }
 
     /// Replaces a level's signing secret; the old one keeps signing for 24 hours.
-    pub async fn rotate_secret(&self, who: &Principal, kind: Kind, id: &str) -> Result<String, ChangeError> {
+    pub async fn rotate_secret(
+        &self,
+        who: &Principal,
+        kind: Kind,
+        id: &str,
+    ) -> Result<String, ChangeError> {
         let level = self.level_id(who, kind, id).await?;
         let now = self.clock.now();
         let new = secrets::generate();
@@ -189,13 +205,25 @@ impl Hierarchy {
         Ok(new.to_string())
     }
 
-    async fn level_id(&self, who: &Principal, kind: Kind, id: &str) -> Result<EntityId, ChangeError> {
+    async fn level_id(
+        &self,
+        who: &Principal,
+        kind: Kind,
+        id: &str,
+    ) -> Result<EntityId, ChangeError> {
         let mut tx = self.store.read().await?;
-        Ok(get_visible(tx.as_mut(), who, kind, id, false).await?.id().clone())
+        Ok(get_visible(tx.as_mut(), who, kind, id, false)
+            .await?
+            .id()
+            .clone())
     }
 
     /// Whether the level `level_id` lies in the principal's subtree (for webhooks, e-mails).
-    pub async fn sees_level(&self, who: &Principal, level_id: &EntityId) -> Result<bool, ChangeError> {
+    pub async fn sees_level(
+        &self,
+        who: &Principal,
+        level_id: &EntityId,
+    ) -> Result<bool, ChangeError> {
         if who.is_operator() {
             return Ok(true);
         }
@@ -207,7 +235,13 @@ impl Hierarchy {
     }
 
     /// Applies a JSON merge patch to an entity. A patch that changes nothing emits nothing.
-    pub async fn patch(&self, who: &Principal, kind: Kind, id: &str, patch: Value) -> Result<Applied, ChangeError> {
+    pub async fn patch(
+        &self,
+        who: &Principal,
+        kind: Kind,
+        id: &str,
+        patch: Value,
+    ) -> Result<Applied, ChangeError> {
         if !patch.is_object() {
             return Err(ChangeError::Invalid(FieldError::new(
                 "",
@@ -225,6 +259,7 @@ impl Hierarchy {
             .validate(self.rules.url_rules)
             .map_err(ChangeError::Invalid)?;
         check_references(tx.as_mut(), who, &input, Some(&current)).await?;
+        check_consistency(tx.as_mut(), &input).await?;
         let users = load_agents(tx.as_mut(), &input).await?;
         let entity = input.build(
             current.id().clone(),
@@ -233,7 +268,9 @@ impl Hierarchy {
             &|id| find_user(&users, id),
         );
         if who.own_level() == Some(current.id()) && entity.up() != current.up() {
-            return Err(ChangeError::Forbidden("a key cannot move its own level".into()));
+            return Err(ChangeError::Forbidden(
+                "a key cannot move its own level".into(),
+            ));
         }
         ensure_within(tx.as_mut(), who, &entity).await?;
         if entity == current {
@@ -249,12 +286,19 @@ impl Hierarchy {
     }
 
     /// Deletes an entity that nothing refers to any more.
-    pub async fn delete(&self, who: &Principal, kind: Kind, id: &str) -> Result<Applied, ChangeError> {
+    pub async fn delete(
+        &self,
+        who: &Principal,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Applied, ChangeError> {
         let mut tx = self.store.write().await?;
         let current = get_visible(tx.as_mut(), who, kind, id, true).await?;
         operator_only_for_packages(who, kind)?;
         if who.own_level() == Some(current.id()) {
-            return Err(ChangeError::Forbidden("a key cannot delete its own level".into()));
+            return Err(ChangeError::Forbidden(
+                "a key cannot delete its own level".into(),
+            ));
         }
         let children = tx.referrers(current.id(), None, 5).await?;
         if !children.is_empty() {
@@ -272,10 +316,17 @@ impl Hierarchy {
     }
 
     /// Records a meeting moment (start, end, takeover, ...) and emits its event.
-    pub async fn moment(&self, who: &Principal, id: &str, moment: Moment) -> Result<Applied, ChangeError> {
+    pub async fn moment(
+        &self,
+        who: &Principal,
+        id: &str,
+        moment: Moment,
+    ) -> Result<Applied, ChangeError> {
         let now = self.clock.now();
         let mut tx = self.store.write().await?;
-        let Entity::Meeting(mut meeting) = get_visible(tx.as_mut(), who, Kind::Meeting, id, true).await? else {
+        let Entity::Meeting(mut meeting) =
+            get_visible(tx.as_mut(), who, Kind::Meeting, id, true).await?
+        else {
             unreachable!("get_kind checked the kind")
         };
         match moment {
@@ -311,7 +362,9 @@ impl Hierarchy {
         limit: u32,
     ) -> Result<(Vec<Value>, Option<EntityId>), ChangeError> {
         let entities = self.store.list(kind, after, limit).await?;
-        let next = (entities.len() as u32 == limit).then(|| entities.last().map(|e| e.id().clone())).flatten();
+        let next = (entities.len() as u32 == limit)
+            .then(|| entities.last().map(|e| e.id().clone()))
+            .flatten();
         let mut tx = self.store.read().await?;
         let mut out = Vec::with_capacity(entities.len());
         for e in &entities {
@@ -420,9 +473,16 @@ async fn get_visible(
     id: &str,
     for_change: bool,
 ) -> Result<Entity, ChangeError> {
-    let not_found = || ChangeError::NotFound { kind, id: id.to_owned() };
+    let not_found = || ChangeError::NotFound {
+        kind,
+        id: id.to_owned(),
+    };
     let id = EntityId::parse(id).map_err(|_| not_found())?;
-    let found = if for_change { tx.get_for_change(&id).await? } else { tx.get(&id).await? };
+    let found = if for_change {
+        tx.get_for_change(&id).await?
+    } else {
+        tx.get(&id).await?
+    };
     match found {
         Some(e) if e.kind() == kind && sees(tx, who, &e).await? => Ok(e),
         _ => Err(not_found()),
@@ -434,22 +494,104 @@ async fn sees(tx: &mut dyn Tx, who: &Principal, entity: &Entity) -> Result<bool,
     if who.is_operator() || entity.kind() == Kind::Package {
         return Ok(true);
     }
-    let above: Vec<EntityId> = ancestors(tx, entity).await?.into_iter().map(|a| a.id).collect();
+    let above: Vec<EntityId> = ancestors(tx, entity)
+        .await?
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
     Ok(who.sees(entity.id(), &above))
 }
 
 /// A new or changed entity must stay inside the principal's subtree.
-async fn ensure_within(tx: &mut dyn Tx, who: &Principal, entity: &Entity) -> Result<(), ChangeError> {
+async fn ensure_within(
+    tx: &mut dyn Tx,
+    who: &Principal,
+    entity: &Entity,
+) -> Result<(), ChangeError> {
     if sees(tx, who, entity).await? {
         Ok(())
     } else {
-        Err(ChangeError::Forbidden(format!("this key cannot place a {} outside its own subtree", entity.kind())))
+        Err(ChangeError::Forbidden(format!(
+            "this key cannot place a {} outside its own subtree",
+            entity.kind()
+        )))
     }
 }
 
 fn operator_only_for_packages(who: &Principal, kind: Kind) -> Result<(), ChangeError> {
     if kind == Kind::Package && !who.is_operator() {
-        return Err(ChangeError::Forbidden("only the operator key manages packages".into()));
+        return Err(ChangeError::Forbidden(
+            "only the operator key manages packages".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// References must agree with each other: a personal meeting's site belongs to the
+/// meeting's company and its creator to that company or a level above it; a user's sites lie
+/// under the user's owning entity. Otherwise a meeting's events would reach another
+/// company's site, or a site would list another company's user.
+async fn check_consistency(tx: &mut dyn Tx, input: &Input) -> Result<(), ChangeError> {
+    let refuse = |field: &str, reason: String| {
+        Err(ChangeError::InvalidReference(FieldError::new(
+            field, reason,
+        )))
+    };
+    match input {
+        Input::Meeting(m) => {
+            if let Some(site) = &m.site {
+                if let Some(Entity::Site(s)) = tx.get(&site.id).await? {
+                    if s.company != m.company.id {
+                        return refuse(
+                            "site.id",
+                            format!(
+                                "site {} belongs to another company than {}",
+                                site.id, m.company.id
+                            ),
+                        );
+                    }
+                }
+            }
+            if let Some(Entity::User(u)) = tx.get(&m.created_by.id).await? {
+                let company = tx
+                    .get(&m.company.id)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt("company vanished".into()))?;
+                let mut chain: Vec<EntityId> = ancestors(tx, &company)
+                    .await?
+                    .into_iter()
+                    .map(|a| a.id)
+                    .collect();
+                chain.push(m.company.id.clone());
+                if !chain.contains(&u.owner.id) {
+                    return refuse(
+                        "created_by.id",
+                        format!(
+                            "user {} belongs to neither company {} nor a level above it",
+                            u.id, m.company.id
+                        ),
+                    );
+                }
+            }
+        }
+        Input::User(u) => {
+            for (n, site) in u.sites.iter().enumerate() {
+                if let Some(e @ Entity::Site(_)) = tx.get(&site.id).await? {
+                    let above: Vec<EntityId> =
+                        ancestors(tx, &e).await?.into_iter().map(|a| a.id).collect();
+                    if !above.contains(&u.entity.id) {
+                        return refuse(
+                            &format!("sites[{n}].id"),
+                            format!(
+                                "site {} is not under the user's {} {}",
+                                site.id, u.entity.level, u.entity.id
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -65,7 +65,10 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result
         new_work.clone(),
         keys.clone(),
     ));
-    let auth = Arc::new(crate::api::auth::Auth::setup(settings.admin_key.as_deref(), store.as_ref(), clock.now()).await?);
+    let auth = Arc::new(
+        crate::api::auth::Auth::setup(settings.admin_key.as_deref(), store.as_ref(), clock.now())
+            .await?,
+    );
     let mailer = Mailer::new(store.clone(), clock.clone(), metrics.clone(), settings)?;
     let dispatcher = Dispatcher::new(
         store,
@@ -83,7 +86,11 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result
         new_work,
     );
     Ok(App {
-        state: AppState { hierarchy, metrics, auth },
+        state: AppState {
+            hierarchy,
+            metrics,
+            auth,
+        },
         dispatcher,
         mailer,
     })

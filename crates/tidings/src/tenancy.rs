@@ -10,7 +10,10 @@ use crate::domain::{EntityId, Level};
 pub enum Principal {
     Operator,
     /// A key bound to one level (reseller, dealer, company or site).
-    Tenant { level: Level, id: EntityId },
+    Tenant {
+        level: Level,
+        id: EntityId,
+    },
 }
 
 impl Principal {
@@ -46,14 +49,20 @@ mod tests {
 
     #[test]
     fn a_tenant_sees_its_level_and_below_only() {
-        let dealer = Principal::Tenant { level: Level::Dealer, id: id(2) };
+        let dealer = Principal::Tenant {
+            level: Level::Dealer,
+            id: id(2),
+        };
         // reseller 1 > dealer 2 > company 3 > site 4; sibling dealer 5 > company 6
         assert!(dealer.sees(&id(2), &[id(1)]));
         assert!(dealer.sees(&id(3), &[id(2), id(1)]));
         assert!(dealer.sees(&id(4), &[id(3), id(2), id(1)]));
         assert!(!dealer.sees(&id(1), &[]), "not the level above");
         assert!(!dealer.sees(&id(5), &[id(1)]), "not a sibling");
-        assert!(!dealer.sees(&id(6), &[id(5), id(1)]), "not a sibling's subtree");
+        assert!(
+            !dealer.sees(&id(6), &[id(5), id(1)]),
+            "not a sibling's subtree"
+        );
         assert!(Principal::Operator.sees(&id(6), &[id(5), id(1)]));
     }
 }

@@ -1101,8 +1101,6 @@ fn common_merge(base: &mut Value, extra: Value) {
 }
 
 #[test]
-#[ignore = "server bug: a missing required field answers 422 without `field` (serde_path_to_error \
-            reports the parent's path), see report"]
 fn a_missing_required_field_is_named() {
     let s = TestServer::start();
     let t = Tree::build(&s);
@@ -1115,8 +1113,6 @@ fn a_missing_required_field_is_named() {
 }
 
 #[test]
-#[ignore = "server bug: a personal meeting may name a site of another company; its events \
-            then go to that other company and not to the meeting's own, see report"]
 fn a_personal_meetings_site_must_belong_to_its_company() {
     let s = TestServer::start();
     let t = Tree::build(&s);

@@ -23,14 +23,22 @@ struct Instance {
 }
 
 impl Instance {
-    fn start(database_url: &str, dir: &std::path::Path, ca_file: &std::path::Path, max_in_flight: usize) -> Instance {
+    fn start(
+        database_url: &str,
+        dir: &std::path::Path,
+        ca_file: &std::path::Path,
+        max_in_flight: usize,
+    ) -> Instance {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
             .arg("serve")
             .env("TIDINGS_LISTEN", format!("127.0.0.1:{port}"))
             .env("TIDINGS_DATABASE_URL", database_url)
             .env("TIDINGS_ADMIN_KEY", ADMIN_KEY)
-            .env("TIDINGS_SECRET_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+            .env(
+                "TIDINGS_SECRET_KEY",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            )
             .env("TIDINGS_SECRET_KEY_FILE", dir.join("unused.key"))
             .env("TIDINGS_CA_FILE", ca_file)
             .env("TIDINGS_SSRF_ALLOW", "127.0.0.1/32")
@@ -51,8 +59,12 @@ impl Instance {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(30)).expect("tidings serve did not start within 30 s");
-        Instance { child, base: format!("http://127.0.0.1:{port}") }
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("tidings serve did not start within 30 s");
+        Instance {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
     }
 }
 
@@ -64,13 +76,23 @@ impl Drop for Instance {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn client() -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {ADMIN_KEY}").parse().unwrap());
-    reqwest::Client::builder().default_headers(headers).build().unwrap()
+    headers.insert(
+        "authorization",
+        format!("Bearer {ADMIN_KEY}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 async fn post(c: &reqwest::Client, url: String, body: Value) -> Value {
@@ -88,7 +110,12 @@ fn contact() -> Value {
 /// Returns the reseller's id.
 async fn burst(bases: &[String], url: &str, n: usize) -> String {
     let c = client();
-    let reseller = post(&c, format!("{}/v1/resellers", bases[0]), json!({"name": "R", "contact": contact(), "webhook_url": url})).await;
+    let reseller = post(
+        &c,
+        format!("{}/v1/resellers", bases[0]),
+        json!({"name": "R", "contact": contact(), "webhook_url": url}),
+    )
+    .await;
     let rid = reseller["id"].as_str().unwrap().to_owned();
     let mut done = 0;
     while done < n {
@@ -98,7 +125,9 @@ async fn burst(bases: &[String], url: &str, n: usize) -> String {
             let c = c.clone();
             let base = bases[(done + i) % bases.len()].clone();
             let body = json!({"name": format!("Dealer {}", done + i), "contact": contact(), "reseller": {"id": rid}});
-            tasks.push(tokio::spawn(async move { post(&c, format!("{base}/v1/dealers"), body).await }));
+            tasks.push(tokio::spawn(async move {
+                post(&c, format!("{base}/v1/dealers"), body).await
+            }));
         }
         for t in tasks {
             t.await.unwrap();
@@ -116,7 +145,9 @@ async fn wait_all_succeeded(base: &str, level_id: &str, expected: usize) {
         let mut after = String::new();
         loop {
             let page: Value = c
-                .get(format!("{base}/v1/webhooks?level_id={level_id}&status=succeeded&limit=1000{after}"))
+                .get(format!(
+                    "{base}/v1/webhooks?level_id={level_id}&status=succeeded&limit=1000{after}"
+                ))
                 .send()
                 .await
                 .unwrap()
@@ -154,7 +185,9 @@ async fn three_instances_deliver_a_burst_exactly_once() {
     std::fs::write(&ca_file, ca.pem()).unwrap();
     let receiver = Receiver::start(&ca.loopback_identity()).await;
     let db = stores::fresh_postgres_database().await;
-    let instances: Vec<Instance> = (0..3).map(|_| Instance::start(&db, dir.path(), &ca_file, 256)).collect();
+    let instances: Vec<Instance> = (0..3)
+        .map(|_| Instance::start(&db, dir.path(), &ca_file, 256))
+        .collect();
     let bases: Vec<String> = instances.iter().map(|i| i.base.clone()).collect();
 
     let n = 3000;
@@ -164,7 +197,10 @@ async fn three_instances_deliver_a_burst_exactly_once() {
     let counts = deliveries(&receiver);
     assert_eq!(counts.len(), n, "every webhook reached the receiver");
     let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(twice.is_empty(), "no webhook delivered twice, but these were: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "no webhook delivered twice, but these were: {twice:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,11 +211,16 @@ async fn a_killed_instance_loses_nothing_and_duplicates_only_its_in_flight_work(
     std::fs::write(&ca_file, ca.pem()).unwrap();
     let receiver = Receiver::start(&ca.loopback_identity()).await;
     // Slow answers keep attempts in flight, so the kill lands mid-delivery.
-    receiver.on("/hook", support::receiver::Reply::ok().after(Duration::from_millis(20)));
+    receiver.on(
+        "/hook",
+        support::receiver::Reply::ok().after(Duration::from_millis(20)),
+    );
     let db = stores::fresh_postgres_database().await;
     const VICTIM_IN_FLIGHT: usize = 32;
     let mut victim = Some(Instance::start(&db, dir.path(), &ca_file, VICTIM_IN_FLIGHT));
-    let survivors: Vec<Instance> = (0..2).map(|_| Instance::start(&db, dir.path(), &ca_file, 256)).collect();
+    let survivors: Vec<Instance> = (0..2)
+        .map(|_| Instance::start(&db, dir.path(), &ca_file, 256))
+        .collect();
     let mut bases: Vec<String> = survivors.iter().map(|i| i.base.clone()).collect();
     bases.push(victim.as_ref().unwrap().base.clone());
 
@@ -189,7 +230,12 @@ async fn a_killed_instance_loses_nothing_and_duplicates_only_its_in_flight_work(
     let mut killed = false;
     let survivor_bases = bases[..2].to_vec();
     let c = client();
-    let reseller = post(&c, format!("{}/v1/resellers", bases[0]), json!({"name": "R", "contact": contact(), "webhook_url": receiver.url("/hook")})).await;
+    let reseller = post(
+        &c,
+        format!("{}/v1/resellers", bases[0]),
+        json!({"name": "R", "contact": contact(), "webhook_url": receiver.url("/hook")}),
+    )
+    .await;
     let rid = reseller["id"].as_str().unwrap().to_owned();
     for start in (0..n).step_by(8) {
         let use_bases = if killed { &survivor_bases } else { &bases };
@@ -198,7 +244,9 @@ async fn a_killed_instance_loses_nothing_and_duplicates_only_its_in_flight_work(
             let c = c.clone();
             let base = use_bases[i % use_bases.len()].clone();
             let body = json!({"name": format!("Dealer {i}"), "contact": contact(), "reseller": {"id": rid}});
-            tasks.push(tokio::spawn(async move { post(&c, format!("{base}/v1/dealers"), body).await }));
+            tasks.push(tokio::spawn(async move {
+                post(&c, format!("{base}/v1/dealers"), body).await
+            }));
         }
         for t in tasks {
             t.await.unwrap();

@@ -7,7 +7,10 @@ use std::collections::HashSet;
 
 use tidings::domain::entities::{Contact, Dealer, Entity, Reseller};
 use tidings::domain::{EntityId, EventType, Kind, Level, Millis};
-use tidings::store::{Attempt, NewEvent, NewWebhook, Next, Recorded, RetryOutcome, Store, WebhookFilter, WebhookStatus};
+use tidings::store::{
+    Attempt, NewEvent, NewWebhook, Next, Recorded, RetryOutcome, Store, WebhookFilter,
+    WebhookStatus,
+};
 
 const T0: Millis = Millis(1_700_000_000_000);
 
@@ -16,7 +19,14 @@ fn id() -> EntityId {
 }
 
 fn contact() -> Contact {
-    Contact { id: id(), first_name: "F".into(), last_name: "L".into(), email: "f@example.com".into(), phone: None, language: None }
+    Contact {
+        id: id(),
+        first_name: "F".into(),
+        last_name: "L".into(),
+        email: "f@example.com".into(),
+        phone: None,
+        language: None,
+    }
 }
 
 fn reseller(url: Option<&str>) -> Entity {
@@ -51,8 +61,19 @@ async fn queue(store: &dyn Store, n: usize, at: Millis) -> (EntityId, Vec<Entity
     for _ in 0..n {
         let d = dealer(r.id());
         tx.put(&d, at).await.unwrap();
-        let event = NewEvent { id: id(), event_type: EventType::DealerCreated, subject_id: d.id().clone(), data: format!("{{\"id\":\"{}\"}}", d.id()), created_at: at };
-        let w = NewWebhook { id: id(), level: Level::Reseller, level_id: r.id().clone(), url: "https://r.example/hook".into() };
+        let event = NewEvent {
+            id: id(),
+            event_type: EventType::DealerCreated,
+            subject_id: d.id().clone(),
+            data: format!("{{\"id\":\"{}\"}}", d.id()),
+            created_at: at,
+        };
+        let w = NewWebhook {
+            id: id(),
+            level: Level::Reseller,
+            level_id: r.id().clone(),
+            url: "https://r.example/hook".into(),
+        };
         ids.push(w.id.clone());
         tx.add_event(&event, &[w]).await.unwrap();
     }
@@ -61,7 +82,14 @@ async fn queue(store: &dyn Store, n: usize, at: Millis) -> (EntityId, Vec<Entity
 }
 
 fn failed_attempt(number: u32, at: Millis) -> Attempt {
-    Attempt { number, started_at: at, duration_ms: 3, status_code: Some(500), error: Some("HTTP 500".into()), body: "nope".into() }
+    Attempt {
+        number,
+        started_at: at,
+        duration_ms: 3,
+        status_code: Some(500),
+        error: Some("HTTP 500".into()),
+        body: "nope".into(),
+    }
 }
 
 #[tokio::test]
@@ -76,21 +104,50 @@ async fn entities_round_trip_and_references_block_nothing_else() {
         tx.commit().await.unwrap();
 
         let mut tx = store.read().await.unwrap();
-        assert_eq!(tx.get(r.id()).await.unwrap().as_ref(), Some(&r), "{}", s.name);
+        assert_eq!(
+            tx.get(r.id()).await.unwrap().as_ref(),
+            Some(&r),
+            "{}",
+            s.name
+        );
         let referrers = tx.referrers(r.id(), None, 10).await.unwrap();
         assert_eq!(referrers, vec![d.clone()], "{}", s.name);
-        assert!(tx.referrers(r.id(), Some(Kind::User), 10).await.unwrap().is_empty(), "{}", s.name);
+        assert!(
+            tx.referrers(r.id(), Some(Kind::User), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{}",
+            s.name
+        );
         drop(tx);
 
-        assert_eq!(store.list(Kind::Dealer, None, 10).await.unwrap(), vec![d.clone()], "{}", s.name);
-        assert!(store.list(Kind::Dealer, Some(d.id()), 10).await.unwrap().is_empty(), "{}", s.name);
+        assert_eq!(
+            store.list(Kind::Dealer, None, 10).await.unwrap(),
+            vec![d.clone()],
+            "{}",
+            s.name
+        );
+        assert!(
+            store
+                .list(Kind::Dealer, Some(d.id()), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{}",
+            s.name
+        );
 
         let mut tx = store.write().await.unwrap();
         tx.delete(d.id()).await.unwrap();
         tx.commit().await.unwrap();
         let mut tx = store.read().await.unwrap();
         assert_eq!(tx.get(d.id()).await.unwrap(), None, "{}", s.name);
-        assert!(tx.referrers(r.id(), None, 10).await.unwrap().is_empty(), "{}", s.name);
+        assert!(
+            tx.referrers(r.id(), None, 10).await.unwrap().is_empty(),
+            "{}",
+            s.name
+        );
     }
 }
 
@@ -102,14 +159,31 @@ async fn an_uncommitted_change_leaves_no_entity_event_or_webhook() {
         {
             let mut tx = store.write().await.unwrap();
             tx.put(&r, T0).await.unwrap();
-            let event = NewEvent { id: id(), event_type: EventType::DealerCreated, subject_id: id(), data: "{}".into(), created_at: T0 };
-            let w = NewWebhook { id: id(), level: Level::Reseller, level_id: r.id().clone(), url: "https://r.example/hook".into() };
+            let event = NewEvent {
+                id: id(),
+                event_type: EventType::DealerCreated,
+                subject_id: id(),
+                data: "{}".into(),
+                created_at: T0,
+            };
+            let w = NewWebhook {
+                id: id(),
+                level: Level::Reseller,
+                level_id: r.id().clone(),
+                url: "https://r.example/hook".into(),
+            };
             tx.add_event(&event, &[w]).await.unwrap();
             // dropped without commit
         }
         let mut tx = store.read().await.unwrap();
         assert_eq!(tx.get(r.id()).await.unwrap(), None, "{}", s.name);
-        let all = store.webhooks(&WebhookFilter { limit: 100, ..Default::default() }).await.unwrap();
+        let all = store
+            .webhooks(&WebhookFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert!(all.is_empty(), "{}", s.name);
     }
 }
@@ -121,51 +195,147 @@ async fn claims_lease_attempts_record_and_failures_queue_one_notification() {
         let (level, ids) = queue(store, 3, T0).await;
         assert_eq!(store.next_due_at().await.unwrap(), Some(T0), "{}", s.name);
 
-        let claimed = store.claim_due("a", T0, Millis(T0.0 + 60_000), 10).await.unwrap();
+        let claimed = store
+            .claim_due("a", T0, Millis(T0.0 + 60_000), 10)
+            .await
+            .unwrap();
         let got: HashSet<_> = claimed.iter().map(|c| c.webhook.id.clone()).collect();
-        assert_eq!(got, ids.iter().cloned().collect::<HashSet<_>>(), "{}", s.name);
-        assert!(claimed.iter().all(|c| c.webhook.attempts == 0 && c.webhook.data.starts_with("{\"id\"")), "{}", s.name);
+        assert_eq!(
+            got,
+            ids.iter().cloned().collect::<HashSet<_>>(),
+            "{}",
+            s.name
+        );
+        assert!(
+            claimed
+                .iter()
+                .all(|c| c.webhook.attempts == 0 && c.webhook.data.starts_with("{\"id\"")),
+            "{}",
+            s.name
+        );
         // Claimed rows are not due again until their lease ends.
-        assert!(store.claim_due("b", T0, Millis(T0.0 + 60_000), 10).await.unwrap().is_empty(), "{}", s.name);
-        assert_eq!(store.next_due_at().await.unwrap(), Some(Millis(T0.0 + 60_000)), "{}", s.name);
+        assert!(
+            store
+                .claim_due("b", T0, Millis(T0.0 + 60_000), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            store.next_due_at().await.unwrap(),
+            Some(Millis(T0.0 + 60_000)),
+            "{}",
+            s.name
+        );
 
         let t1 = Millis(T0.0 + 10);
         let results = vec![
-            Recorded { webhook_id: ids[0].clone(), attempt: Attempt { number: 1, started_at: T0, duration_ms: 2, status_code: Some(200), error: None, body: "ok".into() }, next: Next::Succeeded },
-            Recorded { webhook_id: ids[1].clone(), attempt: failed_attempt(1, T0), next: Next::RetryAt(Millis(T0.0 + 60_000)) },
-            Recorded { webhook_id: ids[2].clone(), attempt: failed_attempt(1, T0), next: Next::Failed },
+            Recorded {
+                webhook_id: ids[0].clone(),
+                attempt: Attempt {
+                    number: 1,
+                    started_at: T0,
+                    duration_ms: 2,
+                    status_code: Some(200),
+                    error: None,
+                    body: "ok".into(),
+                },
+                next: Next::Succeeded,
+            },
+            Recorded {
+                webhook_id: ids[1].clone(),
+                attempt: failed_attempt(1, T0),
+                next: Next::RetryAt(Millis(T0.0 + 60_000)),
+            },
+            Recorded {
+                webhook_id: ids[2].clone(),
+                attempt: failed_attempt(1, T0),
+                next: Next::Failed,
+            },
         ];
         // Another owner cannot record over "a"'s claims.
         store.record("intruder", &results, t1).await.unwrap();
         let (w, attempts) = store.webhook(&ids[0]).await.unwrap().unwrap();
-        assert_eq!((w.status, w.attempts, attempts.len()), (WebhookStatus::Pending, 0, 0), "{}", s.name);
+        assert_eq!(
+            (w.status, w.attempts, attempts.len()),
+            (WebhookStatus::Pending, 0, 0),
+            "{}",
+            s.name
+        );
 
         store.record("a", &results, t1).await.unwrap();
         let (w0, a0) = store.webhook(&ids[0]).await.unwrap().unwrap();
-        assert_eq!((w0.status, w0.attempts, w0.due_at), (WebhookStatus::Succeeded, 1, None), "{}", s.name);
+        assert_eq!(
+            (w0.status, w0.attempts, w0.due_at),
+            (WebhookStatus::Succeeded, 1, None),
+            "{}",
+            s.name
+        );
         assert_eq!(a0[0].status_code, Some(200), "{}", s.name);
         let (w1, a1) = store.webhook(&ids[1]).await.unwrap().unwrap();
-        assert_eq!((w1.status, w1.attempts, w1.due_at), (WebhookStatus::Pending, 1, Some(Millis(T0.0 + 60_000))), "{}", s.name);
+        assert_eq!(
+            (w1.status, w1.attempts, w1.due_at),
+            (WebhookStatus::Pending, 1, Some(Millis(T0.0 + 60_000))),
+            "{}",
+            s.name
+        );
         assert_eq!(a1, vec![failed_attempt(1, T0)], "{}", s.name);
         let (w2, _) = store.webhook(&ids[2]).await.unwrap().unwrap();
         assert_eq!(w2.status, WebhookStatus::Failed, "{}", s.name);
 
         // Recording the same attempt twice changes nothing.
         store.record("a", &results[2..], t1).await.unwrap();
-        let failed = store.webhooks(&WebhookFilter { status: Some(WebhookStatus::Failed), level_id: Some(level.clone()), limit: 10, ..Default::default() }).await.unwrap();
+        let failed = store
+            .webhooks(&WebhookFilter {
+                status: Some(WebhookStatus::Failed),
+                level_id: Some(level.clone()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(failed.len(), 1, "{}", s.name);
 
         // The retry is due at its time, not before.
-        assert!(store.claim_due("a", Millis(T0.0 + 59_999), Millis(T0.0 + 120_000), 10).await.unwrap().is_empty(), "{}", s.name);
-        let again = store.claim_due("a", Millis(T0.0 + 60_000), Millis(T0.0 + 120_000), 10).await.unwrap();
+        assert!(
+            store
+                .claim_due("a", Millis(T0.0 + 59_999), Millis(T0.0 + 120_000), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{}",
+            s.name
+        );
+        let again = store
+            .claim_due("a", Millis(T0.0 + 60_000), Millis(T0.0 + 120_000), 10)
+            .await
+            .unwrap();
         assert_eq!(again.len(), 1, "{}", s.name);
-        assert_eq!((again[0].webhook.id.clone(), again[0].webhook.attempts), (ids[1].clone(), 1), "{}", s.name);
+        assert_eq!(
+            (again[0].webhook.id.clone(), again[0].webhook.attempts),
+            (ids[1].clone(), 1),
+            "{}",
+            s.name
+        );
 
         let stats = store.queue_stats(Millis(T0.0 + 60_000)).await.unwrap();
         assert_eq!(stats.pending, 1, "{}", s.name);
         let counts = store.counts().await.unwrap();
-        assert!(counts.webhooks.contains(&(EventType::DealerCreated, WebhookStatus::Failed, 1)), "{}: {:?}", s.name, counts.webhooks);
-        assert!(counts.events.contains(&(EventType::DealerCreated, 3)), "{}", s.name);
+        assert!(
+            counts
+                .webhooks
+                .contains(&(EventType::DealerCreated, WebhookStatus::Failed, 1)),
+            "{}: {:?}",
+            s.name,
+            counts.webhooks
+        );
+        assert!(
+            counts.events.contains(&(EventType::DealerCreated, 3)),
+            "{}",
+            s.name
+        );
     }
 }
 
@@ -175,15 +345,45 @@ async fn an_ended_lease_makes_the_webhook_due_again_and_release_all_ends_leases_
         let store = s.store.as_ref();
         let (_, ids) = queue(store, 2, T0).await;
         let lease_end = Millis(T0.0 + 30_000);
-        assert_eq!(store.claim_due("dead", T0, lease_end, 1).await.unwrap().len(), 1, "{}", s.name);
+        assert_eq!(
+            store
+                .claim_due("dead", T0, lease_end, 1)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{}",
+            s.name
+        );
         // Before the lease ends only the unclaimed one is due; after, both.
-        assert_eq!(store.claim_due("b", Millis(T0.0 + 1), Millis(T0.0 + 1_000), 10).await.unwrap().len(), 1, "{}", s.name);
-        let taken = store.claim_due("b", lease_end, Millis(lease_end.0 + 30_000), 10).await.unwrap();
+        assert_eq!(
+            store
+                .claim_due("b", Millis(T0.0 + 1), Millis(T0.0 + 1_000), 10)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{}",
+            s.name
+        );
+        let taken = store
+            .claim_due("b", lease_end, Millis(lease_end.0 + 30_000), 10)
+            .await
+            .unwrap();
         assert_eq!(taken.len(), 2, "{}", s.name);
 
         let n = store.release_all(Millis(T0.0 + 5)).await.unwrap();
         assert_eq!(n, 2, "{}", s.name);
-        assert_eq!(store.claim_due("c", Millis(T0.0 + 5), Millis(T0.0 + 90_000), 10).await.unwrap().len(), ids.len(), "{}", s.name);
+        assert_eq!(
+            store
+                .claim_due("c", Millis(T0.0 + 5), Millis(T0.0 + 90_000), 10)
+                .await
+                .unwrap()
+                .len(),
+            ids.len(),
+            "{}",
+            s.name
+        );
     }
 }
 
@@ -192,23 +392,64 @@ async fn retry_and_recover_make_failed_webhooks_due_now() {
     for s in stores::both().await {
         let store = s.store.as_ref();
         let (level, ids) = queue(store, 3, T0).await;
-        let claimed = store.claim_due("a", T0, Millis(T0.0 + 1_000), 10).await.unwrap();
-        assert_eq!(store.retry(&ids[0], T0).await.unwrap(), RetryOutcome::InFlight, "{}", s.name);
+        let claimed = store
+            .claim_due("a", T0, Millis(T0.0 + 1_000), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.retry(&ids[0], T0).await.unwrap(),
+            RetryOutcome::InFlight,
+            "{}",
+            s.name
+        );
         let results: Vec<Recorded> = claimed
             .iter()
-            .map(|c| Recorded { webhook_id: c.webhook.id.clone(), attempt: failed_attempt(1, T0), next: Next::Failed })
+            .map(|c| Recorded {
+                webhook_id: c.webhook.id.clone(),
+                attempt: failed_attempt(1, T0),
+                next: Next::Failed,
+            })
             .collect();
         store.record("a", &results, T0).await.unwrap();
 
         let t = Millis(T0.0 + 5_000);
-        assert_eq!(store.retry(&ids[0], t).await.unwrap(), RetryOutcome::Queued, "{}", s.name);
-        assert_eq!(store.retry(&id(), t).await.unwrap(), RetryOutcome::NotFound, "{}", s.name);
+        assert_eq!(
+            store.retry(&ids[0], t).await.unwrap(),
+            RetryOutcome::Queued,
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            store.retry(&id(), t).await.unwrap(),
+            RetryOutcome::NotFound,
+            "{}",
+            s.name
+        );
         let (w, _) = store.webhook(&ids[0]).await.unwrap().unwrap();
-        assert_eq!((w.status, w.due_at), (WebhookStatus::Pending, Some(t)), "{}", s.name);
+        assert_eq!(
+            (w.status, w.due_at),
+            (WebhookStatus::Pending, Some(t)),
+            "{}",
+            s.name
+        );
 
-        assert_eq!(store.recover(&level, Millis(T0.0 + 1), t).await.unwrap(), 0, "created before `since`: {}", s.name);
+        assert_eq!(
+            store.recover(&level, Millis(T0.0 + 1), t).await.unwrap(),
+            0,
+            "created before `since`: {}",
+            s.name
+        );
         assert_eq!(store.recover(&level, T0, t).await.unwrap(), 2, "{}", s.name);
-        assert_eq!(store.claim_due("b", t, Millis(t.0 + 1_000), 10).await.unwrap().len(), 3, "{}", s.name);
+        assert_eq!(
+            store
+                .claim_due("b", t, Millis(t.0 + 1_000), 10)
+                .await
+                .unwrap()
+                .len(),
+            3,
+            "{}",
+            s.name
+        );
     }
 }
 
@@ -222,13 +463,26 @@ async fn secrets_rotate_with_the_previous_one_kept_until_the_overlap_ends() {
         tx.put_secret(&level, "sealed-1", T0).await.unwrap();
         tx.commit().await.unwrap();
         let first = store.secrets(&level).await.unwrap().unwrap();
-        assert_eq!((first.current.as_str(), first.previous), ("sealed-1", None), "{}", s.name);
+        assert_eq!(
+            (first.current.as_str(), first.previous),
+            ("sealed-1", None),
+            "{}",
+            s.name
+        );
 
         let until = Millis(T0.0 + 86_400_000);
-        store.rotate_secret(&level, "sealed-2", until, T0).await.unwrap();
+        store
+            .rotate_secret(&level, "sealed-2", until, T0)
+            .await
+            .unwrap();
         let second = store.secrets(&level).await.unwrap().unwrap();
         assert_eq!(second.current, "sealed-2", "{}", s.name);
-        assert_eq!(second.previous, Some(("sealed-1".to_owned(), until)), "{}", s.name);
+        assert_eq!(
+            second.previous,
+            Some(("sealed-1".to_owned(), until)),
+            "{}",
+            s.name
+        );
     }
 }
 
@@ -242,7 +496,10 @@ async fn concurrent_claimers_never_share_a_webhook() {
             tasks.push(tokio::spawn(async move {
                 let mut mine = Vec::new();
                 loop {
-                    let batch = store.claim_due(owner, T0, Millis(T0.0 + 600_000), 16).await.unwrap();
+                    let batch = store
+                        .claim_due(owner, T0, Millis(T0.0 + 600_000), 16)
+                        .await
+                        .unwrap();
                     if batch.is_empty() {
                         break mine;
                     }
@@ -255,7 +512,12 @@ async fn concurrent_claimers_never_share_a_webhook() {
             seen.extend(t.await.unwrap());
         }
         let unique: HashSet<_> = seen.iter().cloned().collect();
-        assert_eq!(seen.len(), ids.len(), "{}: every webhook claimed exactly once", s.name);
+        assert_eq!(
+            seen.len(),
+            ids.len(),
+            "{}: every webhook claimed exactly once",
+            s.name
+        );
         assert_eq!(unique.len(), ids.len(), "{}", s.name);
     }
 }

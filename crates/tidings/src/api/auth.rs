@@ -49,9 +49,15 @@ pub fn hash_key(key: &str) -> String {
 impl Auth {
     /// Sets up the operator key: the configured one, or else one made now if the store has
     /// none yet (printed once on stdout, stored only as a hash).
-    pub async fn setup(admin_key: Option<&str>, store: &dyn Store, now: Millis) -> anyhow::Result<Auth> {
+    pub async fn setup(
+        admin_key: Option<&str>,
+        store: &dyn Store,
+        now: Millis,
+    ) -> anyhow::Result<Auth> {
         let admin_hash = match admin_key {
-            Some(k) if k.len() < 16 => anyhow::bail!("TIDINGS_ADMIN_KEY must be at least 16 characters"),
+            Some(k) if k.len() < 16 => {
+                anyhow::bail!("TIDINGS_ADMIN_KEY must be at least 16 characters")
+            }
             Some(k) => Some(hash_key(k)),
             None => {
                 if !store.has_operator_key().await? {
@@ -72,12 +78,19 @@ impl Auth {
                 None
             }
         };
-        Ok(Auth { admin_hash, failures: Mutex::new(HashMap::new()) })
+        Ok(Auth {
+            admin_hash,
+            failures: Mutex::new(HashMap::new()),
+        })
     }
 
     async fn principal(&self, store: &dyn Store, key: &str) -> Result<Option<Principal>, ApiError> {
         let hash = hash_key(key);
-        if self.admin_hash.as_deref().is_some_and(|h| constant_time_eq(h, &hash)) {
+        if self
+            .admin_hash
+            .as_deref()
+            .is_some_and(|h| constant_time_eq(h, &hash))
+        {
             return Ok(Some(Principal::Operator));
         }
         Ok(store.api_key_by_hash(&hash).await?.map(|k| match k.scope {
@@ -88,7 +101,8 @@ impl Auth {
 
     fn too_many_failures(&self, ip: IpAddr) -> bool {
         let map = self.failures.lock().expect("limiter poisoned");
-        map.get(&ip).is_some_and(|(start, n)| start.elapsed() < FAILURE_WINDOW && *n >= MAX_FAILURES)
+        map.get(&ip)
+            .is_some_and(|(start, n)| start.elapsed() < FAILURE_WINDOW && *n >= MAX_FAILURES)
     }
 
     fn failed(&self, ip: IpAddr) {
@@ -105,7 +119,11 @@ impl Auth {
 }
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Middleware: resolves the key into a [`Principal`] stored in the request's extensions.
@@ -116,9 +134,14 @@ pub async fn require_key(State(s): State<AppState>, mut req: Request, next: Next
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     if s.auth.too_many_failures(ip) {
-        let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many failed authentications; wait a minute")
-            .into_response();
-        r.headers_mut().insert(header::RETRY_AFTER, "60".parse().expect("valid header"));
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed authentications; wait a minute",
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, "60".parse().expect("valid header"));
         return r;
     }
     let key = req
@@ -148,7 +171,10 @@ pub async fn require_key(State(s): State<AppState>, mut req: Request, next: Next
 
 fn unauthorized(message: &str) -> Response {
     let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
-    r.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("valid header"));
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        "Bearer".parse().expect("valid header"),
+    );
     r
 }
 

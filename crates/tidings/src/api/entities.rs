@@ -129,7 +129,9 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let (after, limit) = page.parse()?;
     let (data, next) = s.hierarchy.list(&who, kind, after.as_ref(), limit).await?;
-    Ok(Json(serde_json::json!({ "data": data, "next_cursor": next })))
+    Ok(Json(
+        serde_json::json!({ "data": data, "next_cursor": next }),
+    ))
 }
 
 async fn read(

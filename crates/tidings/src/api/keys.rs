@@ -16,7 +16,9 @@ use crate::store::ApiKeyRecord;
 use crate::tenancy::Principal;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/api-keys", get(list).post(create)).route("/v1/api-keys/{id}", delete(revoke))
+    Router::new()
+        .route("/v1/api-keys", get(list).post(create))
+        .route("/v1/api-keys/{id}", delete(revoke))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -60,7 +62,11 @@ fn operator(who: &Principal) -> Result<(), ApiError> {
     if who.is_operator() {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only the operator key manages API keys"))
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only the operator key manages API keys",
+        ))
     }
 }
 
@@ -72,7 +78,13 @@ async fn create(
     operator(&who)?;
     let value = super::entities::json_body(&body)?;
     let req: NewKey = serde_path_to_error::deserialize(value).map_err(|e| {
-        ApiError::field("invalid_field", crate::domain::validate::FieldError::new(e.path().to_string(), e.into_inner().to_string()))
+        ApiError::field(
+            "invalid_field",
+            crate::domain::validate::FieldError::new(
+                e.path().to_string(),
+                e.into_inner().to_string(),
+            ),
+        )
     })?;
     crate::domain::validate::text("label", &req.label, crate::domain::validate::MAX_TEXT)
         .map_err(|e| ApiError::field("invalid_field", e))?;
@@ -83,7 +95,10 @@ async fn create(
         .map_err(|_| {
             ApiError::field(
                 "invalid_reference",
-                crate::domain::validate::FieldError::new("id", format!("no {} with id {}", req.level, req.id)),
+                crate::domain::validate::FieldError::new(
+                    "id",
+                    format!("no {} with id {}", req.level, req.id),
+                ),
             )
         })?;
     let now = s.hierarchy.now();
@@ -101,11 +116,16 @@ async fn create(
     Ok((StatusCode::CREATED, Json(view(&record, Some(key)))))
 }
 
-async fn list(State(s): State<AppState>, Extension(who): Extension<Principal>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     operator(&who)?;
     let keys = s.hierarchy.store().api_keys().await?;
     let data: Vec<KeyView> = keys.iter().map(|k| view(k, None)).collect();
-    Ok(Json(serde_json::json!({ "data": data, "next_cursor": null })))
+    Ok(Json(
+        serde_json::json!({ "data": data, "next_cursor": null }),
+    ))
 }
 
 async fn revoke(
@@ -116,7 +136,11 @@ async fn revoke(
     operator(&who)?;
     let not_found = || ApiError::not_found(format!("API key {id} not found or already revoked"));
     let kid = EntityId::parse(&id).map_err(|_| not_found())?;
-    if s.hierarchy.store().revoke_api_key(&kid, s.hierarchy.now()).await? {
+    if s.hierarchy
+        .store()
+        .revoke_api_key(&kid, s.hierarchy.now())
+        .await?
+    {
         tracing::info!(key = %kid, "API key revoked");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -39,7 +39,10 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::routes())
         .merge(emails::routes())
         .merge(keys::routes())
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
     Router::new()
         .merge(authenticated)
         .route(

@@ -8,16 +8,16 @@ use utoipa::openapi::{
     Required, ResponseBuilder, Schema,
 };
 
-use super::entities::{COLLECTIONS, MOMENTS};
-use super::error::ErrorBody;
 use super::emails::EmailView;
 use super::entities::SecretBody;
+use super::entities::{COLLECTIONS, MOMENTS};
+use super::error::ErrorBody;
 use super::keys::{KeyView, NewKey};
 use super::webhooks::RecoverRequest;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use super::webhooks::WebhookView;
 use crate::domain::entities as e;
 use crate::domain::Kind;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 
 fn names(kind: Kind) -> (&'static str, &'static str) {
     match kind {
@@ -222,7 +222,9 @@ pub fn document() -> OpenApi {
         vec![HttpMethod::Post],
         OperationBuilder::new()
             .tag("webhooks")
-            .summary(Some("Send again now (a failed webhook gets one more attempt, numbered on)"))
+            .summary(Some(
+                "Send again now (a failed webhook gets one more attempt, numbered on)",
+            ))
             .parameter(id_param())
             .response("202", ok("Queued", Some("WebhookView")))
             .response("404", error("Not found"))
@@ -233,8 +235,13 @@ pub fn document() -> OpenApi {
         vec![HttpMethod::Post],
         OperationBuilder::new()
             .tag("webhooks")
-            .summary(Some("Re-send every failed webhook of a level created since a time"))
-            .request_body(body("RecoverRequest", "{\"level_id\": ..., \"since\": \"2020-07-15T12:33:14.000Z\"}"))
+            .summary(Some(
+                "Re-send every failed webhook of a level created since a time",
+            ))
+            .request_body(body(
+                "RecoverRequest",
+                "{\"level_id\": ..., \"since\": \"2020-07-15T12:33:14.000Z\"}",
+            ))
             .response("202", ok("{\"recovered\": count}", None))
             .response("404", error("Level not found")),
     );
@@ -254,7 +261,9 @@ pub fn document() -> OpenApi {
             vec![HttpMethod::Post],
             OperationBuilder::new()
                 .tag(name)
-                .summary(Some("Make a new signing secret; the old one also signs for 24 hours"))
+                .summary(Some(
+                    "Make a new signing secret; the old one also signs for 24 hours",
+                ))
                 .parameter(id_param())
                 .response("200", ok("The new secret", Some("SecretBody")))
                 .response("404", error("Not found")),
@@ -265,16 +274,27 @@ pub fn document() -> OpenApi {
         vec![HttpMethod::Post],
         OperationBuilder::new()
             .tag("api-keys")
-            .summary(Some("Make a key bound to one level (operator only); the key is shown once"))
-            .request_body(body("NewKey", "{\"level\": \"dealer\", \"id\": ..., \"label\": ...}"))
-            .response("201", ok("The key, with `key` set this once", Some("KeyView")))
+            .summary(Some(
+                "Make a key bound to one level (operator only); the key is shown once",
+            ))
+            .request_body(body(
+                "NewKey",
+                "{\"level\": \"dealer\", \"id\": ..., \"label\": ...}",
+            ))
+            .response(
+                "201",
+                ok("The key, with `key` set this once", Some("KeyView")),
+            )
             .response("403", error("Not the operator key"))
             .response("422", error("Invalid level or id")),
     );
     paths.add_path_operation(
         "/v1/api-keys",
         vec![HttpMethod::Get],
-        OperationBuilder::new().tag("api-keys").summary(Some("List keys (never the keys themselves)")).response("200", ok("{\"data\": [KeyView...]}", None)),
+        OperationBuilder::new()
+            .tag("api-keys")
+            .summary(Some("List keys (never the keys themselves)"))
+            .response("200", ok("{\"data\": [KeyView...]}", None)),
     );
     paths.add_path_operation(
         "/v1/api-keys/{id}",
@@ -308,7 +328,10 @@ pub fn document() -> OpenApi {
         .schema_from::<SecretBody>()
         .schema_from::<NewKey>()
         .schema_from::<KeyView>()
-        .security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()))
+        .security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        )
         .build();
     OpenApiBuilder::new()
         .info(
@@ -319,6 +342,9 @@ pub fn document() -> OpenApi {
         )
         .paths(paths)
         .components(Some(components))
-        .security(Some([SecurityRequirement::new("bearer", Vec::<String>::new())]))
+        .security(Some([SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]))
         .build()
 }

@@ -12,9 +12,9 @@ use super::entities::Page;
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::{payload, EntityId, EventType, Level, Millis};
+use crate::store::{Attempt, RetryOutcome, Webhook, WebhookFilter, WebhookStatus};
 use crate::tenancy::Principal;
 use std::collections::HashMap;
-use crate::store::{Attempt, RetryOutcome, Webhook, WebhookFilter, WebhookStatus};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -170,7 +170,9 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let filter = q.filter()?;
     let rows = s.hierarchy.store().webhooks(&filter).await?;
-    let next = (rows.len() as u32 == filter.limit).then(|| rows.last().map(|w| w.id.clone())).flatten();
+    let next = (rows.len() as u32 == filter.limit)
+        .then(|| rows.last().map(|w| w.id.clone()))
+        .flatten();
     // A tenant sees the webhooks addressed to its level and the levels below it.
     let mut visible: HashMap<EntityId, bool> = HashMap::new();
     let mut data = Vec::with_capacity(rows.len());
@@ -187,7 +189,9 @@ async fn list(
             data.push(serde_json::to_value(webhook_view(w, None)).unwrap_or(Value::Null));
         }
     }
-    Ok(Json(serde_json::json!({ "data": data, "next_cursor": next })))
+    Ok(Json(
+        serde_json::json!({ "data": data, "next_cursor": next }),
+    ))
 }
 
 async fn one(
@@ -216,7 +220,12 @@ async fn retry(
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
     let not_found = || ApiError::not_found(format!("webhook {id} not found"));
     let wid = EntityId::parse(&id).map_err(|_| not_found())?;
-    let (w, _) = s.hierarchy.store().webhook(&wid).await?.ok_or_else(not_found)?;
+    let (w, _) = s
+        .hierarchy
+        .store()
+        .webhook(&wid)
+        .await?
+        .ok_or_else(not_found)?;
     if !s.hierarchy.sees_level(&who, &w.level_id).await? {
         return Err(not_found());
     }
@@ -269,7 +278,10 @@ async fn recover(
         )
     })?;
     if !s.hierarchy.sees_level(&who, &req.level_id).await? {
-        return Err(ApiError::not_found(format!("level {} not found", req.level_id)));
+        return Err(ApiError::not_found(format!(
+            "level {} not found",
+            req.level_id
+        )));
     }
     let n = s
         .hierarchy

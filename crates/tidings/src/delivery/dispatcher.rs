@@ -52,7 +52,7 @@ impl Default for DispatcherConfig {
     }
 }
 
-/// How long a saturated destination's extra webhooks wait before they are claimed again.
+/// The longest a busy destination's extra webhooks wait before they are claimed again.
 const SATURATED_BACKOFF: Duration = Duration::from_secs(1);
 /// Largest number of attempts recorded in one transaction.
 const RECORD_BATCH: usize = 512;
@@ -69,7 +69,7 @@ pub struct Dispatcher {
     new_work: Arc<Notify>,
     in_flight: Arc<AtomicUsize>,
     slot_freed: Arc<Notify>,
-    destinations: Arc<Mutex<HashMap<String, usize>>>,
+    destinations: Arc<Mutex<HashMap<String, Destination>>>,
 }
 
 impl Dispatcher {
@@ -175,43 +175,50 @@ impl Dispatcher {
                 let dest = destination(&claimed.webhook.url);
                 let admitted = {
                     let mut map = self.destinations.lock().expect("destination map poisoned");
-                    let n = map.entry(dest.clone()).or_insert(0);
-                    if *n < self.config.per_destination {
-                        *n += 1;
-                        true
+                    let d = map.entry(dest.clone()).or_default();
+                    if d.in_flight < self.config.per_destination {
+                        d.in_flight += 1;
+                        Some(claimed)
+                    } else if d.waiting.len() < self.config.per_destination * WAITING_PER_SLOT {
+                        // Sent as soon as one of this destination's attempts ends.
+                        d.waiting.push_back(claimed);
+                        None
                     } else {
-                        false
+                        saturated
+                            .push((claimed.webhook.id, d.backoff(self.config.per_destination)));
+                        None
                     }
                 };
-                if !admitted {
-                    saturated.push(claimed.webhook.id);
-                    continue;
+                if let Some(claimed) = admitted {
+                    let job = Attempting {
+                        egress: self.egress.clone(),
+                        clock: self.clock.clone(),
+                        keys: self.keys.clone(),
+                        metrics: self.metrics.clone(),
+                        schedule: self.config.schedule.clone(),
+                        destinations: self.destinations.clone(),
+                        dest,
+                        done: done_tx.clone(),
+                    };
+                    tokio::spawn(job.run(claimed));
                 }
-                let job = Attempting {
-                    egress: self.egress.clone(),
-                    clock: self.clock.clone(),
-                    keys: self.keys.clone(),
-                    metrics: self.metrics.clone(),
-                    schedule: self.config.schedule.clone(),
-                    destinations: self.destinations.clone(),
-                    dest,
-                    done: done_tx.clone(),
-                };
-                tokio::spawn(job.run(claimed));
             }
             if !saturated.is_empty() {
                 let n = saturated.len();
+                let backoff = saturated
+                    .iter()
+                    .map(|(_, b)| *b)
+                    .min()
+                    .unwrap_or(SATURATED_BACKOFF);
+                let ids: Vec<EntityId> = saturated.into_iter().map(|(id, _)| id).collect();
                 tracing::debug!(
                     count = n,
-                    "destination saturated; handing webhooks back for later"
+                    ?backoff,
+                    "destination busy; handing webhooks back for later"
                 );
                 if let Err(e) = self
                     .store
-                    .release(
-                        &self.owner,
-                        &saturated,
-                        self.clock.now().plus(SATURATED_BACKOFF),
-                    )
+                    .release(&self.owner, &ids, self.clock.now().plus(backoff))
                     .await
                 {
                     tracing::error!(error = %e, "handing back webhooks failed; their lease will end by itself");
@@ -233,6 +240,28 @@ impl Dispatcher {
     }
 }
 
+/// The attempts to one destination: those in flight, and claimed ones waiting for a slot.
+#[derive(Default)]
+struct Destination {
+    in_flight: usize,
+    waiting: std::collections::VecDeque<Claimed>,
+    /// Moving average of this destination's attempt durations, in milliseconds.
+    typical_ms: f64,
+}
+
+impl Destination {
+    /// How long until this destination is likely to take more: about one attempt per
+    /// queued round. Webhooks handed back come due again then, not a fixed time later.
+    fn backoff(&self, per_destination: usize) -> Duration {
+        let rounds = 1.0 + self.waiting.len() as f64 / per_destination.max(1) as f64;
+        Duration::from_millis((self.typical_ms * rounds).clamp(20.0, 1000.0) as u64)
+    }
+}
+
+/// How many claimed webhooks may wait per slot of a busy destination. Kept small so a
+/// waiting webhook is sent well before its lease ends; beyond it, webhooks are handed back.
+const WAITING_PER_SLOT: usize = 1;
+
 /// One attempt of one webhook.
 struct Attempting {
     egress: Egress,
@@ -240,13 +269,41 @@ struct Attempting {
     keys: SecretBox,
     metrics: Arc<Metrics>,
     schedule: RetrySchedule,
-    destinations: Arc<Mutex<HashMap<String, usize>>>,
+    destinations: Arc<Mutex<HashMap<String, Destination>>>,
     dest: String,
     done: mpsc::UnboundedSender<Recorded>,
 }
 
 impl Attempting {
-    async fn run(self, claimed: Claimed) {
+    /// Sends `claimed`, then whatever waits for this destination, one after the other.
+    async fn run(self, mut claimed: Claimed) {
+        loop {
+            let took = self.attempt(claimed).await;
+            let mut map = self.destinations.lock().expect("destination map poisoned");
+            let Some(d) = map.get_mut(&self.dest) else {
+                return;
+            };
+            let ms = took.as_secs_f64() * 1000.0;
+            d.typical_ms = if d.typical_ms == 0.0 {
+                ms
+            } else {
+                0.8 * d.typical_ms + 0.2 * ms
+            };
+            match d.waiting.pop_front() {
+                Some(next) => claimed = next,
+                None => {
+                    d.in_flight -= 1;
+                    if d.in_flight == 0 {
+                        map.remove(&self.dest);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Makes one attempt and hands its result to the recorder; returns how long it took.
+    async fn attempt(&self, claimed: Claimed) -> Duration {
         let w = &claimed.webhook;
         let number = w.attempts + 1;
         let started = self.clock.now();
@@ -257,7 +314,10 @@ impl Attempting {
         let body = payload::body(&w.id, w.created_at, number, w.event_type, &w.data);
         let (status_code, error, excerpt, duration_ms, outcome_label) =
             match self.sign(&claimed, started, &body) {
-                Err(reason) => (None, Some(reason), String::new(), 0, "no_secret"),
+                Err(reason) => {
+                    self.metrics.attempt("no_secret", Duration::ZERO);
+                    (None, Some(reason), String::new(), 0, "no_secret")
+                }
                 Ok(headers) => {
                     let outcome = self.egress.post(&w.url, &headers, Bytes::from(body)).await;
                     let label = outcome_label(&outcome);
@@ -291,15 +351,6 @@ impl Attempting {
         if next == Next::Failed {
             tracing::warn!(webhook = %w.id, level = %w.level_id, attempts = number, "webhook failed for good; notification queued");
         }
-        {
-            let mut map = self.destinations.lock().expect("destination map poisoned");
-            if let Some(n) = map.get_mut(&self.dest) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&self.dest);
-                }
-            }
-        }
         let attempt = Attempt {
             number,
             started_at: started,
@@ -313,6 +364,7 @@ impl Attempting {
             attempt,
             next,
         });
+        Duration::from_millis(duration_ms.max(0) as u64)
     }
 
     /// The Standard Webhooks headers for this attempt.

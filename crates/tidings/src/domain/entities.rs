@@ -576,14 +576,28 @@ pub enum Input {
     Package(PackageInput),
 }
 
+/// The dotted field an input error is about: serde reports a missing field at its parent's
+/// path, so the field's own name is taken from the message.
+fn field_of(path: &str, reason: &str) -> String {
+    let parent = if path == "." { "" } else { path };
+    match reason
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        Some(name) if parent.is_empty() => name.to_owned(),
+        Some(name) => format!("{parent}.{name}"),
+        None => parent.to_owned(),
+    }
+}
+
 impl Input {
     /// Parses a request body for `kind`, naming the offending field on error.
     pub fn parse(kind: Kind, body: serde_json::Value) -> Result<Input, FieldError> {
         fn de<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, FieldError> {
             serde_path_to_error::deserialize(v).map_err(|e| {
                 let path = e.path().to_string();
-                let field = if path == "." { String::new() } else { path };
-                FieldError::new(field, e.into_inner().to_string())
+                let reason = e.into_inner().to_string();
+                FieldError::new(field_of(&path, &reason), reason)
             })
         }
         Ok(match kind {
@@ -1359,6 +1373,19 @@ mod tests {
         });
         let err = Input::parse(Kind::Dealer, body).unwrap_err();
         assert_eq!(err.field, "contact.email");
+    }
+
+    #[test]
+    fn a_missing_field_is_named_with_its_path() {
+        let err = Input::parse(Kind::Dealer, json!({"contact": {"first_name": "F"}})).unwrap_err();
+        assert_eq!(err.field, "name");
+        let err = Input::parse(
+            Kind::Dealer,
+            json!({"name": "D", "reseller": {"id": "334d171d1854dd4c97874ba8"}, "contact": {"first_name": "F"}}),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "contact.last_name");
+        assert_eq!(err.reason, "missing field `last_name`");
     }
 
     #[test]

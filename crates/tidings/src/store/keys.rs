@@ -42,7 +42,10 @@ fn key_from_row(r: &AnyRow) -> Result<ApiKeyRecord> {
     let level: Option<String> = r.try_get("level")?;
     let level_id: Option<String> = r.try_get("level_id")?;
     let scope = match (level, level_id) {
-        (Some(l), Some(id)) => Some((l.parse::<Level>().map_err(corrupt)?, EntityId::parse(&id).map_err(corrupt)?)),
+        (Some(l), Some(id)) => Some((
+            l.parse::<Level>().map_err(corrupt)?,
+            EntityId::parse(&id).map_err(corrupt)?,
+        )),
         _ => None,
     };
     Ok(ApiKeyRecord {
@@ -77,7 +80,10 @@ impl KeyStore for SqlStore {
 
     async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>> {
         let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE hash = $1 AND revoked_at IS NULL");
-        let row = sqlx::query(&sql).bind(hash).fetch_optional(&self.reader).await?;
+        let row = sqlx::query(&sql)
+            .bind(hash)
+            .fetch_optional(&self.reader)
+            .await?;
         row.as_ref().map(key_from_row).transpose()
     }
 
@@ -88,19 +94,22 @@ impl KeyStore for SqlStore {
     }
 
     async fn revoke_api_key(&self, id: &EntityId, now: Millis) -> Result<bool> {
-        let n = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-            .bind(now.0)
-            .bind(id.as_str())
-            .execute(&self.writer)
-            .await?
-            .rows_affected();
+        let n =
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now.0)
+                .bind(id.as_str())
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
         Ok(n == 1)
     }
 
     async fn has_operator_key(&self) -> Result<bool> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_keys WHERE level IS NULL AND revoked_at IS NULL")
-            .fetch_one(&self.reader)
-            .await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM api_keys WHERE level IS NULL AND revoked_at IS NULL",
+        )
+        .fetch_one(&self.reader)
+        .await?;
         Ok(row.try_get::<i64, _>("n")? > 0)
     }
 }

@@ -5,6 +5,7 @@
 //! connection (no `SQLITE_BUSY` between our own writers) while reads use a pool of several
 //! (WAL lets them run beside the writer).
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -57,14 +58,24 @@ impl SqlStore {
             let writer = sqlite_pool(1).connect(&url).await?;
             SQLITE_MIGRATIONS.run(&writer).await?;
             let reader = sqlite_pool(4).connect(&url).await?;
-            SqlStore { backend: Backend::Sqlite, url, writer, reader }
+            SqlStore {
+                backend: Backend::Sqlite,
+                url,
+                writer,
+                reader,
+            }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = AnyPoolOptions::new()
                 .max_connections(16)
                 .connect(url)
                 .await?;
             POSTGRES_MIGRATIONS.run(&pool).await?;
-            SqlStore { backend: Backend::Postgres, url: url.to_owned(), writer: pool.clone(), reader: pool }
+            SqlStore {
+                backend: Backend::Postgres,
+                url: url.to_owned(),
+                writer: pool.clone(),
+                reader: pool,
+            }
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
@@ -146,14 +157,25 @@ impl Store for SqlStore {
         // parent cannot be deleted under a new child), rows about to change are locked.
         let locks = match self.backend {
             Backend::Sqlite => RowLocks::NONE,
-            Backend::Postgres => RowLocks { reference: " FOR SHARE", change: " FOR UPDATE" },
+            Backend::Postgres => RowLocks {
+                reference: " FOR SHARE",
+                change: " FOR UPDATE",
+            },
         };
         let signal_work = self.backend == Backend::Postgres;
-        Ok(Box::new(SqlTx { tx: self.writer.begin().await?, locks, signal_work }))
+        Ok(Box::new(SqlTx::new(
+            self.writer.begin().await?,
+            locks,
+            signal_work,
+        )))
     }
 
     async fn read(&self) -> Result<Box<dyn Tx>> {
-        Ok(Box::new(SqlTx { tx: self.reader.begin().await?, locks: RowLocks::NONE, signal_work: false }))
+        Ok(Box::new(SqlTx::new(
+            self.reader.begin().await?,
+            RowLocks::NONE,
+            false,
+        )))
     }
 
     async fn list(&self, kind: Kind, after: Option<&EntityId>, limit: u32) -> Result<Vec<Entity>> {
@@ -306,7 +328,9 @@ impl Store for SqlStore {
                             tracing::warn!("lost the LISTEN connection; reconnecting");
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot open the LISTEN connection; retrying in 1s"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot open the LISTEN connection; retrying in 1s")
+                    }
                 }
                 // Whatever was queued meanwhile is found by the next claim.
                 wake.notify_one();
@@ -580,6 +604,10 @@ struct SqlTx {
     locks: RowLocks,
     /// Tell other instances (LISTEN/NOTIFY, sent at commit) when webhooks are queued.
     signal_work: bool,
+    /// Entities as this transaction last read or wrote them (`None`: known absent). An API
+    /// change reads the same parents for validation, the view and routing; this reads each
+    /// once, and lets `put` skip rewriting references that did not change.
+    seen: HashMap<EntityId, Option<Entity>>,
 }
 
 /// The PostgreSQL channel on which instances announce newly queued work.
@@ -593,14 +621,42 @@ struct RowLocks {
 }
 
 impl RowLocks {
-    const NONE: RowLocks = RowLocks { reference: "", change: "" };
+    const NONE: RowLocks = RowLocks {
+        reference: "",
+        change: "",
+    };
 }
 
 impl SqlTx {
-    async fn get_locked(&mut self, id: &EntityId, lock: &str) -> Result<Option<Entity>> {
+    fn new(tx: Transaction<'static, Any>, locks: RowLocks, signal_work: bool) -> Self {
+        SqlTx {
+            tx,
+            locks,
+            signal_work,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Reads an entity. `fresh` forces a query (to take a stronger row lock).
+    async fn get_locked(
+        &mut self,
+        id: &EntityId,
+        lock: &str,
+        fresh: bool,
+    ) -> Result<Option<Entity>> {
+        if !fresh {
+            if let Some(e) = self.seen.get(id) {
+                return Ok(e.clone());
+            }
+        }
         let sql = format!("SELECT doc FROM entities WHERE id = $1{lock}");
-        let row = sqlx::query(&sql).bind(id.as_str()).fetch_optional(&mut *self.tx).await?;
-        row.as_ref().map(entity_from_row).transpose()
+        let row = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        let entity = row.as_ref().map(entity_from_row).transpose()?;
+        self.seen.insert(id.clone(), entity.clone());
+        Ok(entity)
     }
 }
 
@@ -608,17 +664,24 @@ impl SqlTx {
 impl Tx for SqlTx {
     async fn get(&mut self, id: &EntityId) -> Result<Option<Entity>> {
         let lock = self.locks.reference;
-        self.get_locked(id, lock).await
+        self.get_locked(id, lock, false).await
     }
 
     async fn get_for_change(&mut self, id: &EntityId) -> Result<Option<Entity>> {
         let lock = self.locks.change;
-        self.get_locked(id, lock).await
+        self.get_locked(id, lock, true).await
     }
 
     async fn put(&mut self, entity: &Entity, now: Millis) -> Result<()> {
         let doc = serde_json::to_string(entity).map_err(|e| corrupt(format!("entity: {e}")))?;
         let id = entity.id().as_str();
+        let refs = entity.refs();
+        // What the references were before, if this transaction knows.
+        let before: Option<Vec<EntityId>> = match self.seen.get(entity.id()) {
+            Some(Some(prev)) => Some(prev.refs()),
+            Some(None) => Some(Vec::new()),
+            None => None,
+        };
         sqlx::query(
             "INSERT INTO entities (id, kind, doc, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
              ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
@@ -629,17 +692,22 @@ impl Tx for SqlTx {
         .bind(now.0)
         .execute(&mut *self.tx)
         .await?;
-        sqlx::query("DELETE FROM entity_refs WHERE source = $1")
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
-        for target in entity.refs() {
-            sqlx::query("INSERT INTO entity_refs (target, source) VALUES ($1, $2)")
-                .bind(target.as_str())
-                .bind(id)
-                .execute(&mut *self.tx)
-                .await?;
+        if before.as_ref() != Some(&refs) {
+            if before.as_ref().is_none_or(|b| !b.is_empty()) {
+                sqlx::query("DELETE FROM entity_refs WHERE source = $1")
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await?;
+            }
+            for target in &refs {
+                sqlx::query("INSERT INTO entity_refs (target, source) VALUES ($1, $2)")
+                    .bind(target.as_str())
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await?;
+            }
         }
+        self.seen.insert(entity.id().clone(), Some(entity.clone()));
         Ok(())
     }
 
@@ -652,6 +720,7 @@ impl Tx for SqlTx {
             .bind(id.as_str())
             .execute(&mut *self.tx)
             .await?;
+        self.seen.insert(id.clone(), None);
         Ok(())
     }
 
@@ -676,7 +745,10 @@ impl Tx for SqlTx {
     async fn add_event(&mut self, event: &NewEvent, webhooks: &[NewWebhook]) -> Result<()> {
         if self.signal_work && !webhooks.is_empty() {
             // Delivered to listeners only if and when this transaction commits.
-            sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut *self.tx).await?;
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(WORK_CHANNEL)
+                .execute(&mut *self.tx)
+                .await?;
         }
         sqlx::query("INSERT INTO events (id, type, subject_id, data, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(event.id.as_str())

@@ -10,7 +10,8 @@ use tidings::store::{SqlStore, Store};
 
 /// The PostgreSQL server the tests use (a database is created per test).
 pub fn postgres_admin_url() -> String {
-    std::env::var("TIDINGS_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("TIDINGS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A fresh, empty PostgreSQL database; returns its URL.
@@ -21,19 +22,37 @@ pub async fn fresh_postgres_database() -> String {
     });
     // The name starts with the creation time (the id's first 12 hex digits are milliseconds),
     // so leftovers of runs more than an hour old can be dropped without touching live ones.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let old: Vec<(String,)> = sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'tidings_test_%'")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let old: Vec<(String,)> =
+        sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'tidings_test_%'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
     for (db,) in old {
-        let created = i64::from_str_radix(db.trim_start_matches("tidings_test_").get(..12).unwrap_or(""), 16).unwrap_or(now);
+        let created = i64::from_str_radix(
+            db.trim_start_matches("tidings_test_")
+                .get(..12)
+                .unwrap_or(""),
+            16,
+        )
+        .unwrap_or(now);
         if now - created > 3_600_000 {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db}")).execute(&mut conn).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
+                .execute(&mut conn)
+                .await;
         }
     }
-    let name = format!("tidings_test_{}", tidings::domain::EntityId::generate(tidings::domain::Millis(now)));
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+    let name = format!(
+        "tidings_test_{}",
+        tidings::domain::EntityId::generate(tidings::domain::Millis(now))
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
     let mut url = url::Url::parse(&admin).expect("admin URL");
     url.set_path(&format!("/{name}"));
     url.to_string()
@@ -51,13 +70,23 @@ pub async fn sqlite() -> TestStore {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let store = Arc::new(SqlStore::open(&url).await.expect("open sqlite"));
-    TestStore { name: "sqlite", url, store, _dir: Some(dir) }
+    TestStore {
+        name: "sqlite",
+        url,
+        store,
+        _dir: Some(dir),
+    }
 }
 
 pub async fn postgres() -> TestStore {
     let url = fresh_postgres_database().await;
     let store = Arc::new(SqlStore::open(&url).await.expect("open postgres"));
-    TestStore { name: "postgres", url, store, _dir: None }
+    TestStore {
+        name: "postgres",
+        url,
+        store,
+        _dir: None,
+    }
 }
 
 pub async fn both() -> Vec<TestStore> {
