@@ -2,7 +2,6 @@
 //! database share the work, deliver every webhook, and deliver none twice in normal
 //! operation; when one dies, the others take over its claims when their leases end.
 
-mod stores;
 mod support;
 
 use std::collections::HashMap;
@@ -12,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::receiver::Receiver;
+use support::stores;
 use support::tls::TestCa;
 
 const ADMIN_KEY: &str = "scale-test-admin-key-0123456789";

@@ -8,6 +8,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+#[path = "../stores/mod.rs"]
+mod stores;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -94,7 +97,7 @@ impl TestServer {
         cmd.env("TIDINGS_LISTEN", format!("127.0.0.1:{port}"))
             .env(
                 "TIDINGS_DATABASE_URL",
-                format!("sqlite://{}", db.to_str().expect("UTF-8 temp path")),
+                stores::database_url_in(dir),
             )
             .env("TIDINGS_ADMIN_KEY", ADMIN_KEY)
             .env("TIDINGS_SECRET_KEY_FILE", dir.join("tidings.key"))

@@ -5,6 +5,9 @@
 //! Nothing here sleeps for a fixed time to let something happen: every wait polls for the
 //! condition it needs and gives up, with the processes' output in the message, at a deadline.
 
+#[path = "../stores/mod.rs"]
+mod stores;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -260,7 +263,7 @@ impl Tidings {
             .env("TIDINGS_LISTEN", format!("127.0.0.1:{port}"))
             .env(
                 "TIDINGS_DATABASE_URL",
-                format!("sqlite://{}", dir.join("t.db").display()),
+                stores::database_url_in(dir),
             )
             .env("TIDINGS_SECRET_KEY_FILE", dir.join("tidings.key"))
             .env("TIDINGS_ADMIN_KEY", ADMIN_KEY)

@@ -5,6 +5,8 @@
 //! Waiting is always bounded polling ([`eventually`]); tests assert on what happened and in
 //! which order, never on how long it took.
 
+use super::stores;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +16,6 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use serde_json::{json, Value};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 use tempfile::TempDir;
 use tidings::api::AppState;
 use tidings::clock::{Clock, ManualClock, SystemClock};
@@ -50,7 +51,7 @@ impl Setup {
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).unwrap();
         let settings = Settings {
-            database_url: format!("sqlite://{}", dir.path().join("tidings.db").display()),
+            database_url: stores::database_url_in(dir.path()),
             admin_key: Some(OPERATOR_KEY.to_owned()),
             retry_schedule: RetrySchedule::default(),
             request_timeout: Duration::from_secs(10),
@@ -287,12 +288,11 @@ impl TestApp {
         }
     }
 
-    /// A separate read-only connection to the SQLite file, for rows the API does not show.
-    pub async fn database(&self) -> SqlitePool {
-        let options = SqliteConnectOptions::new()
-            .filename(self.database_path())
-            .read_only(true);
-        SqlitePool::connect_with(options).await.unwrap()
+    /// A separate connection to the database (SQLite or PostgreSQL), for rows the API does
+    /// not show. Write queries with `$1` placeholders so they run on both.
+    pub async fn database(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyPool::connect(&self.settings().database_url).await.unwrap()
     }
 }
 
