@@ -1,0 +1,315 @@
+//! The Tidings under test: a `tidings serve` child process with a fresh store, and what
+//! `/proc` says about its CPU time and memory while it runs.
+//!
+//! Every run gets its own SQLite file or PostgreSQL database, dropped afterwards, so runs
+//! never see each other's rows.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sqlx::Connection;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Which store the child runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+impl StoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        }
+    }
+}
+
+/// How to start the child.
+#[derive(Debug, Clone)]
+pub struct ChildConfig {
+    pub bin: PathBuf,
+    pub store: StoreKind,
+    /// A server URL (no database name) where fresh databases can be created.
+    pub postgres_url: String,
+    pub dir: PathBuf,
+    pub ca_file: PathBuf,
+    pub retry_schedule: String,
+    pub max_in_flight: usize,
+    pub per_destination: usize,
+    pub rust_log: String,
+}
+
+pub const ADMIN_KEY: &str = "tidings-bench-operator-key";
+
+pub struct Tidings {
+    child: Child,
+    pub pid: u32,
+    pub base_url: String,
+    /// The PostgreSQL database to drop at the end.
+    database: Option<String>,
+    postgres_url: String,
+    pub sampler: Arc<ProcSampler>,
+    sampler_task: tokio::task::JoinHandle<()>,
+}
+
+impl Tidings {
+    pub async fn start(cfg: &ChildConfig, name: &str) -> anyhow::Result<Tidings> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        let (database_url, database) = match cfg.store {
+            StoreKind::Sqlite => (
+                format!("sqlite://{}", cfg.dir.join("tidings.db").display()),
+                None,
+            ),
+            StoreKind::Postgres => {
+                let db = format!("tidings_bench_{}_{}", name, std::process::id());
+                let mut conn = sqlx::PgConnection::connect(&cfg.postgres_url)
+                    .await
+                    .with_context(|| format!("connecting to PostgreSQL at {}", cfg.postgres_url))?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
+                    .execute(&mut conn)
+                    .await?;
+                sqlx::query(&format!("CREATE DATABASE {db}"))
+                    .execute(&mut conn)
+                    .await?;
+                (with_database(&cfg.postgres_url, &db), Some(db))
+            }
+        };
+        let log = std::fs::File::create(cfg.dir.join("tidings.log"))?;
+        let mut child = Command::new(&cfg.bin)
+            .arg("serve")
+            .env("TIDINGS_LISTEN", "127.0.0.1:0")
+            .env("TIDINGS_DATABASE_URL", &database_url)
+            .env("TIDINGS_SECRET_KEY_FILE", cfg.dir.join("tidings.key"))
+            .env("TIDINGS_ADMIN_KEY", ADMIN_KEY)
+            .env("TIDINGS_SSRF_ALLOW", "127.0.0.1/32")
+            .env("TIDINGS_CA_FILE", &cfg.ca_file)
+            .env("TIDINGS_RETRY_SCHEDULE", &cfg.retry_schedule)
+            .env("TIDINGS_MAX_IN_FLIGHT", cfg.max_in_flight.to_string())
+            .env("TIDINGS_PER_DESTINATION", cfg.per_destination.to_string())
+            .env("RUST_LOG", &cfg.rust_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", cfg.bin.display()))?;
+        let pid = child.id().context("the child has no pid")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.strip_prefix("tidings listening on ") {
+                    return Ok(url.trim().to_owned());
+                }
+            }
+            bail!(
+                "tidings exited before listening; see {}",
+                cfg.dir.join("tidings.log").display()
+            )
+        })
+        .await
+        .context("tidings did not say it was listening within 60 s")??;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let sampler = Arc::new(ProcSampler::new(pid));
+        let sampler_task = tokio::spawn(sampler.clone().run(Duration::from_millis(250)));
+        Ok(Tidings {
+            child,
+            pid,
+            base_url: ready,
+            database,
+            postgres_url: cfg.postgres_url.clone(),
+            sampler,
+            sampler_task,
+        })
+    }
+
+    /// Stops the child (SIGTERM, then SIGKILL after 10 s) and drops its database.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.sampler_task.abort();
+        // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        if let Some(db) = self.database.take() {
+            let mut conn = sqlx::PgConnection::connect(&self.postgres_url).await?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// `postgres://u@h:p/x?o` with the database replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{db}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// One reading of `/proc/PID`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcReading {
+    pub at: Option<Instant>,
+    /// utime + stime, seconds.
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    /// Peak RSS since the process started (VmHWM).
+    pub hwm_bytes: u64,
+}
+
+/// Samples a process's CPU time and memory on an interval; phases read the peaks between
+/// two marks.
+pub struct ProcSampler {
+    pid: u32,
+    state: Mutex<SamplerState>,
+}
+
+#[derive(Default)]
+struct SamplerState {
+    last: ProcReading,
+    /// Largest RSS since the last `reset_peak`.
+    peak_rss: u64,
+    /// Largest CPU use over one interval since the last `reset_peak`, in cores.
+    peak_cores: f64,
+}
+
+impl ProcSampler {
+    pub fn new(pid: u32) -> Self {
+        ProcSampler {
+            pid,
+            state: Mutex::new(SamplerState::default()),
+        }
+    }
+
+    pub fn read(&self) -> ProcReading {
+        read_proc(self.pid).unwrap_or_default()
+    }
+
+    async fn run(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(r) = read_proc(self.pid) else { return };
+            let mut s = self.state.lock().unwrap();
+            if let (Some(prev), Some(now)) = (s.last.at, r.at) {
+                let wall = now.duration_since(prev).as_secs_f64();
+                if wall > 0.0 {
+                    let cores = (r.cpu_seconds - s.last.cpu_seconds) / wall;
+                    s.peak_cores = s.peak_cores.max(cores);
+                }
+            }
+            s.peak_rss = s.peak_rss.max(r.rss_bytes);
+            s.last = r;
+        }
+    }
+
+    /// Starts a new peak window; returns the current reading.
+    pub fn mark(&self) -> ProcReading {
+        let r = self.read();
+        let mut s = self.state.lock().unwrap();
+        s.peak_rss = r.rss_bytes;
+        s.peak_cores = 0.0;
+        r
+    }
+
+    /// Peak RSS and peak cores since the last mark.
+    pub fn peaks(&self) -> (u64, f64) {
+        let r = self.read();
+        let s = self.state.lock().unwrap();
+        (s.peak_rss.max(r.rss_bytes), s.peak_cores)
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+pub fn read_proc(pid: u32) -> Option<ProcReading> {
+    read_proc_at(&PathBuf::from(format!("/proc/{pid}")))
+}
+
+pub fn read_self() -> ProcReading {
+    read_proc_at(Path::new("/proc/self")).unwrap_or_default()
+}
+
+fn read_proc_at(dir: &Path) -> Option<ProcReading> {
+    let at = Instant::now();
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    Some(ProcReading {
+        at: Some(at),
+        cpu_seconds: ticks / clock_ticks(),
+        rss_bytes: kib("VmRSS:"),
+        hwm_bytes: kib("VmHWM:"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_replaces_the_path() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/x", "b"),
+            "postgres://postgres@127.0.0.1:5432/b"
+        );
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432", "b"),
+            "postgres://postgres@127.0.0.1:5432/b"
+        );
+        assert_eq!(
+            with_database("postgres://h/x?sslmode=disable", "b"),
+            "postgres://h/b?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let r = read_self();
+        assert!(r.rss_bytes > 0 && r.hwm_bytes >= r.rss_bytes);
+    }
+}

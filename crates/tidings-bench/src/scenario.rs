@@ -1,0 +1,758 @@
+//! The scenarios of issue 7 and the measured phase they are made of.
+//!
+//! A scenario starts a sink and a fresh Tidings, builds the hierarchy, waits until the
+//! setup's own webhooks are delivered, then runs one or more phases: fire events, wait until
+//! every webhook to a healthy destination is recorded as delivered, read the figures. The
+//! ceiling run follows the main phase, on the same sink, in the same process.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::api::{self, Api, Failing, Firing, Hierarchy, Meeting, Metrics, Rate, Shape};
+use crate::ceiling::{self, Ceiling};
+use crate::child::{self, ChildConfig, StoreKind, Tidings};
+use crate::report::{self, Delivery, Latency, Machine, Phase, Process, Report, Target};
+use crate::sink::Sink;
+
+/// Settings shared by every scenario (the command line).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub bin: PathBuf,
+    pub postgres_url: String,
+    pub out_dir: PathBuf,
+    pub ports: usize,
+    pub api_concurrency: usize,
+    pub max_in_flight: usize,
+    pub per_destination: usize,
+    /// Overrides each scenario's own phase length.
+    pub duration: Option<f64>,
+    /// Overrides the fixed rate of scenarios a and c.
+    pub rate: Option<f64>,
+    pub ceiling_seconds: f64,
+    /// Pending retries to store in scenario d.
+    pub pending: u64,
+    pub shape: Shape,
+    pub rust_log: String,
+    pub drain_timeout: f64,
+    pub keep: bool,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// One scenario on one store: a sink, a Tidings, a hierarchy.
+struct Run {
+    opts: Options,
+    store: StoreKind,
+    sink: Sink,
+    tidings: Option<Tidings>,
+    api: Api,
+    epoch: Instant,
+    seq: Arc<AtomicU64>,
+    hierarchy: Hierarchy,
+    dir: PathBuf,
+    setup_seconds: f64,
+    retry_schedule: String,
+}
+
+impl Run {
+    async fn start(
+        opts: &Options,
+        store: StoreKind,
+        name: &str,
+        failing: Failing,
+        retry_schedule: &str,
+    ) -> anyhow::Result<Run> {
+        let epoch = Instant::now();
+        let dir = opts
+            .out_dir
+            .join("runs")
+            .join(format!("{name}-{}", store.as_str()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let sink = Sink::start(opts.ports, epoch).await?;
+        let ca_file = dir.join("sink-ca.pem");
+        std::fs::write(&ca_file, sink.ca_pem())?;
+        let cfg = ChildConfig {
+            bin: opts.bin.clone(),
+            store,
+            postgres_url: opts.postgres_url.clone(),
+            dir: dir.clone(),
+            ca_file,
+            retry_schedule: retry_schedule.to_owned(),
+            max_in_flight: opts.max_in_flight,
+            per_destination: opts.per_destination,
+            rust_log: opts.rust_log.clone(),
+        };
+        let tidings = Tidings::start(&cfg, name).await?;
+        let api = Api::new(&tidings.base_url, opts.api_concurrency)?;
+        let started = Instant::now();
+        let hierarchy = api::build_hierarchy(&api, &sink, opts.shape, failing)
+            .await
+            .context("building the hierarchy")?;
+        // The setup's own webhooks (DEALER_CREATED, MEETING_CREATED, ...) go out first.
+        wait_until(&api, Duration::from_secs(120), |m| {
+            m.sum(&["tidings_queue_depth"]) == 0.0
+        })
+        .await?;
+        let setup_seconds = started.elapsed().as_secs_f64();
+        Ok(Run {
+            opts: opts.clone(),
+            store,
+            sink,
+            tidings: Some(tidings),
+            api,
+            epoch,
+            seq: Arc::new(AtomicU64::new(0)),
+            hierarchy,
+            dir,
+            setup_seconds,
+            retry_schedule: retry_schedule.to_owned(),
+        })
+    }
+
+    fn tidings(&self) -> &Tidings {
+        self.tidings.as_ref().expect("running")
+    }
+
+    /// Fires events at `meetings`, waits until the healthy webhooks are recorded, measures.
+    async fn phase(
+        &self,
+        name: &str,
+        meetings: &[Meeting],
+        rate: Rate,
+        duration: Duration,
+        limit: Option<u64>,
+        sample: bool,
+    ) -> anyhow::Result<Phase> {
+        let before = self.api.metrics().await?;
+        let sink_before = self.sink.state.counts();
+        let proc_before = self.tidings().sampler.mark();
+        let self_before = child::read_self();
+        let live = Arc::new(Firing::default());
+        let progress = Progress::start(name, &self.sink, self.tidings(), live.clone());
+        self.sink.state.set_sampling(sample);
+        let fired = api::fire(
+            &self.api,
+            meetings,
+            rate,
+            duration,
+            limit,
+            self.opts.api_concurrency,
+            &self.seq,
+            self.epoch,
+            live,
+        )
+        .await;
+        self.sink.state.set_sampling(false);
+        let sink_fired = self.sink.state.counts().since(&sink_before);
+        let open_connections = sink_fired.open_connections;
+        let fire_seconds = fired.elapsed.as_secs_f64();
+        let expected: u64 = fired
+            .acks
+            .iter()
+            .map(|(n, _)| 4 - meetings[*n as usize % meetings.len()].failing_levels() as u64)
+            .sum();
+        // Drain: until every healthy webhook of the accepted events is recorded as delivered.
+        progress.draining(expected);
+        let base = before.changed("succeeded");
+        let drain_limit =
+            Duration::from_secs_f64(self.opts.drain_timeout.max(duration.as_secs_f64() * 3.0));
+        let mut delivered;
+        let mut last = before.clone();
+        loop {
+            last = self.api.metrics().await.unwrap_or(last);
+            delivered = last.changed("succeeded").saturating_sub(base);
+            progress.recorded(delivered);
+            if delivered >= expected || fired.started.elapsed() > duration + drain_limit {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let delivered_seconds = fired.started.elapsed().as_secs_f64();
+        progress.stop();
+        let proc_after = self.tidings().sampler.read();
+        let (rss_peak, cores_peak) = self.tidings().sampler.peaks();
+        let self_after = child::read_self();
+        let wall = delivered_seconds;
+
+        // Latency: first arrival at the sink minus the acknowledgement of its event.
+        let mut healthy = (Histogram::<u64>::new(3).expect("valid"), 0u64, 0u64);
+        let mut failing = (Histogram::<u64>::new(3).expect("valid"), 0u64, 0u64);
+        let mut any_failing = false;
+        for (n, ack) in &fired.acks {
+            let m = &meetings[*n as usize % meetings.len()];
+            for (level, fails) in m.failing.iter().enumerate() {
+                let (h, before_ack, missing) = if *fails {
+                    any_failing = true;
+                    &mut failing
+                } else {
+                    &mut healthy
+                };
+                match self.sink.state.arrivals.get(*n, level) {
+                    Some(at) => {
+                        if at < *ack {
+                            *before_ack += 1;
+                        }
+                        let _ = h.record(at.saturating_sub(*ack) / 1000);
+                    }
+                    None => *missing += 1,
+                }
+            }
+        }
+        let delivery = |(h, before_ack, missing): (Histogram<u64>, u64, u64)| Delivery {
+            latency: Latency::of(&h),
+            before_ack,
+            missing,
+        };
+        let attempts = outcomes(&before, &last);
+        let mut notes = vec![format!("connections from Tidings open at the sink when firing stopped: {open_connections}")];
+        if delivered < expected {
+            notes.push(format!(
+                "only {delivered} of {expected} healthy webhooks were recorded as delivered within the drain limit"
+            ));
+        }
+        Ok(Phase {
+            name: name.to_owned(),
+            rate: match rate {
+                Rate::Max => "max".into(),
+                Rate::Fixed(r) => format!("{r:.0}"),
+            },
+            events_accepted: fired.accepted,
+            api_errors: fired.errors,
+            first_api_error: fired.first_error,
+            fire_seconds,
+            events_per_second: fired.accepted as f64 / fire_seconds,
+            api_latency: Latency::of(&fired.api_latency),
+            webhooks_expected: expected,
+            webhooks_delivered: delivered,
+            delivered_seconds,
+            webhooks_per_second: delivered as f64 / delivered_seconds,
+            sink_per_second_while_firing: sink_fired.first_ok as f64 / fire_seconds,
+            all_delivered: delivered >= expected,
+            healthy: delivery(healthy),
+            failing: any_failing.then(|| delivery(failing)),
+            tidings: Process {
+                cpu_cores_avg: (proc_after.cpu_seconds - proc_before.cpu_seconds) / wall,
+                cpu_cores_peak: cores_peak,
+                rss_peak_mib: rss_peak as f64 / MIB,
+                rss_end_mib: proc_after.rss_bytes as f64 / MIB,
+                hwm_mib: proc_after.hwm_bytes as f64 / MIB,
+            },
+            bench_cores_avg: (self_after.cpu_seconds - self_before.cpu_seconds) / wall,
+            sink: self.sink.state.counts().since(&sink_before),
+            attempts,
+            queue_depth_end: last.sum(&["tidings_queue_depth"]) as u64,
+            notes,
+        })
+    }
+
+    /// The ceiling with the bodies sampled in the main phase and the concurrency Tidings had.
+    async fn ceiling(&self) -> anyhow::Result<Ceiling> {
+        let samples: Vec<_> = self
+            .sink
+            .state
+            .samples()
+            .into_iter()
+            .filter_map(|s| self.sink.state.secret(&s.path).map(|secret| (s, secret)))
+            .collect();
+        let destinations = {
+            let mut p: Vec<u16> = samples.iter().map(|(s, _)| s.port).collect();
+            p.sort_unstable();
+            p.dedup();
+            p.len().max(1)
+        };
+        let concurrency = self
+            .opts
+            .max_in_flight
+            .min(self.opts.per_destination * destinations);
+        let pb = spinner("ceiling: the sink driven directly");
+        let c = ceiling::run(
+            &self.sink,
+            samples,
+            concurrency,
+            Duration::from_secs_f64(self.opts.ceiling_seconds),
+        )
+        .await;
+        pb.finish_and_clear();
+        c
+    }
+
+    fn settings(&self, extra: serde_json::Value) -> serde_json::Value {
+        let mut v = json!({
+            "api_concurrency": self.opts.api_concurrency,
+            "sink_ports": self.opts.ports,
+            "failing_ports": self.hierarchy.failing_ports,
+            "failing_share_of_webhooks": self.hierarchy.failing_share(),
+            "TIDINGS_MAX_IN_FLIGHT": self.opts.max_in_flight,
+            "TIDINGS_PER_DESTINATION": self.opts.per_destination,
+            "TIDINGS_RETRY_SCHEDULE": self.retry_schedule,
+            "RUST_LOG": self.opts.rust_log,
+            "shape": self.opts.shape,
+            "levels_with_webhook_url": self.hierarchy.levels,
+            "failing_levels": self.hierarchy.failing_levels,
+            "meetings": self.hierarchy.meetings.len(),
+            "tidings_pid": self.tidings().pid,
+        });
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        v
+    }
+
+    async fn finish(mut self) -> anyhow::Result<()> {
+        if let Some(t) = self.tidings.take() {
+            t.stop().await?;
+        }
+        if !self.opts.keep {
+            let _ = std::fs::remove_file(self.dir.join("tidings.db"));
+            let _ = std::fs::remove_file(self.dir.join("tidings.db-wal"));
+            let _ = std::fs::remove_file(self.dir.join("tidings.db-shm"));
+        }
+        Ok(())
+    }
+}
+
+/// Attempts by outcome between two scrapes.
+fn outcomes(before: &Metrics, after: &Metrics) -> Vec<(String, u64)> {
+    let mut out = BTreeMap::new();
+    for outcome in [
+        "succeeded",
+        "http_status",
+        "timeout",
+        "connect",
+        "tls",
+        "refused",
+        "transport",
+        "no_secret",
+    ] {
+        let key = format!("outcome=\"{outcome}\"");
+        let n = after.sum(&["tidings_attempts_total", &key])
+            - before.sum(&["tidings_attempts_total", &key]);
+        if n > 0.0 {
+            out.insert(outcome.to_owned(), n as u64);
+        }
+    }
+    out.into_iter().collect()
+}
+
+async fn wait_until(
+    api: &Api,
+    limit: Duration,
+    done: impl Fn(&Metrics) -> bool,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let m = api.metrics().await?;
+        if done(&m) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "Tidings did not reach the expected state within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn spinner(msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed:>4}] {msg}").expect("valid template"),
+    );
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb.set_message(msg.to_owned());
+    pb
+}
+
+/// The live line: events accepted, deliveries seen by the sink, Tidings' CPU and memory.
+struct Progress {
+    pb: ProgressBar,
+    stop: Arc<AtomicBool>,
+    expected: Arc<AtomicU64>,
+    recorded: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn start(name: &str, sink: &Sink, tidings: &Tidings, live: Arc<Firing>) -> Progress {
+        let pb = spinner(name);
+        let stop = Arc::new(AtomicBool::new(false));
+        let expected = Arc::new(AtomicU64::new(u64::MAX));
+        let recorded = Arc::new(AtomicU64::new(0));
+        let (pb2, stop2, expected2, recorded2) =
+            (pb.clone(), stop.clone(), expected.clone(), recorded.clone());
+        let (state, sampler, name) = (sink.state.clone(), tidings.sampler.clone(), name.to_owned());
+        tokio::spawn(async move {
+            let mut prev = (
+                Instant::now(),
+                0u64,
+                state.counts().first_ok,
+                sampler.read(),
+            );
+            let base = state.counts().first_ok;
+            while !stop2.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let now = Instant::now();
+                let accepted = live.accepted.load(Ordering::Relaxed);
+                let arrived = state.counts().first_ok;
+                let p = sampler.read();
+                let dt = now.duration_since(prev.0).as_secs_f64();
+                let cores = (p.cpu_seconds - prev.3.cpu_seconds) / dt;
+                let exp = expected2.load(Ordering::SeqCst);
+                let tail = if exp == u64::MAX {
+                    String::new()
+                } else {
+                    format!(
+                        " | draining: {}/{} recorded",
+                        recorded2.load(Ordering::SeqCst),
+                        exp
+                    )
+                };
+                pb2.set_message(format!(
+                    "{name}: {accepted} events ({:.0}/s, {} errors) | sink {} ({:.0}/s) | tidings {:.2} cores {:.0} MiB{tail}",
+                    (accepted - prev.1) as f64 / dt,
+                    live.errors.load(Ordering::Relaxed),
+                    arrived - base,
+                    (arrived - prev.2) as f64 / dt,
+                    cores,
+                    p.rss_bytes as f64 / MIB,
+                ));
+                prev = (now, accepted, arrived, p);
+            }
+        });
+        Progress {
+            pb,
+            stop,
+            expected,
+            recorded,
+        }
+    }
+
+    fn draining(&self, expected: u64) {
+        self.expected.store(expected, Ordering::SeqCst);
+    }
+
+    fn recorded(&self, n: u64) {
+        self.recorded.store(n, Ordering::SeqCst);
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.pb.finish_and_clear();
+    }
+}
+
+fn report(
+    run: &Run,
+    scenario: &str,
+    title: &str,
+    load_before: [f64; 3],
+    settings: serde_json::Value,
+) -> Report {
+    Report {
+        scenario: scenario.to_owned(),
+        title: title.to_owned(),
+        store: run.store.as_str().to_owned(),
+        machine: Machine::read(),
+        load_average_before: load_before,
+        load_average_after: report::load_average(),
+        settings: run.settings(settings),
+        setup_seconds: run.setup_seconds,
+        phases: Vec::new(),
+        ceiling: None,
+        ratio_to_ceiling: None,
+        targets: Vec::new(),
+        notes: Vec::new(),
+    }
+}
+
+fn secs(opts: &Options, default: f64) -> Duration {
+    Duration::from_secs_f64(opts.duration.unwrap_or(default))
+}
+
+fn summary(p: &Phase) {
+    println!(
+        "  {:<18} {:>7.0} events/s accepted, {:>7.0} webhooks/s delivered ({}/{}), p50 {:.2} ms p99 {:.2} ms max {:.1} ms, tidings {:.2} cores {:.0} MiB",
+        p.name,
+        p.events_per_second,
+        p.webhooks_per_second,
+        p.webhooks_delivered,
+        p.webhooks_expected,
+        p.healthy.latency.p50_ms,
+        p.healthy.latency.p99_ms,
+        p.healthy.latency.max_ms,
+        p.tidings.cpu_cores_avg,
+        p.tidings.rss_peak_mib
+    );
+}
+
+fn with_ceiling(r: &mut Report, c: Ceiling) {
+    println!(
+        "  ceiling            {:>7.0} requests/s over {} destinations, {} in flight, {} new connections ({:.0}% HTTP/2)",
+        c.requests_per_second,
+        c.destinations,
+        c.concurrency,
+        c.connections,
+        c.http2_share * 100.0
+    );
+    // The first phase at maximum rate, else the first phase.
+    let main = r
+        .phases
+        .iter()
+        .find(|p| p.rate == "max")
+        .or(r.phases.first());
+    r.ratio_to_ceiling = main.map(|p| p.webhooks_per_second / c.requests_per_second);
+    r.ceiling = Some(c);
+}
+
+/// (a) A steady 1,000 events/s: acknowledgement-to-first-attempt latency.
+pub async fn steady(opts: &Options, store: StoreKind) -> anyhow::Result<Report> {
+    let load = report::load_average();
+    let run = Run::start(opts, store, "a", Failing::None, "1s,1s,1s,1s").await?;
+    let rate = opts.rate.unwrap_or(1000.0);
+    let mut r = report(
+        &run,
+        "a",
+        "steady rate: latency from API acknowledgement to first attempt",
+        load,
+        json!({"rate": rate}),
+    );
+    let meetings = run.hierarchy.meetings.clone();
+    let p = run
+        .phase(
+            "steady",
+            &meetings,
+            Rate::Fixed(rate),
+            secs(opts, 30.0),
+            None,
+            true,
+        )
+        .await?;
+    summary(&p);
+    let p99 = p.healthy.latency.p99_ms;
+    r.targets.push(Target {
+        what: format!("p99 acknowledgement to first attempt at {rate:.0} events/s"),
+        target: "< 10 ms".into(),
+        measured: format!("{p99:.2} ms"),
+        met: p99 < 10.0 && p.all_delivered,
+    });
+    r.phases.push(p);
+    with_ceiling(&mut r, run.ceiling().await?);
+    run.finish().await?;
+    Ok(r)
+}
+
+/// (b) As fast as possible, 4 receiving levels per event: the throughput ceiling ratio.
+pub async fn max_throughput(opts: &Options, store: StoreKind) -> anyhow::Result<Report> {
+    let load = report::load_average();
+    let run = Run::start(opts, store, "b", Failing::None, "1s,1s,1s,1s").await?;
+    let mut r = report(
+        &run,
+        "b",
+        "maximum throughput, 4 receiving levels per event",
+        load,
+        json!({}),
+    );
+    let meetings = run.hierarchy.meetings.clone();
+    let p = run
+        .phase("max", &meetings, Rate::Max, secs(opts, 20.0), None, true)
+        .await?;
+    summary(&p);
+    if store == StoreKind::Sqlite {
+        r.targets.push(Target {
+            what: "webhooks/s delivered end to end on SQLite".into(),
+            target: ">= 20000".into(),
+            measured: format!("{:.0}", p.webhooks_per_second),
+            met: p.webhooks_per_second >= 20_000.0,
+        });
+    }
+    r.phases.push(p);
+    with_ceiling(&mut r, run.ceiling().await?);
+    run.finish().await?;
+    Ok(r)
+}
+
+/// (c) 20 % of the destinations answer 500: retries, and whether healthy ones notice.
+pub async fn failing(opts: &Options, store: StoreKind) -> anyhow::Result<Report> {
+    let load = report::load_average();
+    let run = Run::start(opts, store, "c", Failing::OneInFive, "1s,1s,1s,1s").await?;
+    let rate = opts.rate.unwrap_or(1000.0);
+    let mut r = report(
+        &run,
+        "c",
+        "20 % of destinations failing (HTTP 500): retries and isolation",
+        load,
+        json!({"rate": rate}),
+    );
+    let meetings = run.hierarchy.meetings.clone();
+    let p = run
+        .phase(
+            "steady-20%-fail",
+            &meetings,
+            Rate::Fixed(rate),
+            secs(opts, 20.0),
+            None,
+            true,
+        )
+        .await?;
+    summary(&p);
+    r.phases.push(p);
+    // Let the failing webhooks finish their 5 attempts before the next phase.
+    wait_until(&run.api, Duration::from_secs(60), |m| {
+        m.changed("pending") == 0
+    })
+    .await?;
+    let p = run
+        .phase(
+            "max-20%-fail",
+            &meetings,
+            Rate::Max,
+            secs(opts, 20.0),
+            None,
+            false,
+        )
+        .await?;
+    summary(&p);
+    r.phases.push(p);
+    wait_until(&run.api, Duration::from_secs(60), |m| {
+        m.changed("pending") == 0
+    })
+    .await?;
+    let m = run.api.metrics().await?;
+    r.notes.push(format!(
+        "after both phases the store holds {} MEETING_CHANGED webhooks failed for good (5 attempts) and {} succeeded",
+        m.changed("failed"),
+        m.changed("succeeded")
+    ));
+    with_ceiling(&mut r, run.ceiling().await?);
+    run.finish().await?;
+    Ok(r)
+}
+
+/// (d) A million pending retries in the store: Tidings' memory, and the delivery rate to
+/// healthy destinations compared with the same instance before the backlog existed.
+pub async fn backlog(opts: &Options, store: StoreKind) -> anyhow::Result<Report> {
+    let load = report::load_average();
+    let run = Run::start(opts, store, "d", Failing::FirstSubtree, "24h,24h,24h,24h").await?;
+    let mut r = report(
+        &run,
+        "d",
+        "one million pending retries: memory, and healthy delivery rate meanwhile",
+        load,
+        json!({"pending_target": opts.pending}),
+    );
+    let healthy = run.hierarchy.healthy_meetings();
+    let failing = run.hierarchy.failing_meetings();
+    let d = secs(opts, 15.0);
+    let base = run
+        .phase("healthy-before", &healthy, Rate::Max, d, None, true)
+        .await?;
+    summary(&base);
+
+    // The backlog: events whose 4 webhooks all go to destinations answering 500. With the
+    // retry schedule at 24 h, each stays pending after its first attempt.
+    let events = opts.pending.div_ceil(4);
+    let started = Instant::now();
+    let m0 = run.api.metrics().await?;
+    let fill = run
+        .phase(
+            "fill-backlog",
+            &failing,
+            Rate::Max,
+            Duration::from_secs(3600),
+            Some(events),
+            false,
+        )
+        .await?;
+    let want = 4 * fill.events_accepted;
+    let attempted = |m: &Metrics| {
+        (m.sum(&["tidings_attempts_total", "outcome=\"http_status\""])
+            - m0.sum(&["tidings_attempts_total", "outcome=\"http_status\""])) as u64
+    };
+    wait_until(&run.api, Duration::from_secs(1800), |m| {
+        attempted(m) >= want
+    })
+    .await?;
+    // The last batch of attempts is recorded right after it is counted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fill_seconds = started.elapsed().as_secs_f64();
+    let m = run.api.metrics().await?;
+    let pending = m.changed("pending");
+    println!(
+        "  backlog            {pending} pending retries stored in {fill_seconds:.0} s ({:.0} events/s accepted, first attempts {:.0}/s)",
+        fill.events_per_second,
+        want as f64 / fill_seconds
+    );
+    r.notes.push(format!(
+        "backlog: {} events ({} webhooks) fired at max rate to destinations answering 500; {pending} MEETING_CHANGED webhooks pending after their first attempt; took {fill_seconds:.1} s ({:.0} events/s accepted while filling)",
+        fill.events_accepted, want, fill.events_per_second
+    ));
+
+    // Idle with the backlog: memory and CPU when nothing is due.
+    let sampler = &run.tidings().sampler;
+    let idle_before = sampler.mark();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle_after = sampler.read();
+    let (idle_peak, _) = sampler.peaks();
+    let idle_cores = (idle_after.cpu_seconds - idle_before.cpu_seconds)
+        / idle_after
+            .at
+            .zip(idle_before.at)
+            .map_or(10.0, |(a, b)| a.duration_since(b).as_secs_f64());
+    r.notes.push(format!(
+        "idle for 10 s with the backlog stored: RSS {:.0} MiB (peak {:.0} MiB), {:.3} cores",
+        idle_after.rss_bytes as f64 / MIB,
+        idle_peak as f64 / MIB,
+        idle_cores
+    ));
+    println!(
+        "  idle with backlog  RSS {:.0} MiB, {idle_cores:.3} cores",
+        idle_after.rss_bytes as f64 / MIB
+    );
+
+    let with = run
+        .phase("healthy-backlog", &healthy, Rate::Max, d, None, false)
+        .await?;
+    summary(&with);
+    let slowdown = 1.0 - with.webhooks_per_second / base.webhooks_per_second;
+    let rss = with
+        .tidings
+        .rss_peak_mib
+        .max(idle_after.rss_bytes as f64 / MIB);
+    r.targets.push(Target {
+        what: format!("RSS with {pending} pending retries stored (idle and while delivering)"),
+        target: "< 300 MiB".into(),
+        measured: format!("{rss:.0} MiB"),
+        met: rss < 300.0 && pending >= opts.pending,
+    });
+    r.targets.push(Target {
+        what: "healthy delivery rate with the backlog vs. without".into(),
+        target: "slowdown <= 10 %".into(),
+        measured: format!(
+            "{:.0} vs {:.0} webhooks/s: {:+.1} % slower",
+            with.webhooks_per_second,
+            base.webhooks_per_second,
+            slowdown * 100.0
+        ),
+        met: slowdown <= 0.10,
+    });
+    r.notes.push(format!(
+        "peak RSS since start (VmHWM, includes filling the backlog): {:.0} MiB",
+        with.tidings.hwm_mib
+    ));
+    r.phases.push(base);
+    r.phases.push(fill);
+    r.phases.push(with);
+    with_ceiling(&mut r, run.ceiling().await?);
+    run.finish().await?;
+    Ok(r)
+}
