@@ -73,6 +73,13 @@ pub fn json_body(body: &Bytes) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::invalid_json(format!("the request body is not valid JSON: {e}")))
 }
 
+/// Parses a JSON body into a typed request: 400 when it is not JSON, 422 naming the field
+/// when it does not fit.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    crate::domain::validate::from_json(json_body(body)?)
+        .map_err(|e| ApiError::field("invalid_field", e))
+}
+
 async fn create(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,

@@ -76,16 +76,7 @@ async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
     operator(&who)?;
-    let value = super::entities::json_body(&body)?;
-    let req: NewKey = serde_path_to_error::deserialize(value).map_err(|e| {
-        ApiError::field(
-            "invalid_field",
-            crate::domain::validate::FieldError::new(
-                e.path().to_string(),
-                e.into_inner().to_string(),
-            ),
-        )
-    })?;
+    let req: NewKey = super::entities::parse_body(&body)?;
     crate::domain::validate::text("label", &req.label, crate::domain::validate::MAX_TEXT)
         .map_err(|e| ApiError::field("invalid_field", e))?;
     // The level must exist and be of the named kind.

@@ -194,22 +194,33 @@ async fn list(
     ))
 }
 
-async fn one(
-    State(s): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Result<Json<WebhookView>, ApiError> {
+/// The webhook `id` with its attempts, if the key can see it (its receiving level lies in
+/// the key's subtree); "not found" otherwise, whether or not it exists.
+async fn visible_webhook(
+    s: &AppState,
+    who: &Principal,
+    id: &str,
+) -> Result<(Webhook, Vec<Attempt>), ApiError> {
     let not_found = || ApiError::not_found(format!("webhook {id} not found"));
-    let wid = EntityId::parse(&id).map_err(|_| not_found())?;
+    let wid = EntityId::parse(id).map_err(|_| not_found())?;
     let (w, attempts) = s
         .hierarchy
         .store()
         .webhook(&wid)
         .await?
         .ok_or_else(not_found)?;
-    if !s.hierarchy.sees_level(&who, &w.level_id).await? {
+    if !s.hierarchy.sees_level(who, &w.level_id).await? {
         return Err(not_found());
     }
+    Ok((w, attempts))
+}
+
+async fn one(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let (w, attempts) = visible_webhook(&s, &who, &id).await?;
     Ok(Json(webhook_view(&w, Some(&attempts))))
 }
 
@@ -219,16 +230,7 @@ async fn retry(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
     let not_found = || ApiError::not_found(format!("webhook {id} not found"));
-    let wid = EntityId::parse(&id).map_err(|_| not_found())?;
-    let (w, _) = s
-        .hierarchy
-        .store()
-        .webhook(&wid)
-        .await?
-        .ok_or_else(not_found)?;
-    if !s.hierarchy.sees_level(&who, &w.level_id).await? {
-        return Err(not_found());
-    }
+    let wid = visible_webhook(&s, &who, &id).await?.0.id;
     match s.hierarchy.store().retry(&wid, s.hierarchy.now()).await? {
         RetryOutcome::NotFound => return Err(not_found()),
         RetryOutcome::InFlight => {
@@ -267,16 +269,7 @@ async fn recover(
     Extension(who): Extension<Principal>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let value = super::entities::json_body(&body)?;
-    let req: RecoverRequest = serde_path_to_error::deserialize(value).map_err(|e| {
-        ApiError::field(
-            "invalid_field",
-            crate::domain::validate::FieldError::new(
-                e.path().to_string(),
-                e.into_inner().to_string(),
-            ),
-        )
-    })?;
+    let req: RecoverRequest = super::entities::parse_body(&body)?;
     if !s.hierarchy.sees_level(&who, &req.level_id).await? {
         return Err(ApiError::not_found(format!(
             "level {} not found",

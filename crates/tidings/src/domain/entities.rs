@@ -576,30 +576,10 @@ pub enum Input {
     Package(PackageInput),
 }
 
-/// The dotted field an input error is about: serde reports a missing field at its parent's
-/// path, so the field's own name is taken from the message.
-fn field_of(path: &str, reason: &str) -> String {
-    let parent = if path == "." { "" } else { path };
-    match reason
-        .strip_prefix("missing field `")
-        .and_then(|r| r.split('`').next())
-    {
-        Some(name) if parent.is_empty() => name.to_owned(),
-        Some(name) => format!("{parent}.{name}"),
-        None => parent.to_owned(),
-    }
-}
-
 impl Input {
     /// Parses a request body for `kind`, naming the offending field on error.
     pub fn parse(kind: Kind, body: serde_json::Value) -> Result<Input, FieldError> {
-        fn de<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, FieldError> {
-            serde_path_to_error::deserialize(v).map_err(|e| {
-                let path = e.path().to_string();
-                let reason = e.into_inner().to_string();
-                FieldError::new(field_of(&path, &reason), reason)
-            })
-        }
+        use validate::from_json as de;
         Ok(match kind {
             Kind::Reseller => Input::Reseller(de(body)?),
             Kind::Dealer => Input::Dealer(de(body)?),

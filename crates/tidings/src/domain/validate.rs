@@ -26,6 +26,29 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// Reads a typed value from JSON, naming the offending field (as a dotted path) on error.
+pub fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = e.into_inner().to_string();
+        FieldError::new(field_of(&path, &reason), reason)
+    })
+}
+
+/// The dotted field an input error is about: serde reports a missing field at its parent's
+/// path, so the field's own name is taken from the message.
+fn field_of(path: &str, reason: &str) -> String {
+    let parent = if path == "." { "" } else { path };
+    match reason
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        Some(name) if parent.is_empty() => name.to_owned(),
+        Some(name) => format!("{parent}.{name}"),
+        None => parent.to_owned(),
+    }
+}
+
 /// What the operator allows for webhook URLs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UrlRules {
