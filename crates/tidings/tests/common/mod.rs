@@ -95,10 +95,7 @@ impl TestServer {
             }
         }
         cmd.env("TIDINGS_LISTEN", format!("127.0.0.1:{port}"))
-            .env(
-                "TIDINGS_DATABASE_URL",
-                stores::database_url_in(dir),
-            )
+            .env("TIDINGS_DATABASE_URL", stores::database_url_in(dir))
             .env("TIDINGS_ADMIN_KEY", ADMIN_KEY)
             .env("TIDINGS_SECRET_KEY_FILE", dir.join("tidings.key"))
             .env("RUST_LOG", "warn")

@@ -261,10 +261,7 @@ impl Tidings {
         command
             .arg("serve")
             .env("TIDINGS_LISTEN", format!("127.0.0.1:{port}"))
-            .env(
-                "TIDINGS_DATABASE_URL",
-                stores::database_url_in(dir),
-            )
+            .env("TIDINGS_DATABASE_URL", stores::database_url_in(dir))
             .env("TIDINGS_SECRET_KEY_FILE", dir.join("tidings.key"))
             .env("TIDINGS_ADMIN_KEY", ADMIN_KEY)
             .env("TIDINGS_SSRF_ALLOW", "127.0.0.1/32")

@@ -92,3 +92,35 @@ pub async fn postgres() -> TestStore {
 pub async fn both() -> Vec<TestStore> {
     vec![sqlite().await, postgres().await]
 }
+
+/// Which store the integration tests run on: `TIDINGS_TEST_STORE=postgres` for PostgreSQL,
+/// SQLite otherwise. `scripts/test` runs the suite once with each.
+pub fn postgres_selected() -> bool {
+    std::env::var("TIDINGS_TEST_STORE").is_ok_and(|s| s == "postgres")
+}
+
+/// The database URL for a test whose files live in `dir`: a SQLite file there, or (when
+/// PostgreSQL is selected) a fresh PostgreSQL database. The choice is remembered in `dir`, so
+/// a server restarted on the same directory finds the same database. Callable from sync and
+/// async code alike.
+pub fn database_url_in(dir: &std::path::Path) -> String {
+    let remembered = dir.join("database_url");
+    if let Ok(url) = std::fs::read_to_string(&remembered) {
+        return url;
+    }
+    let url = if postgres_selected() {
+        std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(fresh_postgres_database())
+        })
+        .join()
+        .expect("creating a PostgreSQL test database")
+    } else {
+        format!("sqlite://{}", dir.join("tidings.db").display())
+    };
+    std::fs::write(&remembered, &url).expect("remember the database URL");
+    url
+}

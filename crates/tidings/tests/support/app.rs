@@ -292,7 +292,9 @@ impl TestApp {
     /// not show. Write queries with `$1` placeholders so they run on both.
     pub async fn database(&self) -> sqlx::AnyPool {
         sqlx::any::install_default_drivers();
-        sqlx::AnyPool::connect(&self.settings().database_url).await.unwrap()
+        sqlx::AnyPool::connect(&self.settings().database_url)
+            .await
+            .unwrap()
     }
 }
 

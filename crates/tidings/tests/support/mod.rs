@@ -4,7 +4,7 @@
 #![allow(dead_code)] // not every test binary uses every helper
 
 pub mod app;
+pub mod receiver;
 #[path = "../stores/mod.rs"]
 pub mod stores;
-pub mod receiver;
 pub mod tls;
