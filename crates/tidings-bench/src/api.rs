@@ -301,7 +301,12 @@ pub async fn build_hierarchy(
             }
         }
     }
-    Ok(Hierarchy { levels: levels.0, failing_levels: levels.1, meetings, failing_ports })
+    Ok(Hierarchy {
+        levels: levels.0,
+        failing_levels: levels.1,
+        meetings,
+        failing_ports,
+    })
 }
 
 fn id(v: &Value) -> anyhow::Result<String> {

@@ -67,7 +67,10 @@ pub async fn run(
         let port = s.port;
         if !warmed.contains(&port) {
             warmed.push(port);
-            let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+            let ts = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs() as i64;
             let _ = client
                 .post(url)
                 .header("webhook-id", &s.webhook_id)

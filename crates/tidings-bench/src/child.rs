@@ -179,6 +179,9 @@ pub struct ProcReading {
     pub rss_bytes: u64,
     /// Peak RSS since the process started (VmHWM).
     pub hwm_bytes: u64,
+    /// Context switches of all its threads so far (voluntary + involuntary).
+    pub context_switches: u64,
+    pub threads: u64,
 }
 
 /// Samples a process's CPU time and memory on an interval; phases read the peaks between
@@ -258,6 +261,23 @@ pub fn read_proc(pid: u32) -> Option<ProcReading> {
     read_proc_at(&PathBuf::from(format!("/proc/{pid}")))
 }
 
+/// Busy and total CPU seconds of the whole machine so far (all processes, all cores), from
+/// `/proc/stat`: what Tidings, this process, PostgreSQL and anything else used together.
+pub fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0.0, 0.0);
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    ((total - idle) / clock_ticks(), total / clock_ticks())
+}
+
 pub fn read_self() -> ProcReading {
     read_proc_at(Path::new("/proc/self")).unwrap_or_default()
 }
@@ -279,11 +299,30 @@ fn read_proc_at(dir: &Path) -> Option<ProcReading> {
             .unwrap_or(0)
             * 1024
     };
+    let mut context_switches = 0;
+    let mut threads = 0;
+    if let Ok(tasks) = std::fs::read_dir(dir.join("task")) {
+        for task in tasks.flatten() {
+            threads += 1;
+            let Ok(st) = std::fs::read_to_string(task.path().join("status")) else {
+                continue;
+            };
+            for key in ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"] {
+                context_switches += st
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
     Some(ProcReading {
         at: Some(at),
         cpu_seconds: ticks / clock_ticks(),
         rss_bytes: kib("VmRSS:"),
         hwm_bytes: kib("VmHWM:"),
+        context_switches,
+        threads,
     })
 }
 

@@ -108,6 +108,10 @@ pub struct Process {
     pub rss_end_mib: f64,
     /// Peak RSS since the process started (VmHWM).
     pub hwm_mib: f64,
+    /// Context switches of all threads per second, and per webhook delivered.
+    pub context_switches_per_second: f64,
+    pub context_switches_per_webhook: f64,
+    pub threads: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -140,6 +144,9 @@ pub struct Phase {
     pub tidings: Process,
     /// CPU of this process (generator + sink) meanwhile, in cores.
     pub bench_cores_avg: f64,
+    /// CPU of the whole machine meanwhile (Tidings, this process, PostgreSQL, others), in
+    /// cores busy.
+    pub machine_cores_busy: f64,
     pub sink: Counts,
     /// Delivery attempts by outcome during the phase, from Tidings' counters.
     pub attempts: Vec<(String, u64)>,

@@ -99,9 +99,17 @@ impl Run {
         let hierarchy = api::build_hierarchy(&api, &sink, opts.shape, failing)
             .await
             .context("building the hierarchy")?;
-        // The setup's own webhooks (DEALER_CREATED, MEETING_CREATED, ...) go out first.
+        // The setup's own webhooks (DEALER_CREATED, MEETING_CREATED, ...) go out first:
+        // nothing due, and the sink quiet for a second. (Webhooks to failing levels may stay
+        // pending for their next attempt, hours away in scenario d.)
+        let mut quiet_since = (Instant::now(), sink.state.counts().requests);
         wait_until(&api, Duration::from_secs(120), |m| {
-            m.sum(&["tidings_queue_depth"]) == 0.0
+            let requests = sink.state.counts().requests;
+            if requests != quiet_since.1 {
+                quiet_since = (Instant::now(), requests);
+            }
+            m.sum(&["tidings_oldest_due_age_seconds"]) == 0.0
+                && quiet_since.0.elapsed() >= Duration::from_secs(1)
         })
         .await?;
         let setup_seconds = started.elapsed().as_secs_f64();
@@ -138,6 +146,7 @@ impl Run {
         let sink_before = self.sink.state.counts();
         let proc_before = self.tidings().sampler.mark();
         let self_before = child::read_self();
+        let machine_before = child::machine_cpu();
         let live = Arc::new(Firing::default());
         let progress = Progress::start(name, &self.sink, self.tidings(), live.clone());
         self.sink.state.set_sampling(sample);
@@ -183,6 +192,7 @@ impl Run {
         let proc_after = self.tidings().sampler.read();
         let (rss_peak, cores_peak) = self.tidings().sampler.peaks();
         let self_after = child::read_self();
+        let machine_after = child::machine_cpu();
         let wall = delivered_seconds;
 
         // Latency: first arrival at the sink minus the acknowledgement of its event.
@@ -215,7 +225,9 @@ impl Run {
             missing,
         };
         let attempts = outcomes(&before, &last);
-        let mut notes = vec![format!("connections from Tidings open at the sink when firing stopped: {open_connections}")];
+        let mut notes = vec![format!(
+            "connections from Tidings open at the sink when firing stopped: {open_connections}"
+        )];
         if delivered < expected {
             notes.push(format!(
                 "only {delivered} of {expected} healthy webhooks were recorded as delivered within the drain limit"
@@ -247,8 +259,18 @@ impl Run {
                 rss_peak_mib: rss_peak as f64 / MIB,
                 rss_end_mib: proc_after.rss_bytes as f64 / MIB,
                 hwm_mib: proc_after.hwm_bytes as f64 / MIB,
+                context_switches_per_second: (proc_after.context_switches
+                    - proc_before.context_switches)
+                    as f64
+                    / wall,
+                context_switches_per_webhook: (proc_after.context_switches
+                    - proc_before.context_switches)
+                    as f64
+                    / delivered.max(1) as f64,
+                threads: proc_after.threads,
             },
             bench_cores_avg: (self_after.cpu_seconds - self_before.cpu_seconds) / wall,
+            machine_cores_busy: (machine_after.0 - machine_before.0) / wall,
             sink: self.sink.state.counts().since(&sink_before),
             attempts,
             queue_depth_end: last.sum(&["tidings_queue_depth"]) as u64,
@@ -348,7 +370,7 @@ fn outcomes(before: &Metrics, after: &Metrics) -> Vec<(String, u64)> {
 async fn wait_until(
     api: &Api,
     limit: Duration,
-    done: impl Fn(&Metrics) -> bool,
+    mut done: impl FnMut(&Metrics) -> bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
@@ -481,7 +503,7 @@ fn secs(opts: &Options, default: f64) -> Duration {
 
 fn summary(p: &Phase) {
     println!(
-        "  {:<18} {:>7.0} events/s accepted, {:>7.0} webhooks/s delivered ({}/{}), p50 {:.2} ms p99 {:.2} ms max {:.1} ms, tidings {:.2} cores {:.0} MiB",
+        "  {:<18} {:>7.0} events/s accepted, {:>7.0} webhooks/s delivered ({}/{}), p50 {:.2} ms p99 {:.2} ms max {:.1} ms, tidings {:.2} cores {:.0} MiB, bench {:.2} cores, machine {:.2} cores busy",
         p.name,
         p.events_per_second,
         p.webhooks_per_second,
@@ -491,7 +513,9 @@ fn summary(p: &Phase) {
         p.healthy.latency.p99_ms,
         p.healthy.latency.max_ms,
         p.tidings.cpu_cores_avg,
-        p.tidings.rss_peak_mib
+        p.tidings.rss_peak_mib,
+        p.bench_cores_avg,
+        p.machine_cores_busy
     );
 }
 

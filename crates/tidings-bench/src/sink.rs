@@ -276,15 +276,23 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         state.counters.connections.fetch_add(1, Ordering::SeqCst);
+        state
+            .counters
+            .open_connections
+            .fetch_add(1, Ordering::SeqCst);
         let (acceptor, state) = (acceptor.clone(), state.clone());
         tokio::spawn(async move {
-            let Ok(stream) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let service = hyper::service::service_fn(move |req| answer(state.clone(), port, req));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            if let Ok(stream) = acceptor.accept(tcp).await {
+                let s = state.clone();
+                let service = hyper::service::service_fn(move |req| answer(s.clone(), port, req));
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+            state
+                .counters
+                .open_connections
+                .fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
