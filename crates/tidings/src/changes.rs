@@ -272,6 +272,21 @@ impl Hierarchy {
                 "a key cannot move its own level".into(),
             ));
         }
+        if entity.up() != current.up() && entity.kind().level().is_some() {
+            // Moving a level would carry its sites, users and meetings across subtrees, where
+            // their own references (a meeting's company, a user's owner) no longer agree.
+            let below = tx.referrers(current.id(), None, 5).await?;
+            if !below.is_empty() {
+                let names: Vec<String> = below
+                    .iter()
+                    .map(|c| format!("{} {}", c.kind(), c.id()))
+                    .collect();
+                return Err(ChangeError::Conflict(format!(
+                    "{kind} {id} cannot move while entities refer to it (e.g. {}); move or delete them first",
+                    names.join(", ")
+                )));
+            }
+        }
         ensure_within(tx.as_mut(), who, &entity).await?;
         if entity == current {
             let view = view(tx.as_mut(), &current).await?;
@@ -604,10 +619,10 @@ async fn check_references(
     input: &Input,
     kept: Option<&Entity>,
 ) -> Result<(), ChangeError> {
-    let kept = kept.map(Entity::refs).unwrap_or_default();
+    let allowed = kept.map(Entity::refs).unwrap_or_default();
     for r in input.references() {
         let found = match tx.get(&r.id).await? {
-            Some(e) if kept.contains(&r.id) || sees(tx, who, &e).await? => Some(e),
+            Some(e) if allowed.contains(&r.id) || sees(tx, who, &e).await? => Some(e),
             _ => None,
         };
         match found {

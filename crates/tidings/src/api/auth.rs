@@ -102,7 +102,7 @@ impl Auth {
     fn too_many_failures(&self, ip: IpAddr) -> bool {
         let map = self.failures.lock().expect("limiter poisoned");
         map.get(&ip)
-            .is_some_and(|(start, n)| start.elapsed() < FAILURE_WINDOW && *n >= MAX_FAILURES)
+            .is_some_and(|(start, n)| start.elapsed() < FAILURE_WINDOW && *n > MAX_FAILURES)
     }
 
     fn failed(&self, ip: IpAddr) {
@@ -133,17 +133,24 @@ pub async fn require_key(State(s): State<AppState>, mut req: Request, next: Next
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    if s.auth.too_many_failures(ip) {
-        let mut r = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many failed authentications; wait a minute",
-        )
-        .into_response();
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, "60".parse().expect("valid header"));
-        return r;
-    }
+    // A client that keeps failing gets 429 instead of 401 for a while; a valid key always
+    // passes, so one failing client behind a shared address cannot lock out the others.
+    let failing = |s: &AppState, message: &str| {
+        s.auth.failed(ip);
+        if s.auth.too_many_failures(ip) {
+            let mut r = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many failed authentications; wait a minute",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, "60".parse().expect("valid header"));
+            r
+        } else {
+            unauthorized(message)
+        }
+    };
     let key = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -152,8 +159,7 @@ pub async fn require_key(State(s): State<AppState>, mut req: Request, next: Next
         .map(str::trim)
         .filter(|k| !k.is_empty());
     let Some(key) = key else {
-        s.auth.failed(ip);
-        return unauthorized("missing API key: send `Authorization: Bearer <key>`");
+        return failing(&s, "missing API key: send `Authorization: Bearer <key>`");
     };
     match s.auth.principal(s.hierarchy.store().as_ref(), key).await {
         Ok(Some(p)) => {
@@ -161,9 +167,8 @@ pub async fn require_key(State(s): State<AppState>, mut req: Request, next: Next
             next.run(req).await
         }
         Ok(None) => {
-            s.auth.failed(ip);
             tracing::info!(%ip, "request with an unknown or revoked API key");
-            unauthorized("unknown or revoked API key")
+            failing(&s, "unknown or revoked API key")
         }
         Err(e) => e.into_response(),
     }
