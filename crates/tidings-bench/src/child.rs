@@ -54,6 +54,8 @@ pub struct Tidings {
     pub base_url: String,
     /// The PostgreSQL database to drop at the end.
     database: Option<String>,
+    database_url: String,
+    cfg: ChildConfig,
     postgres_url: String,
     pub sampler: Arc<ProcSampler>,
     sampler_task: tokio::task::JoinHandle<()>,
@@ -81,11 +83,21 @@ impl Tidings {
                 (with_database(&cfg.postgres_url, &db), Some(db))
             }
         };
-        let log = std::fs::File::create(cfg.dir.join("tidings.log"))?;
+        let mut t = Tidings::spawn(cfg, &database_url).await?;
+        t.database = database;
+        Ok(t)
+    }
+
+    /// Starts `tidings serve` on an existing store and waits until it listens.
+    async fn spawn(cfg: &ChildConfig, database_url: &str) -> anyhow::Result<Tidings> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cfg.dir.join("tidings.log"))?;
         let mut child = Command::new(&cfg.bin)
             .arg("serve")
             .env("TIDINGS_LISTEN", "127.0.0.1:0")
-            .env("TIDINGS_DATABASE_URL", &database_url)
+            .env("TIDINGS_DATABASE_URL", database_url)
             .env("TIDINGS_SECRET_KEY_FILE", cfg.dir.join("tidings.key"))
             .env("TIDINGS_ADMIN_KEY", ADMIN_KEY)
             .env("TIDINGS_SSRF_ALLOW", "127.0.0.1/32")
@@ -124,15 +136,30 @@ impl Tidings {
             child,
             pid,
             base_url: ready,
-            database,
+            database: None,
+            database_url: database_url.to_owned(),
+            cfg: cfg.clone(),
             postgres_url: cfg.postgres_url.clone(),
             sampler,
             sampler_task,
         })
     }
 
-    /// Stops the child (SIGTERM, then SIGKILL after 10 s) and drops its database.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    /// Stops the child, keeping its store, until [`Tidings::resume`].
+    pub async fn pause(&mut self) {
+        self.terminate().await;
+    }
+
+    /// Starts the child again on the same store.
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        let mut next = Tidings::spawn(&self.cfg, &self.database_url).await?;
+        next.database = self.database.take();
+        *self = next;
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s.
+    async fn terminate(&mut self) {
         self.sampler_task.abort();
         // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
         unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
@@ -142,6 +169,11 @@ impl Tidings {
         {
             let _ = self.child.kill().await;
         }
+    }
+
+    /// Stops the child (SIGTERM, then SIGKILL after 10 s) and drops its database.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.terminate().await;
         if let Some(db) = self.database.take() {
             let mut conn = sqlx::PgConnection::connect(&self.postgres_url).await?;
             sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))

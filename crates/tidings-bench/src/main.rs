@@ -78,6 +78,9 @@ struct Cli {
     /// Longest wait, seconds, for the webhooks of a phase to be recorded after firing stops.
     #[arg(long, default_value_t = 60.0)]
     drain_timeout: f64,
+    /// Events queued for scenario b's dispatcher-only phase (4 webhooks each; 0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    dispatch_events: u64,
     /// Keep the SQLite files of the runs.
     #[arg(long)]
     keep: bool,
@@ -138,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
         rust_log: cli.rust_log.clone(),
         drain_timeout: cli.drain_timeout,
         keep: cli.keep,
+        dispatch_events: cli.dispatch_events,
     };
     std::fs::create_dir_all(&opts.out_dir)?;
     let machine = report::Machine::read();

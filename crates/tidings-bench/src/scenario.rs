@@ -43,6 +43,8 @@ pub struct Options {
     pub rust_log: String,
     pub drain_timeout: f64,
     pub keep: bool,
+    /// Events of scenario b's dispatcher-only phase (4 webhooks each).
+    pub dispatch_events: u64,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -166,11 +168,16 @@ impl Run {
         let sink_fired = self.sink.state.counts().since(&sink_before);
         let open_connections = sink_fired.open_connections;
         let fire_seconds = fired.elapsed.as_secs_f64();
-        let expected: u64 = fired
-            .acks
-            .iter()
-            .map(|(n, _)| 4 - meetings[*n as usize % meetings.len()].failing_levels() as u64)
-            .sum();
+        // While the sink fails everything (the dispatcher-only setup) nothing is delivered.
+        let expected: u64 = if self.sink.state.failing_all() {
+            0
+        } else {
+            fired
+                .acks
+                .iter()
+                .map(|(n, _)| 4 - meetings[*n as usize % meetings.len()].failing_levels() as u64)
+                .sum()
+        };
         // Drain: until every healthy webhook of the accepted events is recorded as delivered.
         progress.draining(expected);
         let base = before.changed("succeeded");
@@ -578,7 +585,8 @@ pub async fn steady(opts: &Options, store: StoreKind) -> anyhow::Result<Report> 
 /// (b) As fast as possible, 4 receiving levels per event: the throughput ceiling ratio.
 pub async fn max_throughput(opts: &Options, store: StoreKind) -> anyhow::Result<Report> {
     let load = report::load_average();
-    let run = Run::start(opts, store, "b", Failing::None, "1s,1s,1s,1s").await?;
+    // The first retry 20 s after a failed first attempt: the dispatcher-only phase below.
+    let mut run = Run::start(opts, store, "b", Failing::None, "20s,1s,1s,1s").await?;
     let mut r = report(
         &run,
         "b",
@@ -601,8 +609,107 @@ pub async fn max_throughput(opts: &Options, store: StoreKind) -> anyhow::Result<
     }
     r.phases.push(p);
     with_ceiling(&mut r, run.ceiling().await?);
+    if opts.dispatch_events > 0 {
+        let d = dispatcher_only(&mut run, &meetings, opts.dispatch_events).await?;
+        r.phases.push(d);
+    }
     run.finish().await?;
     Ok(r)
+}
+
+/// The dispatcher alone, with no API traffic: `events` events are fired while every
+/// destination answers 500, so each of their webhooks waits for its retry 20 s later.
+/// Tidings is stopped meanwhile and started again once all of them are due, with the sink
+/// answering 200: the phase measures how fast a fresh Tidings claims, sends and records a
+/// backlog that is all due.
+async fn dispatcher_only(
+    run: &mut Run,
+    meetings: &[Meeting],
+    events: u64,
+) -> anyhow::Result<Phase> {
+    let sink = &run.sink.state;
+    sink.set_fail_all(true);
+    let m0 = run.api.metrics().await?;
+    let fill = run
+        .phase(
+            "queue-retries",
+            meetings,
+            Rate::Max,
+            Duration::from_secs(3600),
+            Some(events),
+            false,
+        )
+        .await?;
+    let want = 4 * fill.events_accepted;
+    let failed = |m: &Metrics| {
+        (m.sum(&["tidings_attempts_total", "outcome=\"http_status\""])
+            - m0.sum(&["tidings_attempts_total", "outcome=\"http_status\""])) as u64
+    };
+    wait_until(&run.api, Duration::from_secs(300), |m| failed(m) >= want).await?;
+    // The last batch of attempts is recorded right after it is counted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let queued_at = Instant::now();
+    // Stopped while the retries come due, so that all of them are due at once when it is
+    // back; the sink answers 200 again.
+    let pb = spinner("dispatcher only: Tidings stopped until every retry is due");
+    let tidings = run.tidings.as_mut().expect("running");
+    tidings.pause().await;
+    sink.set_fail_all(false);
+    tokio::time::sleep(Duration::from_secs(21).saturating_sub(queued_at.elapsed())).await;
+    tidings.resume().await?;
+    pb.finish_and_clear();
+    run.api = Api::new(&run.tidings().base_url, run.opts.api_concurrency)?;
+    let before = run.api.metrics().await?;
+    let base = before.changed("succeeded");
+    let proc_before = run.tidings().sampler.mark();
+    let machine_before = child::machine_cpu();
+    let pb = spinner("dispatcher only: draining the due retries");
+    let started = Instant::now();
+    let mut last;
+    loop {
+        last = run.api.metrics().await?;
+        let delivered = last.changed("succeeded").saturating_sub(base);
+        pb.set_message(format!("dispatcher only: {delivered}/{want} delivered"));
+        if delivered >= want || started.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    pb.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let proc_after = run.tidings().sampler.read();
+    let (rss_peak, cores_peak) = run.tidings().sampler.peaks();
+    let machine_after = child::machine_cpu();
+    let delivered = last.changed("succeeded").saturating_sub(base);
+    let p = Phase {
+        name: "dispatcher-only".into(),
+        rate: "due".into(),
+        webhooks_expected: want,
+        webhooks_delivered: delivered,
+        delivered_seconds: seconds,
+        webhooks_per_second: delivered as f64 / seconds,
+        all_delivered: delivered >= want,
+        tidings: Process {
+            cpu_cores_avg: (proc_after.cpu_seconds - proc_before.cpu_seconds) / seconds,
+            cpu_cores_peak: cores_peak,
+            rss_peak_mib: rss_peak as f64 / MIB,
+            rss_end_mib: proc_after.rss_bytes as f64 / MIB,
+            hwm_mib: proc_after.hwm_bytes as f64 / MIB,
+            context_switches_per_second: (proc_after.context_switches - proc_before.context_switches) as f64
+                / seconds,
+            context_switches_per_webhook: (proc_after.context_switches - proc_before.context_switches) as f64
+                / delivered.max(1) as f64,
+            threads: proc_after.threads,
+        },
+        machine_cores_busy: (machine_after.0 - machine_before.0) / seconds,
+        attempts: outcomes(&before, &last),
+        notes: vec![format!(
+            "{want} webhooks all due at once, no API traffic: claimed, sent and recorded in {seconds:.1} s (polling /metrics every 200 ms)"
+        )],
+        ..Phase::default()
+    };
+    summary(&p);
+    Ok(p)
 }
 
 /// (c) 20 % of the destinations answer 500: retries, and whether healthy ones notice.

@@ -150,6 +150,8 @@ pub struct SinkState {
     samples: Mutex<Vec<Sample>>,
     /// Samples are kept only while this is set (the measured phase).
     sampling: AtomicBool,
+    /// Every destination answers 500 (to queue retries that all come due together).
+    fail_all: AtomicBool,
 }
 
 const MAX_SAMPLES: usize = 1024;
@@ -196,6 +198,15 @@ impl SinkState {
         self.ceiling.store(on, Ordering::SeqCst);
     }
 
+    /// While set, every destination answers 500.
+    pub fn set_fail_all(&self, on: bool) {
+        self.fail_all.store(on, Ordering::SeqCst);
+    }
+
+    pub fn failing_all(&self) -> bool {
+        self.fail_all.load(Ordering::SeqCst)
+    }
+
     pub fn set_sampling(&self, on: bool) {
         self.sampling.store(on, Ordering::SeqCst);
     }
@@ -232,6 +243,7 @@ impl Sink {
             counters: Counters::default(),
             samples: Mutex::new(Vec::new()),
             sampling: AtomicBool::new(false),
+            fail_all: AtomicBool::new(false),
         });
         let mut bound = Vec::new();
         for _ in 0..ports {
@@ -354,7 +366,7 @@ async fn answer(
         c.bad_signature.fetch_add(1, Ordering::Relaxed);
         return Ok(reply(StatusCode::UNAUTHORIZED, "bad signature"));
     }
-    let failing = path.starts_with("/fail/");
+    let failing = path.starts_with("/fail/") || state.fail_all.load(Ordering::Relaxed);
     if !state.ceiling.load(Ordering::Relaxed) {
         let level = path
             .split('/')
