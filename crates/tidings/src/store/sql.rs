@@ -348,6 +348,7 @@ impl Store for SqlStore {
 
     async fn record(&self, owner: &str, results: &[Recorded], now: Millis) -> Result<()> {
         let mut tx = self.writer.begin().await?;
+        let mut kept: Vec<&Recorded> = Vec::with_capacity(results.len());
         for r in results {
             let (status, due_at) = match r.next {
                 Next::Succeeded => (WebhookStatus::Succeeded, None),
@@ -371,19 +372,7 @@ impl Store for SqlStore {
                 tracing::warn!(webhook = %r.webhook_id, "claim was lost before the attempt was recorded (lease ended); another attempt may follow");
                 continue;
             }
-            sqlx::query(
-                "INSERT INTO attempts (webhook_id, number, started_at, duration_ms, status_code, error, body) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (webhook_id, number) DO NOTHING",
-            )
-            .bind(r.webhook_id.as_str())
-            .bind(r.attempt.number as i64)
-            .bind(r.attempt.started_at.0)
-            .bind(r.attempt.duration_ms)
-            .bind(r.attempt.status_code.map(i64::from))
-            .bind(r.attempt.error.as_deref())
-            .bind(r.attempt.body.as_str())
-            .execute(&mut *tx)
-            .await?;
+            kept.push(r);
             if r.next == Next::Failed {
                 sqlx::query(
                     "INSERT INTO notifications (id, webhook_id, level_id, url, status, created_at, updated_at) \
@@ -396,6 +385,33 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await?;
             }
+        }
+        // The attempts themselves, many rows a statement; each row numbers its own
+        // parameters, so they appear in ascending order.
+        for chunk in kept.chunks(100) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p: Vec<String> = (1..=7).map(|k| format!("${}", i * 7 + k)).collect();
+                    format!("({})", p.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO attempts (webhook_id, number, started_at, duration_ms, status_code, error, body) \
+                 VALUES {} ON CONFLICT (webhook_id, number) DO NOTHING",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q
+                    .bind(r.webhook_id.as_str())
+                    .bind(r.attempt.number as i64)
+                    .bind(r.attempt.started_at.0)
+                    .bind(r.attempt.duration_ms)
+                    .bind(r.attempt.status_code.map(i64::from))
+                    .bind(r.attempt.error.as_deref())
+                    .bind(r.attempt.body.as_str());
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -758,21 +774,45 @@ impl Tx for SqlTx {
             .bind(event.created_at.0)
             .execute(&mut *self.tx)
             .await?;
-        for w in webhooks {
-            sqlx::query(
+        // One statement for all of the event's webhooks. Each row numbers its own parameters,
+        // so placeholders appear in ascending order (as SQLite's `$N` binding expects).
+        if !webhooks.is_empty() {
+            let rows: Vec<String> = (0..webhooks.len())
+                .map(|i| {
+                    let p = |k: usize| format!("${}", i * 8 + k);
+                    format!(
+                        "({}, {}, {}, {}, {}, {}, {}, {}, 'pending', 0, {}, {})",
+                        p(1),
+                        p(2),
+                        p(3),
+                        p(4),
+                        p(5),
+                        p(6),
+                        p(7),
+                        p(8),
+                        p(8),
+                        p(8)
+                    )
+                })
+                .collect();
+            let sql = format!(
                 "INSERT INTO webhooks (id, event_id, type, subject_id, level, level_id, url, created_at, status, \
-                 attempts, due_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $8, $8)",
-            )
-            .bind(w.id.as_str())
-            .bind(event.id.as_str())
-            .bind(event.event_type.as_str())
-            .bind(event.subject_id.as_str())
-            .bind(w.level.as_str())
-            .bind(w.level_id.as_str())
-            .bind(w.url.as_str())
-            .bind(event.created_at.0)
-            .execute(&mut *self.tx)
-            .await?;
+                 attempts, due_at, updated_at) VALUES {}",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for w in webhooks {
+                q = q
+                    .bind(w.id.as_str())
+                    .bind(event.id.as_str())
+                    .bind(event.event_type.as_str())
+                    .bind(event.subject_id.as_str())
+                    .bind(w.level.as_str())
+                    .bind(w.level_id.as_str())
+                    .bind(w.url.as_str())
+                    .bind(event.created_at.0);
+            }
+            q.execute(&mut *self.tx).await?;
         }
         Ok(())
     }
