@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::sql::{Backend, SqlStore};
+use super::sql::{Backend, Queue, SqlStore};
 use super::{Attempt, Result, StoreError};
 use crate::domain::{EntityId, EventType, Level, Millis};
 use crate::notify::compose::{self, FailedWebhook};
@@ -567,21 +567,11 @@ impl NotificationStore for SqlStore {
     }
 
     async fn release_all_emails(&self, now: Millis) -> Result<u64> {
-        let n = sqlx::query(
-            "UPDATE emails SET due_at = $1, claimed_by = NULL WHERE claimed_by IS NOT NULL",
-        )
-        .bind(now.0)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(n)
+        self.end_all_claims(Queue::Emails, now).await
     }
 
     async fn next_email_due_at(&self) -> Result<Option<Millis>> {
-        let row = sqlx::query("SELECT MIN(due_at) AS next FROM emails WHERE due_at IS NOT NULL")
-            .fetch_one(&self.reader)
-            .await?;
-        Ok(row.try_get::<Option<i64>, _>("next")?.map(Millis))
+        self.earliest_due(Queue::Emails).await
     }
 
     async fn emails(&self, f: &EmailFilter) -> Result<Vec<Email>> {

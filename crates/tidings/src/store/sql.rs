@@ -340,10 +340,7 @@ impl Store for SqlStore {
     }
 
     async fn next_due_at(&self) -> Result<Option<Millis>> {
-        let row = sqlx::query("SELECT MIN(due_at) AS next FROM webhooks WHERE due_at IS NOT NULL")
-            .fetch_one(&self.reader)
-            .await?;
-        Ok(row.try_get::<Option<i64>, _>("next")?.map(Millis))
+        self.earliest_due(Queue::Webhooks).await
     }
 
     async fn record(&self, owner: &str, results: &[Recorded], now: Millis) -> Result<()> {
@@ -432,14 +429,7 @@ impl Store for SqlStore {
     }
 
     async fn release_all(&self, now: Millis) -> Result<u64> {
-        let n = sqlx::query(
-            "UPDATE webhooks SET due_at = $1, claimed_by = NULL WHERE claimed_by IS NOT NULL",
-        )
-        .bind(now.0)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(n)
+        self.end_all_claims(Queue::Webhooks, now).await
     }
 
     async fn retry(&self, id: &EntityId, now: Millis) -> Result<RetryOutcome> {
@@ -532,6 +522,48 @@ impl Store for SqlStore {
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+}
+
+/// The two leased queues in the store: webhooks to deliver, e-mails to send. Both keep a
+/// `due_at` (NULL once done) and a `claimed_by`.
+#[derive(Clone, Copy)]
+pub(super) enum Queue {
+    Webhooks,
+    Emails,
+}
+
+impl Queue {
+    fn table(self) -> &'static str {
+        match self {
+            Queue::Webhooks => "webhooks",
+            Queue::Emails => "emails",
+        }
+    }
+}
+
+impl SqlStore {
+    /// When the earliest waiting row of `queue` is due (claimed rows count at their lease's end).
+    pub(super) async fn earliest_due(&self, queue: Queue) -> Result<Option<Millis>> {
+        let sql = format!(
+            "SELECT MIN(due_at) AS next FROM {} WHERE due_at IS NOT NULL",
+            queue.table()
+        );
+        let row = sqlx::query(&sql).fetch_one(&self.reader).await?;
+        Ok(row.try_get::<Option<i64>, _>("next")?.map(Millis))
+    }
+
+    /// Ends every claim on `queue` at once, making those rows due at `now`.
+    pub(super) async fn end_all_claims(&self, queue: Queue, now: Millis) -> Result<u64> {
+        let sql = format!(
+            "UPDATE {} SET due_at = $1, claimed_by = NULL WHERE claimed_by IS NOT NULL",
+            queue.table()
+        );
+        Ok(sqlx::query(&sql)
+            .bind(now.0)
+            .execute(&self.writer)
+            .await?
+            .rows_affected())
     }
 }
 
