@@ -310,6 +310,39 @@ pub fn machine_cpu() -> (f64, f64) {
     ((total - idle) / clock_ticks(), total / clock_ticks())
 }
 
+/// CPU seconds used so far by every process whose command name is `comm` (e.g. the
+/// `postgres` server and its backends), exited ones not included.
+pub fn processes_cpu(comm: &str) -> f64 {
+    let mut total = 0.0;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if &stat[open + 1..close] != comm {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        total += (ticks(11) + ticks(12)) / clock_ticks();
+    }
+    total
+}
+
 pub fn read_self() -> ProcReading {
     read_proc_at(Path::new("/proc/self")).unwrap_or_default()
 }

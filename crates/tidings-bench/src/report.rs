@@ -144,6 +144,8 @@ pub struct Phase {
     pub tidings: Process,
     /// CPU of this process (generator + sink) meanwhile, in cores.
     pub bench_cores_avg: f64,
+    /// CPU of the PostgreSQL server processes meanwhile, in cores (0 on SQLite runs).
+    pub postgres_cores_avg: f64,
     /// CPU of the whole machine meanwhile (Tidings, this process, PostgreSQL, others), in
     /// cores busy.
     pub machine_cores_busy: f64,

@@ -149,6 +149,7 @@ impl Run {
         let proc_before = self.tidings().sampler.mark();
         let self_before = child::read_self();
         let machine_before = child::machine_cpu();
+        let pg_before = child::processes_cpu("postgres");
         let live = Arc::new(Firing::default());
         let progress = Progress::start(name, &self.sink, self.tidings(), live.clone());
         self.sink.state.set_sampling(sample);
@@ -200,6 +201,7 @@ impl Run {
         let (rss_peak, cores_peak) = self.tidings().sampler.peaks();
         let self_after = child::read_self();
         let machine_after = child::machine_cpu();
+        let pg_after = child::processes_cpu("postgres");
         let wall = delivered_seconds;
 
         // Latency: first arrival at the sink minus the acknowledgement of its event.
@@ -278,6 +280,7 @@ impl Run {
             },
             bench_cores_avg: (self_after.cpu_seconds - self_before.cpu_seconds) / wall,
             machine_cores_busy: (machine_after.0 - machine_before.0) / wall,
+            postgres_cores_avg: (pg_after - pg_before).max(0.0) / wall,
             sink: self.sink.state.counts().since(&sink_before),
             attempts,
             queue_depth_end: last.sum(&["tidings_queue_depth"]) as u64,
@@ -510,7 +513,7 @@ fn secs(opts: &Options, default: f64) -> Duration {
 
 fn summary(p: &Phase) {
     println!(
-        "  {:<18} {:>7.0} events/s accepted, {:>7.0} webhooks/s delivered ({}/{}), p50 {:.2} ms p99 {:.2} ms max {:.1} ms, tidings {:.2} cores {:.0} MiB, bench {:.2} cores, machine {:.2} cores busy",
+        "  {:<18} {:>7.0} events/s accepted, {:>7.0} webhooks/s delivered ({}/{}), p50 {:.2} ms p99 {:.2} ms max {:.1} ms, tidings {:.2} cores {:.0} MiB, bench {:.2} cores, postgres {:.2} cores, machine {:.2} cores busy",
         p.name,
         p.events_per_second,
         p.webhooks_per_second,
@@ -522,6 +525,7 @@ fn summary(p: &Phase) {
         p.tidings.cpu_cores_avg,
         p.tidings.rss_peak_mib,
         p.bench_cores_avg,
+        p.postgres_cores_avg,
         p.machine_cores_busy
     );
 }
@@ -663,6 +667,7 @@ async fn dispatcher_only(
     let base = before.changed("succeeded");
     let proc_before = run.tidings().sampler.mark();
     let machine_before = child::machine_cpu();
+    let pg_before = child::processes_cpu("postgres");
     let pb = spinner("dispatcher only: draining the due retries");
     let started = Instant::now();
     let mut last;
@@ -702,6 +707,7 @@ async fn dispatcher_only(
             threads: proc_after.threads,
         },
         machine_cores_busy: (machine_after.0 - machine_before.0) / seconds,
+        postgres_cores_avg: (child::processes_cpu("postgres") - pg_before).max(0.0) / seconds,
         attempts: outcomes(&before, &last),
         notes: vec![format!(
             "{want} webhooks all due at once, no API traffic: claimed, sent and recorded in {seconds:.1} s (polling /metrics every 200 ms)"
@@ -738,10 +744,7 @@ pub async fn failing(opts: &Options, store: StoreKind) -> anyhow::Result<Report>
     summary(&p);
     r.phases.push(p);
     // Let the failing webhooks finish their 5 attempts before the next phase.
-    wait_until(&run.api, Duration::from_secs(60), |m| {
-        m.changed("pending") == 0
-    })
-    .await?;
+    settle(&run, &mut r).await;
     let p = run
         .phase(
             "max-20%-fail",
@@ -754,10 +757,7 @@ pub async fn failing(opts: &Options, store: StoreKind) -> anyhow::Result<Report>
         .await?;
     summary(&p);
     r.phases.push(p);
-    wait_until(&run.api, Duration::from_secs(60), |m| {
-        m.changed("pending") == 0
-    })
-    .await?;
+    settle(&run, &mut r).await;
     let m = run.api.metrics().await?;
     r.notes.push(format!(
         "after both phases the store holds {} MEETING_CHANGED webhooks failed for good (5 attempts) and {} succeeded",
@@ -767,6 +767,24 @@ pub async fn failing(opts: &Options, store: StoreKind) -> anyhow::Result<Report>
     with_ceiling(&mut r, run.ceiling().await?);
     run.finish().await?;
     Ok(r)
+}
+
+/// Waits (up to 5 minutes) until no measured webhook is pending any more.
+async fn settle(run: &Run, r: &mut Report) {
+    let started = Instant::now();
+    if wait_until(&run.api, Duration::from_secs(300), |m| {
+        m.changed("pending") == 0
+    })
+    .await
+    .is_err()
+    {
+        r.notes
+            .push("retries of failing webhooks were still pending 5 minutes after a phase".into());
+    }
+    r.notes.push(format!(
+        "waited {:.1} s for the failing webhooks' retries to end",
+        started.elapsed().as_secs_f64()
+    ));
 }
 
 /// (d) A million pending retries in the store: Tidings' memory, and the delivery rate to
