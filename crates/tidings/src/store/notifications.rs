@@ -418,10 +418,7 @@ impl NotificationStore for SqlStore {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<EntityId>> {
-        let skip_locked = match self.backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-        };
+        let skip_locked = self.backend.skip_locked();
         let sql = format!(
             "UPDATE emails SET due_at = $1, claimed_by = $2, closed_at = COALESCE(closed_at, $3) \
              WHERE id IN (SELECT id FROM emails WHERE due_at <= $3 ORDER BY due_at LIMIT $4{skip_locked}) \

@@ -34,6 +34,17 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// The clause that lets concurrent claimers pass over each other's rows: PostgreSQL
+    /// instances share a queue; SQLite has one process and one writer, so it needs none.
+    pub(super) fn skip_locked(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+}
+
 pub struct SqlStore {
     pub(super) backend: Backend,
     /// The database URL, for the PostgreSQL listener connection.
@@ -593,10 +604,7 @@ impl SqlStore {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<Claimed>> {
-        let skip_locked = match self.backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-        };
+        let skip_locked = self.backend.skip_locked();
         let sql = format!(
             "UPDATE webhooks SET due_at = $1, claimed_by = $2 WHERE id IN \
              (SELECT id FROM webhooks WHERE due_at <= $3 ORDER BY due_at LIMIT $4{skip_locked}) RETURNING id"
