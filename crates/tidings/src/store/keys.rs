@@ -63,6 +63,8 @@ const COLUMNS: &str = "id, hash, level, level_id, label, created_at, revoked_at"
 #[async_trait]
 impl KeyStore for SqlStore {
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        // SQLite: hold the single writer (see `SqlStore::write_gate`).
+        let _gate = self.write_gate().await;
         sqlx::query(
             "INSERT INTO api_keys (id, hash, level, level_id, label, created_at, revoked_at) \
              VALUES ($1, $2, $3, $4, $5, $6, NULL)",
@@ -94,6 +96,8 @@ impl KeyStore for SqlStore {
     }
 
     async fn revoke_api_key(&self, id: &EntityId, now: Millis) -> Result<bool> {
+        // SQLite: hold the single writer (see `SqlStore::write_gate`).
+        let _gate = self.write_gate().await;
         let n =
             sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(now.0)

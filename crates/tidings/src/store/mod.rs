@@ -5,6 +5,7 @@
 //! [`Tx`] and become visible together at commit, or not at all (the transactional outbox).
 //! It never decides who receives what; that is the domain's job.
 
+mod exec;
 mod keys;
 mod notifications;
 mod sql;
@@ -23,6 +24,8 @@ pub use sql::SqlStore;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("SQLite error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored record is corrupt: {0}")]

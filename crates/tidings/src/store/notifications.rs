@@ -266,6 +266,8 @@ impl NotificationStore for SqlStore {
         window: Duration,
         limit: u32,
     ) -> Result<Vec<EntityId>> {
+        // SQLite: hold the single writer (see `SqlStore::write_gate`).
+        let _gate = self.write_gate().await;
         let mut tx = self.writer.begin().await?;
         if self.backend == Backend::Postgres {
             // One placer at a time, so two instances never open two digests for one key.
@@ -369,6 +371,8 @@ impl NotificationStore for SqlStore {
     }
 
     async fn set_email_recipient(&self, id: &EntityId, recipient: &str, now: Millis) -> Result<()> {
+        // SQLite: hold the single writer (see `SqlStore::write_gate`).
+        let _gate = self.write_gate().await;
         sqlx::query(
             "UPDATE emails SET recipient = $1, updated_at = $2 WHERE id = $3 AND status = 'queued'",
         )
@@ -386,6 +390,8 @@ impl NotificationStore for SqlStore {
         owner: Option<&str>,
         now: Millis,
     ) -> Result<bool> {
+        // SQLite: hold the single writer (see `SqlStore::write_gate`).
+        let _gate = self.write_gate().await;
         let mut tx = self.writer.begin().await?;
         let n = sqlx::query(
             "UPDATE emails SET status = 'no_recipient', recipient = NULL, due_at = NULL, \
@@ -418,6 +424,8 @@ impl NotificationStore for SqlStore {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<EntityId>> {
+        // SQLite: hold the single writer (see `SqlStore::write_gate`).
+        let _gate = self.write_gate().await;
         let skip_locked = self.backend.skip_locked();
         let sql = format!(
             "UPDATE emails SET due_at = $1, claimed_by = $2, closed_at = COALESCE(closed_at, $3) \
@@ -514,6 +522,8 @@ impl NotificationStore for SqlStore {
         subject: &str,
         now: Millis,
     ) -> Result<bool> {
+        // SQLite: hold the single writer (see `SqlStore::write_gate`).
+        let _gate = self.write_gate().await;
         let mut tx = self.writer.begin().await?;
         let n = sqlx::query(
             "UPDATE emails SET status = 'sent', recipient = $1, subject = $2, sent_at = $3, \
@@ -549,6 +559,8 @@ impl NotificationStore for SqlStore {
         retry_at: Millis,
         now: Millis,
     ) -> Result<()> {
+        // SQLite: hold the single writer (see `SqlStore::write_gate`).
+        let _gate = self.write_gate().await;
         sqlx::query(
             "UPDATE emails SET attempts = attempts + 1, last_error = $1, due_at = $2, \
              claimed_by = NULL, updated_at = $3 WHERE id = $4 AND claimed_by = $5",

@@ -1,9 +1,11 @@
-//! The store on SQLite or PostgreSQL through sqlx's `Any` driver: one implementation, the
-//! same SQL for both wherever the dialects agree, and the backend named where they differ.
+//! The store on SQLite or PostgreSQL: one implementation, the same SQL for both wherever the
+//! dialects agree, and the backend named where they differ.
 //!
-//! SQLite allows one writer at a time, so on SQLite all writes go through a pool of one
-//! connection (no `SQLITE_BUSY` between our own writers) while reads use a pool of several
-//! (WAL lets them run beside the writer).
+//! Reads go through sqlx's `Any` driver (on SQLite a pool of several connections: WAL lets
+//! them run beside the writer). Writes go through [`Exec`]: on PostgreSQL a sqlx
+//! transaction; on SQLite the single writer connection, driven in place with `rusqlite`
+//! (see `exec.rs`), which every write takes in turn (no `SQLITE_BUSY` between our own
+//! writers).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -15,8 +17,9 @@ use tokio::sync::Notify;
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::{AnyPool, Row as _};
 
+use super::exec::{sqlite_path, Exec, LiteWriter, Param, Row, SQLITE_PRAGMAS};
 use super::{
     Attempt, Claimed, Counts, NewEvent, NewWebhook, Next, QueueStats, Recorded, Result,
     RetryOutcome, Store, StoreError, Tx, Webhook, WebhookFilter, WebhookStatus,
@@ -49,9 +52,11 @@ pub struct SqlStore {
     pub(super) backend: Backend,
     /// The database URL, for the PostgreSQL listener connection.
     url: String,
-    /// On SQLite a pool of one connection: the single writer.
+    /// On SQLite a pool of one connection, used only while holding `lite` (the gate).
     pub(super) writer: AnyPool,
     pub(super) reader: AnyPool,
+    /// SQLite's single writer, driven in place (`None` on PostgreSQL).
+    lite: Option<LiteWriter>,
 }
 
 impl SqlStore {
@@ -69,11 +74,13 @@ impl SqlStore {
             let writer = sqlite_pool(1).connect(&url).await?;
             SQLITE_MIGRATIONS.run(&writer).await?;
             let reader = sqlite_pool(4).connect(&url).await?;
+            let lite = Some(LiteWriter::open(sqlite_path(&url)?)?);
             SqlStore {
                 backend: Backend::Sqlite,
                 url,
                 writer,
                 reader,
+                lite,
             }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = AnyPoolOptions::new()
@@ -86,6 +93,7 @@ impl SqlStore {
                 url: url.to_owned(),
                 writer: pool.clone(),
                 reader: pool,
+                lite: None,
             }
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
@@ -100,14 +108,7 @@ fn sqlite_pool(size: u32) -> AnyPoolOptions {
         .min_connections(1)
         .after_connect(|conn, _| {
             Box::pin(async move {
-                for pragma in [
-                    "PRAGMA journal_mode = WAL",
-                    // With WAL, NORMAL keeps every committed transaction across a process crash;
-                    // only an OS crash or power loss may drop the last commits.
-                    "PRAGMA synchronous = NORMAL",
-                    "PRAGMA busy_timeout = 5000",
-                    "PRAGMA foreign_keys = ON",
-                ] {
+                for pragma in SQLITE_PRAGMAS {
                     sqlx::query(pragma).execute(&mut *conn).await?;
                 }
                 Ok(())
@@ -119,38 +120,53 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
+fn parse_entity(doc: &str) -> Result<Entity> {
+    serde_json::from_str(doc).map_err(|e| corrupt(format!("entity: {e}")))
+}
+
 fn entity_from_row(row: &AnyRow) -> Result<Entity> {
-    let doc: String = row.try_get("doc")?;
-    serde_json::from_str(&doc).map_err(|e| corrupt(format!("entity: {e}")))
+    parse_entity(&row.try_get::<String, _>("doc")?)
 }
 
-fn id_col(row: &AnyRow, col: &str) -> Result<EntityId> {
-    let s: String = row.try_get(col)?;
-    EntityId::parse(&s).map_err(corrupt)
+fn parse_id(s: &str) -> Result<EntityId> {
+    EntityId::parse(s).map_err(corrupt)
 }
 
+/// The columns [`webhook_from_row`] reads, in its order (the claim returns the same).
 const WEBHOOK_COLUMNS: &str =
     "w.id, w.event_id, w.type, w.subject_id, w.level, w.level_id, w.url, w.created_at, \
      w.status, w.attempts, w.due_at, e.data";
+const WEBHOOK_FROM: &str = "FROM webhooks w JOIN events e ON e.id = w.event_id";
+/// How many columns [`WEBHOOK_COLUMNS`] names.
+const WEBHOOK_WIDTH: usize = 12;
 
-fn webhook_from_row(row: &AnyRow) -> Result<Webhook> {
-    let event_type: String = row.try_get("type")?;
-    let level: String = row.try_get("level")?;
-    let status: String = row.try_get("status")?;
+fn webhook_from_row(row: &Row) -> Result<Webhook> {
     Ok(Webhook {
-        id: id_col(row, "id")?,
-        event_id: id_col(row, "event_id")?,
-        event_type: EventType::from_str(&event_type).map_err(corrupt)?,
-        subject_id: id_col(row, "subject_id")?,
-        level: Level::from_str(&level).map_err(corrupt)?,
-        level_id: id_col(row, "level_id")?,
-        url: row.try_get("url")?,
-        created_at: Millis(row.try_get("created_at")?),
-        status: WebhookStatus::parse(&status).map_err(corrupt)?,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        due_at: row.try_get::<Option<i64>, _>("due_at")?.map(Millis),
-        data: row.try_get("data")?,
+        id: parse_id(row.text(0)?)?,
+        event_id: parse_id(row.text(1)?)?,
+        event_type: EventType::from_str(row.text(2)?).map_err(corrupt)?,
+        subject_id: parse_id(row.text(3)?)?,
+        level: Level::from_str(row.text(4)?).map_err(corrupt)?,
+        level_id: parse_id(row.text(5)?)?,
+        url: row.text(6)?.to_owned(),
+        created_at: Millis(row.int(7)?),
+        status: WebhookStatus::parse(row.text(8)?).map_err(corrupt)?,
+        attempts: row.int(9)? as u32,
+        due_at: row.opt_int(10)?.map(Millis),
+        data: row.text(11)?.to_owned(),
     })
+}
+
+/// A level's sealed secrets from three columns starting at `first`: current, previous,
+/// previous_until.
+fn secrets_from_row(row: &Row, first: usize) -> Result<Option<SealedSecrets>> {
+    let current = row.opt_text(first)?;
+    let previous = row.opt_text(first + 1)?;
+    let until = row.opt_int(first + 2)?;
+    Ok(current.map(|current| SealedSecrets {
+        current: current.to_owned(),
+        previous: previous.map(str::to_owned).zip(until.map(Millis)),
+    }))
 }
 
 #[async_trait]
@@ -175,7 +191,7 @@ impl Store for SqlStore {
         };
         let signal_work = self.backend == Backend::Postgres;
         Ok(Box::new(SqlTx::new(
-            self.writer.begin().await?,
+            self.begin_write().await?,
             locks,
             signal_work,
         )))
@@ -183,7 +199,7 @@ impl Store for SqlStore {
 
     async fn read(&self) -> Result<Box<dyn Tx>> {
         Ok(Box::new(SqlTx::new(
-            self.reader.begin().await?,
+            self.begin_read().await?,
             RowLocks::NONE,
             false,
         )))
@@ -202,74 +218,61 @@ impl Store for SqlStore {
     }
 
     async fn webhooks(&self, f: &WebhookFilter) -> Result<Vec<Webhook>> {
-        let mut sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks w JOIN events e ON e.id = w.event_id WHERE w.id > $1");
-        let mut args: Vec<Arg> = vec![Arg::Text(
-            f.after.as_ref().map_or(String::new(), |a| a.to_string()),
-        )];
-        let mut push = |clause: &str, arg: Arg| {
-            args.push(arg);
-            sql.push_str(&format!(" AND {clause} ${}", args.len()));
-        };
+        let mut conditions: Vec<(&str, Param)> = Vec::new();
         if let Some(s) = f.status {
-            push("w.status =", Arg::Text(s.as_str().into()));
+            conditions.push(("w.status =", s.as_str().into()));
         }
         if let Some(t) = f.event_type {
-            push("w.type =", Arg::Text(t.as_str().into()));
+            conditions.push(("w.type =", t.as_str().into()));
         }
         if let Some(l) = &f.level_id {
-            push("w.level_id =", Arg::Text(l.to_string()));
+            conditions.push(("w.level_id =", l.as_str().into()));
         }
         if let Some(s) = &f.subject_id {
-            push("w.subject_id =", Arg::Text(s.to_string()));
+            conditions.push(("w.subject_id =", s.as_str().into()));
         }
         if let Some(t) = f.since {
-            push("w.created_at >=", Arg::Int(t.0));
+            conditions.push(("w.created_at >=", t.0.into()));
         }
         if let Some(t) = f.until {
-            push("w.created_at <", Arg::Int(t.0));
+            conditions.push(("w.created_at <", t.0.into()));
         }
-        args.push(Arg::Int(f.limit as i64));
-        sql.push_str(&format!(" ORDER BY w.id LIMIT ${}", args.len()));
-        let mut q = sqlx::query(&sql);
-        for a in args {
-            q = match a {
-                Arg::Text(s) => q.bind(s),
-                Arg::Int(i) => q.bind(i),
-            };
+        let mut sql = format!("SELECT {WEBHOOK_COLUMNS} {WEBHOOK_FROM} WHERE w.id > $1");
+        let mut params: Vec<Param> = vec![f.after.as_ref().map_or("", EntityId::as_str).into()];
+        for (clause, param) in conditions {
+            params.push(param);
+            sql.push_str(&format!(" AND {clause} ${}", params.len()));
         }
-        let rows = q.fetch_all(&self.reader).await?;
+        params.push((f.limit as i64).into());
+        sql.push_str(&format!(" ORDER BY w.id LIMIT ${}", params.len()));
+        let rows = self.begin_read().await?.fetch(&sql, &params).await?;
         rows.iter().map(webhook_from_row).collect()
     }
 
     async fn webhook(&self, id: &EntityId) -> Result<Option<(Webhook, Vec<Attempt>)>> {
-        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks w JOIN events e ON e.id = w.event_id WHERE w.id = $1");
-        let Some(row) = sqlx::query(&sql)
-            .bind(id.as_str())
-            .fetch_optional(&self.reader)
-            .await?
-        else {
+        let mut tx = self.begin_read().await?;
+        let sql = format!("SELECT {WEBHOOK_COLUMNS} {WEBHOOK_FROM} WHERE w.id = $1");
+        let Some(row) = tx.fetch(&sql, &[id.as_str().into()]).await?.pop() else {
             return Ok(None);
         };
         let webhook = webhook_from_row(&row)?;
-        let rows = sqlx::query(
-            "SELECT number, started_at, duration_ms, status_code, error, body FROM attempts \
-             WHERE webhook_id = $1 ORDER BY number",
-        )
-        .bind(id.as_str())
-        .fetch_all(&self.reader)
-        .await?;
+        let rows = tx
+            .fetch(
+                "SELECT number, started_at, duration_ms, status_code, error, body FROM attempts \
+                 WHERE webhook_id = $1 ORDER BY number",
+                &[id.as_str().into()],
+            )
+            .await?;
         let attempts = rows
             .iter()
             .map(|r| {
                 Ok(Attempt {
-                    number: r.try_get::<i64, _>("number")? as u32,
-                    started_at: Millis(r.try_get("started_at")?),
-                    duration_ms: r.try_get("duration_ms")?,
-                    status_code: r
-                        .try_get::<Option<i64>, _>("status_code")?
-                        .map(|c| c as u16),
-                    error: r.try_get("error")?,
-                    body: r.try_get("body")?,
+                    number: r.int(0)? as u32,
+                    started_at: Millis(r.int(1)?),
+                    duration_ms: r.int(2)?,
+                    status_code: r.opt_int(3)?.map(|c| c as u16),
+                    error: r.opt_text(4)?.map(str::to_owned),
+                    body: r.text(5)?.to_owned(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -355,7 +358,7 @@ impl Store for SqlStore {
     }
 
     async fn record(&self, owner: &str, results: &[Recorded], now: Millis) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut kept: Vec<&Recorded> = Vec::with_capacity(results.len());
         for r in results {
             let (status, due_at) = match r.next {
@@ -363,80 +366,76 @@ impl Store for SqlStore {
                 Next::RetryAt(t) => (WebhookStatus::Pending, Some(t.0)),
                 Next::Failed => (WebhookStatus::Failed, None),
             };
-            let updated = sqlx::query(
-                "UPDATE webhooks SET status = $1, attempts = $2, due_at = $3, claimed_by = NULL, updated_at = $4 \
-                 WHERE id = $5 AND claimed_by = $6",
-            )
-            .bind(status.as_str())
-            .bind(r.attempt.number as i64)
-            .bind(due_at)
-            .bind(now.0)
-            .bind(r.webhook_id.as_str())
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let updated = tx
+                .execute(
+                    "UPDATE webhooks SET status = $1, attempts = $2, due_at = $3, claimed_by = NULL, \
+                     updated_at = $4 WHERE id = $5 AND claimed_by = $6",
+                    &[
+                        status.as_str().into(),
+                        (r.attempt.number as i64).into(),
+                        due_at.into(),
+                        now.0.into(),
+                        r.webhook_id.as_str().into(),
+                        owner.into(),
+                    ],
+                )
+                .await?;
             if updated == 0 {
                 tracing::warn!(webhook = %r.webhook_id, "claim was lost before the attempt was recorded (lease ended); another attempt may follow");
                 continue;
             }
             kept.push(r);
             if r.next == Next::Failed {
-                sqlx::query(
+                tx.execute(
                     "INSERT INTO notifications (id, webhook_id, level_id, url, status, created_at, updated_at) \
                      SELECT $1, id, level_id, url, 'queued', $2, $2 FROM webhooks WHERE id = $3 \
                      ON CONFLICT (webhook_id) DO NOTHING",
+                    &[
+                        EntityId::generate(now).as_str().into(),
+                        now.0.into(),
+                        r.webhook_id.as_str().into(),
+                    ],
                 )
-                .bind(EntityId::generate(now).as_str())
-                .bind(now.0)
-                .bind(r.webhook_id.as_str())
-                .execute(&mut *tx)
                 .await?;
             }
         }
         // The attempts themselves, many rows a statement; each row numbers its own
         // parameters, so they appear in ascending order.
         for chunk in kept.chunks(100) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p: Vec<String> = (1..=7).map(|k| format!("${}", i * 7 + k)).collect();
-                    format!("({})", p.join(", "))
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO attempts (webhook_id, number, started_at, duration_ms, status_code, error, body) \
                  VALUES {} ON CONFLICT (webhook_id, number) DO NOTHING",
-                rows.join(", ")
+                value_rows(chunk.len(), 7)
             );
-            let mut q = sqlx::query(&sql);
-            for r in chunk {
-                q = q
-                    .bind(r.webhook_id.as_str())
-                    .bind(r.attempt.number as i64)
-                    .bind(r.attempt.started_at.0)
-                    .bind(r.attempt.duration_ms)
-                    .bind(r.attempt.status_code.map(i64::from))
-                    .bind(r.attempt.error.as_deref())
-                    .bind(r.attempt.body.as_str());
-            }
-            q.execute(&mut *tx).await?;
+            let params: Vec<Param> = chunk
+                .iter()
+                .flat_map(|r| {
+                    [
+                        r.webhook_id.as_str().into(),
+                        (r.attempt.number as i64).into(),
+                        r.attempt.started_at.0.into(),
+                        r.attempt.duration_ms.into(),
+                        r.attempt.status_code.map(i64::from).into(),
+                        r.attempt.error.as_deref().into(),
+                        r.attempt.body.as_str().into(),
+                    ]
+                })
+                .collect();
+            tx.execute(&sql, &params).await?;
         }
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await
     }
 
     async fn release(&self, owner: &str, ids: &[EntityId], due_at: Millis) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         for id in ids {
-            sqlx::query("UPDATE webhooks SET due_at = $1, claimed_by = NULL WHERE id = $2 AND claimed_by = $3")
-                .bind(due_at.0)
-                .bind(id.as_str())
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?;
+            tx.execute(
+                "UPDATE webhooks SET due_at = $1, claimed_by = NULL WHERE id = $2 AND claimed_by = $3",
+                &[due_at.0.into(), id.as_str().into(), owner.into()],
+            )
+            .await?;
         }
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await
     }
 
     async fn release_all(&self, now: Millis) -> Result<u64> {
@@ -444,40 +443,36 @@ impl Store for SqlStore {
     }
 
     async fn retry(&self, id: &EntityId, now: Millis) -> Result<RetryOutcome> {
-        let mut tx = self.writer.begin().await?;
-        let Some(row) = sqlx::query("SELECT claimed_by FROM webhooks WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
+        let mut tx = self.begin_write().await?;
+        let Some(row) = tx
+            .fetch(
+                "SELECT claimed_by FROM webhooks WHERE id = $1",
+                &[id.as_str().into()],
+            )
             .await?
+            .pop()
         else {
             return Ok(RetryOutcome::NotFound);
         };
-        if row.try_get::<Option<String>, _>("claimed_by")?.is_some() {
+        if row.opt_text(0)?.is_some() {
             return Ok(RetryOutcome::InFlight);
         }
-        sqlx::query(
+        tx.execute(
             "UPDATE webhooks SET status = 'pending', due_at = $1, updated_at = $1 WHERE id = $2",
+            &[now.0.into(), id.as_str().into()],
         )
-        .bind(now.0)
-        .bind(id.as_str())
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(RetryOutcome::Queued)
     }
 
     async fn recover(&self, level_id: &EntityId, since: Millis, now: Millis) -> Result<u64> {
-        let n = sqlx::query(
+        self.write_one(
             "UPDATE webhooks SET status = 'pending', due_at = $1, updated_at = $1 \
              WHERE level_id = $2 AND status = 'failed' AND created_at >= $3",
+            &[now.0.into(), level_id.as_str().into(), since.0.into()],
         )
-        .bind(now.0)
-        .bind(level_id.as_str())
-        .bind(since.0)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(n)
+        .await
     }
 
     async fn queue_stats(&self, now: Millis) -> Result<QueueStats> {
@@ -500,15 +495,16 @@ impl Store for SqlStore {
     }
 
     async fn secrets(&self, level_id: &EntityId) -> Result<Option<SealedSecrets>> {
-        let row = sqlx::query(
-            "SELECT current AS s_current, previous AS s_previous, previous_until AS s_previous_until \
-             FROM level_secrets WHERE level_id = $1",
-        )
-        .bind(level_id.as_str())
-        .fetch_optional(&self.reader)
-        .await?;
-        match row {
-            Some(r) => secrets_from_row(&r),
+        let rows = self
+            .begin_read()
+            .await?
+            .fetch(
+                "SELECT current, previous, previous_until FROM level_secrets WHERE level_id = $1",
+                &[level_id.as_str().into()],
+            )
+            .await?;
+        match rows.first() {
+            Some(r) => secrets_from_row(r, 0),
             None => Ok(None),
         }
     }
@@ -520,17 +516,18 @@ impl Store for SqlStore {
         previous_until: Millis,
         now: Millis,
     ) -> Result<()> {
-        sqlx::query(
+        self.write_one(
             "INSERT INTO level_secrets (level_id, current, previous, previous_until, updated_at) \
              VALUES ($1, $2, NULL, NULL, $3) ON CONFLICT (level_id) DO UPDATE SET \
              previous = level_secrets.current, previous_until = $4, current = excluded.current, \
              updated_at = excluded.updated_at",
+            &[
+                level_id.as_str().into(),
+                current.into(),
+                now.0.into(),
+                previous_until.0.into(),
+            ],
         )
-        .bind(level_id.as_str())
-        .bind(current)
-        .bind(now.0)
-        .bind(previous_until.0)
-        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -554,6 +551,36 @@ impl Queue {
 }
 
 impl SqlStore {
+    /// Begins a write transaction: on SQLite, waits for the single writer.
+    pub(super) async fn begin_write(&self) -> Result<Box<dyn Exec>> {
+        Ok(match &self.lite {
+            Some(lite) => Box::new(lite.begin().await?),
+            None => Box::new(self.writer.begin().await?),
+        })
+    }
+
+    /// A read-only transaction on the reader pool.
+    async fn begin_read(&self) -> Result<Box<dyn Exec>> {
+        Ok(Box::new(self.reader.begin().await?))
+    }
+
+    /// On SQLite, waits for the single writer and holds it: writes made through the sqlx
+    /// `writer` pool take this first, so they never meet the in-place writer mid-transaction.
+    pub(super) async fn write_gate(&self) -> Option<impl Drop> {
+        match &self.lite {
+            Some(lite) => Some(lite.lock().await),
+            None => None,
+        }
+    }
+
+    /// One statement in a transaction of its own; returns how many rows it changed.
+    pub(super) async fn write_one(&self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let n = tx.execute(sql, params).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
     /// When the earliest waiting row of `queue` is due (claimed rows count at their lease's end).
     pub(super) async fn earliest_due(&self, queue: Queue) -> Result<Option<Millis>> {
         let sql = format!(
@@ -570,33 +597,9 @@ impl SqlStore {
             "UPDATE {} SET due_at = $1, claimed_by = NULL WHERE claimed_by IS NOT NULL",
             queue.table()
         );
-        Ok(sqlx::query(&sql)
-            .bind(now.0)
-            .execute(&self.writer)
-            .await?
-            .rows_affected())
+        self.write_one(&sql, &[now.0.into()]).await
     }
-}
 
-/// `$1, $2, ...` for `n` values starting at `$first`.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn secrets_from_row(row: &AnyRow) -> Result<Option<SealedSecrets>> {
-    let current: Option<String> = row.try_get("s_current")?;
-    let previous: Option<String> = row.try_get("s_previous")?;
-    let until: Option<i64> = row.try_get("s_previous_until")?;
-    Ok(current.map(|current| SealedSecrets {
-        current,
-        previous: previous.zip(until.map(Millis)),
-    }))
-}
-
-impl SqlStore {
     pub(crate) async fn claim(
         &self,
         owner: &str,
@@ -605,43 +608,39 @@ impl SqlStore {
         limit: u32,
     ) -> Result<Vec<Claimed>> {
         let skip_locked = self.backend.skip_locked();
+        // One statement claims the rows and returns what their attempts need (SQLite allows
+        // no UPDATE inside WITH, so the event's data and the secrets come as subqueries).
+        let secret = |col: &str| {
+            format!("(SELECT s.{col} FROM level_secrets s WHERE s.level_id = webhooks.level_id)")
+        };
         let sql = format!(
             "UPDATE webhooks SET due_at = $1, claimed_by = $2 WHERE id IN \
-             (SELECT id FROM webhooks WHERE due_at <= $3 ORDER BY due_at LIMIT $4{skip_locked}) RETURNING id"
+             (SELECT id FROM webhooks WHERE due_at <= $3 ORDER BY due_at LIMIT $4{skip_locked}) \
+             RETURNING id, event_id, type, subject_id, level, level_id, url, created_at, status, \
+             attempts, due_at, (SELECT e.data FROM events e WHERE e.id = webhooks.event_id), {}, {}, {}",
+            secret("current"),
+            secret("previous"),
+            secret("previous_until"),
         );
-        let mut tx = self.writer.begin().await?;
-        let ids: Vec<String> = sqlx::query(&sql)
-            .bind(lease_until.0)
-            .bind(owner)
-            .bind(now.0)
-            .bind(limit as i64)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| r.try_get("id"))
-            .collect::<Result<_, _>>()?;
-        if ids.is_empty() {
-            tx.commit().await?;
-            return Ok(vec![]);
-        }
-        let sql = format!(
-            "SELECT {WEBHOOK_COLUMNS}, s.current AS s_current, s.previous AS s_previous, \
-             s.previous_until AS s_previous_until FROM webhooks w JOIN events e ON e.id = w.event_id \
-             LEFT JOIN level_secrets s ON s.level_id = w.level_id WHERE w.id IN ({})",
-            placeholders(1, ids.len())
-        );
-        let mut q = sqlx::query(&sql);
-        for id in &ids {
-            q = q.bind(id.as_str());
-        }
-        let rows = q.fetch_all(&mut *tx).await?;
+        let mut tx = self.begin_write().await?;
+        let rows = tx
+            .fetch(
+                &sql,
+                &[
+                    lease_until.0.into(),
+                    owner.into(),
+                    now.0.into(),
+                    (limit as i64).into(),
+                ],
+            )
+            .await?;
         tx.commit().await?;
         let mut claimed = rows
             .iter()
             .map(|r| {
                 Ok(Claimed {
                     webhook: webhook_from_row(r)?,
-                    secrets: secrets_from_row(r)?,
+                    secrets: secrets_from_row(r, WEBHOOK_WIDTH)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -650,13 +649,19 @@ impl SqlStore {
     }
 }
 
-enum Arg {
-    Text(String),
-    Int(i64),
+/// `($1, $2, …), ($k+1, …), …`: `rows` rows of `width` parameters, numbered in order.
+fn value_rows(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|i| {
+            let p: Vec<String> = (1..=width).map(|k| format!("${}", i * width + k)).collect();
+            format!("({})", p.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 struct SqlTx {
-    tx: Transaction<'static, Any>,
+    exec: Box<dyn Exec>,
     locks: RowLocks,
     /// Tell other instances (LISTEN/NOTIFY, sent at commit) when webhooks are queued.
     signal_work: bool,
@@ -684,9 +689,9 @@ impl RowLocks {
 }
 
 impl SqlTx {
-    fn new(tx: Transaction<'static, Any>, locks: RowLocks, signal_work: bool) -> Self {
+    fn new(exec: Box<dyn Exec>, locks: RowLocks, signal_work: bool) -> Self {
         SqlTx {
-            tx,
+            exec,
             locks,
             signal_work,
             seen: HashMap::new(),
@@ -706,11 +711,8 @@ impl SqlTx {
             }
         }
         let sql = format!("SELECT doc FROM entities WHERE id = $1{lock}");
-        let row = sqlx::query(&sql)
-            .bind(id.as_str())
-            .fetch_optional(&mut *self.tx)
-            .await?;
-        let entity = row.as_ref().map(entity_from_row).transpose()?;
+        let rows = self.exec.fetch(&sql, &[id.as_str().into()]).await?;
+        let entity = rows.first().map(|r| parse_entity(r.text(0)?)).transpose()?;
         self.seen.insert(id.clone(), entity.clone());
         Ok(entity)
     }
@@ -738,28 +740,30 @@ impl Tx for SqlTx {
             Some(None) => Some(Vec::new()),
             None => None,
         };
-        sqlx::query(
-            "INSERT INTO entities (id, kind, doc, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
-             ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
-        )
-        .bind(id)
-        .bind(entity.kind().as_str())
-        .bind(doc)
-        .bind(now.0)
-        .execute(&mut *self.tx)
-        .await?;
+        self.exec
+            .execute(
+                "INSERT INTO entities (id, kind, doc, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
+                 ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
+                &[
+                    id.into(),
+                    entity.kind().as_str().into(),
+                    doc.as_str().into(),
+                    now.0.into(),
+                ],
+            )
+            .await?;
         if before.as_ref() != Some(&refs) {
             if before.as_ref().is_none_or(|b| !b.is_empty()) {
-                sqlx::query("DELETE FROM entity_refs WHERE source = $1")
-                    .bind(id)
-                    .execute(&mut *self.tx)
+                self.exec
+                    .execute("DELETE FROM entity_refs WHERE source = $1", &[id.into()])
                     .await?;
             }
             for target in &refs {
-                sqlx::query("INSERT INTO entity_refs (target, source) VALUES ($1, $2)")
-                    .bind(target.as_str())
-                    .bind(id)
-                    .execute(&mut *self.tx)
+                self.exec
+                    .execute(
+                        "INSERT INTO entity_refs (target, source) VALUES ($1, $2)",
+                        &[target.as_str().into(), id.into()],
+                    )
                     .await?;
             }
         }
@@ -768,14 +772,12 @@ impl Tx for SqlTx {
     }
 
     async fn delete(&mut self, id: &EntityId) -> Result<()> {
-        sqlx::query("DELETE FROM entity_refs WHERE source = $1")
-            .bind(id.as_str())
-            .execute(&mut *self.tx)
-            .await?;
-        sqlx::query("DELETE FROM entities WHERE id = $1")
-            .bind(id.as_str())
-            .execute(&mut *self.tx)
-            .await?;
+        for sql in [
+            "DELETE FROM entity_refs WHERE source = $1",
+            "DELETE FROM entities WHERE id = $1",
+        ] {
+            self.exec.execute(sql, &[id.as_str().into()]).await?;
+        }
         self.seen.insert(id.clone(), None);
         Ok(())
     }
@@ -786,92 +788,99 @@ impl Tx for SqlTx {
         kind: Option<Kind>,
         limit: u32,
     ) -> Result<Vec<Entity>> {
-        let rows = sqlx::query(
-            "SELECT e.doc FROM entity_refs r JOIN entities e ON e.id = r.source \
-             WHERE r.target = $1 AND ($2 = '' OR e.kind = $2) ORDER BY e.id LIMIT $3",
-        )
-        .bind(id.as_str())
-        .bind(kind.map_or("", Kind::as_str))
-        .bind(limit as i64)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        rows.iter().map(entity_from_row).collect()
+        let rows = self
+            .exec
+            .fetch(
+                "SELECT e.doc FROM entity_refs r JOIN entities e ON e.id = r.source \
+                 WHERE r.target = $1 AND ($2 = '' OR e.kind = $2) ORDER BY e.id LIMIT $3",
+                &[
+                    id.as_str().into(),
+                    kind.map_or("", Kind::as_str).into(),
+                    (limit as i64).into(),
+                ],
+            )
+            .await?;
+        rows.iter().map(|r| parse_entity(r.text(0)?)).collect()
     }
 
     async fn add_event(&mut self, event: &NewEvent, webhooks: &[NewWebhook]) -> Result<()> {
         if self.signal_work && !webhooks.is_empty() {
             // Delivered to listeners only if and when this transaction commits.
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(WORK_CHANNEL)
-                .execute(&mut *self.tx)
+            self.exec
+                .fetch("SELECT pg_notify($1, '')", &[WORK_CHANNEL.into()])
                 .await?;
         }
-        sqlx::query("INSERT INTO events (id, type, subject_id, data, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(event.id.as_str())
-            .bind(event.event_type.as_str())
-            .bind(event.subject_id.as_str())
-            .bind(event.data.as_str())
-            .bind(event.created_at.0)
-            .execute(&mut *self.tx)
+        self.exec
+            .execute(
+                "INSERT INTO events (id, type, subject_id, data, created_at) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    event.id.as_str().into(),
+                    event.event_type.as_str().into(),
+                    event.subject_id.as_str().into(),
+                    event.data.as_str().into(),
+                    event.created_at.0.into(),
+                ],
+            )
             .await?;
-        // One statement for all of the event's webhooks. Each row numbers its own parameters,
-        // so placeholders appear in ascending order (as SQLite's `$N` binding expects).
-        if !webhooks.is_empty() {
-            let rows: Vec<String> = (0..webhooks.len())
-                .map(|i| {
-                    let p = |k: usize| format!("${}", i * 8 + k);
-                    format!(
-                        "({}, {}, {}, {}, {}, {}, {}, {}, 'pending', 0, {}, {})",
-                        p(1),
-                        p(2),
-                        p(3),
-                        p(4),
-                        p(5),
-                        p(6),
-                        p(7),
-                        p(8),
-                        p(8),
-                        p(8)
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO webhooks (id, event_id, type, subject_id, level, level_id, url, created_at, status, \
-                 attempts, due_at, updated_at) VALUES {}",
-                rows.join(", ")
-            );
-            let mut q = sqlx::query(&sql);
-            for w in webhooks {
-                q = q
-                    .bind(w.id.as_str())
-                    .bind(event.id.as_str())
-                    .bind(event.event_type.as_str())
-                    .bind(event.subject_id.as_str())
-                    .bind(w.level.as_str())
-                    .bind(w.level_id.as_str())
-                    .bind(w.url.as_str())
-                    .bind(event.created_at.0);
-            }
-            q.execute(&mut *self.tx).await?;
+        if webhooks.is_empty() {
+            return Ok(());
         }
+        // One statement for all of the event's webhooks, due at once. Each row numbers its
+        // own parameters, so they appear in ascending order.
+        let rows: Vec<String> = (0..webhooks.len())
+            .map(|i| {
+                let p = |k: usize| format!("${}", i * 8 + k);
+                format!(
+                    "({}, {}, {}, {}, {}, {}, {}, {}, 'pending', 0, {}, {})",
+                    p(1),
+                    p(2),
+                    p(3),
+                    p(4),
+                    p(5),
+                    p(6),
+                    p(7),
+                    p(8),
+                    p(8),
+                    p(8)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO webhooks (id, event_id, type, subject_id, level, level_id, url, created_at, status, \
+             attempts, due_at, updated_at) VALUES {}",
+            rows.join(", ")
+        );
+        let params: Vec<Param> = webhooks
+            .iter()
+            .flat_map(|w| {
+                [
+                    w.id.as_str().into(),
+                    event.id.as_str().into(),
+                    event.event_type.as_str().into(),
+                    event.subject_id.as_str().into(),
+                    w.level.as_str().into(),
+                    w.level_id.as_str().into(),
+                    w.url.as_str().into(),
+                    event.created_at.0.into(),
+                ]
+            })
+            .collect();
+        self.exec.execute(&sql, &params).await?;
         Ok(())
     }
 
     async fn put_secret(&mut self, level_id: &EntityId, sealed: &str, now: Millis) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO level_secrets (level_id, current, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (level_id) DO NOTHING",
-        )
-        .bind(level_id.as_str())
-        .bind(sealed)
-        .bind(now.0)
-        .execute(&mut *self.tx)
-        .await?;
+        self.exec
+            .execute(
+                "INSERT INTO level_secrets (level_id, current, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (level_id) DO NOTHING",
+                &[level_id.as_str().into(), sealed.into(), now.0.into()],
+            )
+            .await?;
         Ok(())
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
-        self.tx.commit().await?;
-        Ok(())
+        self.exec.commit().await
     }
 }
