@@ -12,13 +12,13 @@
 //! appearance, which SQLite binds by position.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row as _, Transaction};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{watch, Mutex, Notify, OwnedMutexGuard};
 
 use super::{Result, StoreError};
 
@@ -172,9 +172,44 @@ impl Exec for Transaction<'static, Any> {
 /// SQLite's single writer connection. Whoever holds it may write; every write of the store
 /// on SQLite takes it (the rest through sqlx hold it as a gate), so writers never meet
 /// `SQLITE_BUSY` from each other.
+///
+/// **Group commit.** A transaction on the writer is a savepoint inside a shared database
+/// transaction (a *batch*). Finishing it releases the savepoint and hands the writer to the
+/// next waiter, which joins the same batch; a flusher task queued behind them commits the
+/// batch once, and every member's `commit` returns only then, with the batch's outcome. A
+/// member that fails rolls back to its own savepoint and leaves the others alone. Under load
+/// one commit (one append to the WAL) serves every change that queued meanwhile; alone, a
+/// change commits at once.
 #[derive(Clone)]
 pub(super) struct LiteWriter {
-    conn: Arc<Mutex<rusqlite::Connection>>,
+    conn: Arc<Mutex<Writer>>,
+    /// Wakes the flusher: a batch is open and waits for its commit.
+    flush: Arc<Notify>,
+}
+
+/// The writer connection and its open batch, if any.
+pub(super) struct Writer {
+    db: rusqlite::Connection,
+    batch: Option<Batch>,
+}
+
+/// What a batch's members wait on: its commit's outcome.
+type Outcome = Option<Result<(), String>>;
+type Batch = watch::Sender<Outcome>;
+
+impl Writer {
+    /// Commits the open batch, if any, and tells its members.
+    fn commit_batch(&mut self) {
+        if let Some(batch) = self.batch.take() {
+            let outcome = self.db.execute_batch("COMMIT").map_err(|e| e.to_string());
+            if let Err(e) = &outcome {
+                tracing::error!(error = %e, "committing a batch of SQLite transactions failed");
+                // A failed COMMIT may leave the transaction open; end it for the next batch.
+                let _ = self.db.execute_batch("ROLLBACK");
+            }
+            batch.send_replace(Some(outcome));
+        }
+    }
 }
 
 /// The pragmas of every SQLite connection of the store.
@@ -188,32 +223,58 @@ pub(super) const SQLITE_PRAGMAS: [&str; 4] = [
 ];
 
 impl LiteWriter {
-    /// Opens the writer on the (already created and migrated) database file.
+    /// Opens the writer on the (already created and migrated) database file and starts its
+    /// flusher.
     pub fn open(path: PathBuf) -> Result<Self> {
-        let conn = rusqlite::Connection::open(&path)?;
+        let db = rusqlite::Connection::open(&path)?;
         for pragma in SQLITE_PRAGMAS {
             // `journal_mode` answers with a row; the others with none.
-            conn.query_row(pragma, [], |_| Ok(())).or_else(|e| match e {
+            db.query_row(pragma, [], |_| Ok(())).or_else(|e| match e {
                 rusqlite::Error::QueryReturnedNoRows => Ok(()),
                 e => Err(e),
             })?;
         }
-        conn.set_prepared_statement_cache_capacity(64);
-        Ok(LiteWriter {
-            conn: Arc::new(Mutex::new(conn)),
+        db.set_prepared_statement_cache_capacity(64);
+        let conn = Arc::new(Mutex::new(Writer { db, batch: None }));
+        let flush = Arc::new(Notify::new());
+        tokio::spawn(flusher(Arc::downgrade(&conn), flush.clone()));
+        Ok(LiteWriter { conn, flush })
+    }
+
+    /// Waits for the writer with no batch open: a gate for writes that go through sqlx (on
+    /// another connection, which must not meet an open batch).
+    pub async fn lock(&self) -> OwnedMutexGuard<Writer> {
+        let mut w = self.conn.clone().lock_owned().await;
+        w.commit_batch();
+        w
+    }
+
+    /// Waits for the writer and begins a transaction on it (a savepoint in the open batch).
+    pub async fn begin(&self) -> Result<LiteTx> {
+        let mut w = self.conn.clone().lock_owned().await;
+        if w.batch.is_none() {
+            w.db.execute_batch("BEGIN IMMEDIATE")?;
+            w.batch = Some(watch::channel(None).0);
+        }
+        if let Err(e) = w.db.execute_batch("SAVEPOINT tx") {
+            self.flush.notify_one();
+            return Err(e.into());
+        }
+        Ok(LiteTx {
+            w: Some(w),
+            flush: self.flush.clone(),
         })
     }
+}
 
-    /// Waits for the writer (a gate for writes that go through sqlx).
-    pub async fn lock(&self) -> OwnedMutexGuard<rusqlite::Connection> {
-        self.conn.clone().lock_owned().await
-    }
-
-    /// Waits for the writer and begins a write transaction on it.
-    pub async fn begin(&self) -> Result<LiteTx> {
-        let conn = self.lock().await;
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(LiteTx { conn, open: true })
+/// Commits each batch after the members that were waiting when it was announced.
+async fn flusher(conn: Weak<Mutex<Writer>>, flush: Arc<Notify>) {
+    loop {
+        flush.notified().await;
+        let Some(conn) = conn.upgrade() else { return };
+        // The mutex is fair: this waits behind every transaction queued before it, and they
+        // join the batch first.
+        conn.lock().await.commit_batch();
     }
 }
 
@@ -231,20 +292,26 @@ pub(super) fn sqlite_path(url: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(path))
 }
 
-/// A write transaction on SQLite's writer.
+/// A transaction on SQLite's writer: a savepoint of the open batch. Dropping it without
+/// `commit` rolls back to the savepoint.
 pub(super) struct LiteTx {
-    conn: OwnedMutexGuard<rusqlite::Connection>,
-    open: bool,
+    /// The writer, held until commit or drop.
+    w: Option<OwnedMutexGuard<Writer>>,
+    flush: Arc<Notify>,
 }
 
 impl LiteTx {
+    fn db(&mut self) -> &rusqlite::Connection {
+        &self.w.as_ref().expect("transaction is open").db
+    }
+
     fn execute_now(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
-        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut stmt = self.db().prepare_cached(sql)?;
         Ok(stmt.execute(rusqlite::params_from_iter(params))? as u64)
     }
 
     fn fetch_now(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
-        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut stmt = self.db().prepare_cached(sql)?;
         let columns = stmt.column_count();
         let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
         let mut out = Vec::new();
@@ -284,18 +351,36 @@ impl Exec for LiteTx {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        self.conn.execute_batch("COMMIT")?;
-        self.open = false;
-        Ok(())
+        let w = self.w.as_mut().expect("transaction is open");
+        w.db.execute_batch("RELEASE tx")?;
+        let mut done = w
+            .batch
+            .as_ref()
+            .expect("a savepoint lives in a batch")
+            .subscribe();
+        // Hand the writer on (the next transaction joins the batch), then wait for the
+        // batch's commit.
+        self.w = None;
+        self.flush.notify_one();
+        let outcome = done
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| StoreError::Commit("the writer was closed".into()))?
+            .clone();
+        outcome
+            .expect("waited for an outcome")
+            .map_err(StoreError::Commit)
     }
 }
 
 impl Drop for LiteTx {
     fn drop(&mut self) {
-        if self.open {
-            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+        if let Some(w) = self.w.take() {
+            if let Err(e) = w.db.execute_batch("ROLLBACK TO tx; RELEASE tx") {
                 tracing::error!(error = %e, "rolling back a SQLite transaction failed");
             }
+            // Whatever the batch holds from others still has to be committed.
+            self.flush.notify_one();
         }
     }
 }
