@@ -111,6 +111,11 @@ fn plan(cli: &Cli) -> anyhow::Result<Vec<(String, StoreKind)>> {
     Ok(out)
 }
 
+/// The same allocator as Tidings, so the sink and generator take no more of the machine
+/// than they must.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

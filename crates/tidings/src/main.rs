@@ -3,6 +3,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc malloc: allocation-heavy async work on several threads
+/// contended on glibc's arena locks (BENCHMARKS.md, "What limits throughput").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tidings",

@@ -13,6 +13,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -191,6 +192,52 @@ pub(super) struct LiteWriter {
 pub(super) struct Writer {
     db: rusqlite::Connection,
     batch: Option<Batch>,
+    load: Load,
+}
+
+/// How busy the writer is, logged at debug level every 10 s.
+struct Load {
+    since: Instant,
+    /// Time spent holding the writer (changes and commits).
+    held: Duration,
+    changes: u64,
+    batches: u64,
+}
+
+impl Load {
+    fn new() -> Self {
+        Load {
+            since: Instant::now(),
+            held: Duration::ZERO,
+            changes: 0,
+            batches: 0,
+        }
+    }
+
+    fn change(&mut self, began: Instant) {
+        self.held += began.elapsed();
+        self.changes += 1;
+    }
+
+    fn batch(&mut self, began: Instant) {
+        self.held += began.elapsed();
+        self.batches += 1;
+        let window = self.since.elapsed();
+        if window >= Duration::from_secs(10) {
+            tracing::debug!(
+                changes = self.changes,
+                batches = self.batches,
+                busy = format!(
+                    "{:.1}%",
+                    100.0 * self.held.as_secs_f64() / window.as_secs_f64()
+                ),
+                per_change_us = self.held.as_micros() as u64 / self.changes.max(1),
+                "SQLite writer load over the last {:.0} s",
+                window.as_secs_f64()
+            );
+            *self = Load::new();
+        }
+    }
 }
 
 /// What a batch's members wait on: its commit's outcome.
@@ -201,12 +248,14 @@ impl Writer {
     /// Commits the open batch, if any, and tells its members.
     fn commit_batch(&mut self) {
         if let Some(batch) = self.batch.take() {
+            let began = Instant::now();
             let outcome = self.db.execute_batch("COMMIT").map_err(|e| e.to_string());
             if let Err(e) = &outcome {
                 tracing::error!(error = %e, "committing a batch of SQLite transactions failed");
                 // A failed COMMIT may leave the transaction open; end it for the next batch.
                 let _ = self.db.execute_batch("ROLLBACK");
             }
+            self.load.batch(began);
             batch.send_replace(Some(outcome));
         }
     }
@@ -234,8 +283,22 @@ impl LiteWriter {
                 e => Err(e),
             })?;
         }
+        for pragma in [
+            // Savepoints (one per change in a batch) journal pages to a statement journal:
+            // keep it in memory, not in a temporary file.
+            "PRAGMA temp_store = MEMORY",
+            // 32 MiB of page cache for the writer (the default is 2 MiB): the queue's
+            // indexes stay in memory with a large backlog.
+            "PRAGMA cache_size = -32768",
+        ] {
+            db.execute_batch(pragma)?;
+        }
         db.set_prepared_statement_cache_capacity(64);
-        let conn = Arc::new(Mutex::new(Writer { db, batch: None }));
+        let conn = Arc::new(Mutex::new(Writer {
+            db,
+            batch: None,
+            load: Load::new(),
+        }));
         let flush = Arc::new(Notify::new());
         tokio::spawn(flusher(Arc::downgrade(&conn), flush.clone()));
         Ok(LiteWriter { conn, flush })
@@ -252,6 +315,7 @@ impl LiteWriter {
     /// Waits for the writer and begins a transaction on it (a savepoint in the open batch).
     pub async fn begin(&self) -> Result<LiteTx> {
         let mut w = self.conn.clone().lock_owned().await;
+        let began = Instant::now();
         if w.batch.is_none() {
             w.db.execute_batch("BEGIN IMMEDIATE")?;
             w.batch = Some(watch::channel(None).0);
@@ -261,6 +325,7 @@ impl LiteWriter {
             return Err(e.into());
         }
         Ok(LiteTx {
+            began,
             w: Some(w),
             flush: self.flush.clone(),
         })
@@ -295,6 +360,8 @@ pub(super) fn sqlite_path(url: &str) -> Result<PathBuf> {
 /// A transaction on SQLite's writer: a savepoint of the open batch. Dropping it without
 /// `commit` rolls back to the savepoint.
 pub(super) struct LiteTx {
+    /// When it got the writer.
+    began: Instant,
     /// The writer, held until commit or drop.
     w: Option<OwnedMutexGuard<Writer>>,
     flush: Arc<Notify>,
@@ -353,6 +420,7 @@ impl Exec for LiteTx {
     async fn commit(mut self: Box<Self>) -> Result<()> {
         let w = self.w.as_mut().expect("transaction is open");
         w.db.execute_batch("RELEASE tx")?;
+        w.load.change(self.began);
         let mut done = w
             .batch
             .as_ref()
@@ -375,7 +443,8 @@ impl Exec for LiteTx {
 
 impl Drop for LiteTx {
     fn drop(&mut self) {
-        if let Some(w) = self.w.take() {
+        if let Some(mut w) = self.w.take() {
+            w.load.change(self.began);
             if let Err(e) = w.db.execute_batch("ROLLBACK TO tx; RELEASE tx") {
                 tracing::error!(error = %e, "rolling back a SQLite transaction failed");
             }
