@@ -128,8 +128,17 @@ impl Tidings {
         })
         .await
         .context("tidings did not say it was listening within 60 s")??;
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep draining stdout (where Tidings logs) into the run's log, so the child never
+        // blocks on a full pipe and its log is there to read after the run.
+        let mut out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(cfg.dir.join("tidings.log"))?;
+        tokio::spawn(async move {
+            use std::io::Write;
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = writeln!(out, "{line}");
+            }
+        });
         let sampler = Arc::new(ProcSampler::new(pid));
         let sampler_task = tokio::spawn(sampler.clone().run(Duration::from_millis(250)));
         Ok(Tidings {

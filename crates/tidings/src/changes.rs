@@ -439,7 +439,9 @@ impl Hierarchy {
             self.new_work.notify_one();
         }
         if let Some(t) = event_type {
-            tracing::info!(event = %t, subject = %entity.id(), webhooks = queued, "event recorded");
+            // One line per event at debug: at thousands of events a second, the metrics
+            // (`tidings_events`) say how many; this says which.
+            tracing::debug!(event = %t, subject = %entity.id(), webhooks = queued, "event recorded");
         }
         Ok(Applied {
             view,
