@@ -203,10 +203,15 @@ struct Load {
     changes: u64,
     batches: u64,
     cpu: Duration,
+    longest_change: Duration,
+    longest_commit: Duration,
 }
 
 fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
@@ -219,16 +224,20 @@ impl Load {
             changes: 0,
             batches: 0,
             cpu: Duration::ZERO,
+            longest_change: Duration::ZERO,
+            longest_commit: Duration::ZERO,
         }
     }
 
     fn change(&mut self, began: Instant, cpu0: Duration) {
         self.cpu += thread_cpu().saturating_sub(cpu0);
+        self.longest_change = self.longest_change.max(began.elapsed());
         self.held += began.elapsed();
         self.changes += 1;
     }
 
     fn batch(&mut self, began: Instant) {
+        self.longest_commit = self.longest_commit.max(began.elapsed());
         self.held += began.elapsed();
         self.batches += 1;
         let window = self.since.elapsed();
@@ -242,6 +251,8 @@ impl Load {
                 ),
                 per_change_us = self.held.as_micros() as u64 / self.changes.max(1),
                 cpu_per_change_us = self.cpu.as_micros() as u64 / self.changes.max(1),
+                longest_change_us = self.longest_change.as_micros() as u64,
+                longest_commit_us = self.longest_commit.as_micros() as u64,
                 "SQLite writer load over the last {:.0} s",
                 window.as_secs_f64()
             );
@@ -305,9 +316,9 @@ impl LiteWriter {
             "PRAGMA cache_size = -32768",
             // Checkpoints copy the WAL into the database file and fsync it. The checkpointer
             // thread does that beside the writer; the writer itself checkpoints (holding the
-            // writer) only once the WAL passes 4,096 pages (16 MiB), with little left to copy
+            // writer) only once the WAL passes 16,384 pages (64 MiB), with little left to copy
             // by then, so that the WAL starts over and stays bounded under steady writes.
-            "PRAGMA wal_autocheckpoint = 4096",
+            "PRAGMA wal_autocheckpoint = 16384",
         ] {
             db.execute_batch(pragma)?;
         }
@@ -337,21 +348,29 @@ impl LiteWriter {
         w
     }
 
-    /// Waits for the writer and begins a transaction on it (a savepoint in the open batch).
-    pub async fn begin(&self) -> Result<LiteTx> {
+    /// Waits for the writer and begins a transaction on it: a savepoint in the open batch
+    /// or, `solo`, a transaction of its own that commits at once (it commits the open batch
+    /// first, so it sees only committed rows and never waits for the flusher).
+    pub async fn begin(&self, solo: bool) -> Result<LiteTx> {
         let mut w = self.conn.clone().lock_owned().await;
         let began = Instant::now();
-        if w.batch.is_none() {
+        if solo {
+            w.commit_batch();
             w.db.execute_batch("BEGIN IMMEDIATE")?;
-            w.batch = Some(watch::channel(None).0);
-        }
-        if let Err(e) = w.db.execute_batch("SAVEPOINT tx") {
-            self.flush.notify_one();
-            return Err(e.into());
+        } else {
+            if w.batch.is_none() {
+                w.db.execute_batch("BEGIN IMMEDIATE")?;
+                w.batch = Some(watch::channel(None).0);
+            }
+            if let Err(e) = w.db.execute_batch("SAVEPOINT tx") {
+                self.flush.notify_one();
+                return Err(e.into());
+            }
         }
         Ok(LiteTx {
             began,
             cpu0: thread_cpu(),
+            solo,
             w: Some(w),
             flush: self.flush.clone(),
         })
@@ -400,6 +419,8 @@ pub(super) struct LiteTx {
     /// When it got the writer.
     began: Instant,
     cpu0: Duration,
+    /// A transaction of its own, not a savepoint in a batch.
+    solo: bool,
     /// The writer, held until commit or drop.
     w: Option<OwnedMutexGuard<Writer>>,
     flush: Arc<Notify>,
@@ -457,6 +478,13 @@ impl Exec for LiteTx {
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
         let w = self.w.as_mut().expect("transaction is open");
+        if self.solo {
+            // On failure the transaction stays open and `drop` rolls it back.
+            w.db.execute_batch("COMMIT")?;
+            w.load.change(self.began, self.cpu0);
+            self.w = None;
+            return Ok(());
+        }
         w.db.execute_batch("RELEASE tx")?;
         w.load.change(self.began, self.cpu0);
         let mut done = w
@@ -483,11 +511,18 @@ impl Drop for LiteTx {
     fn drop(&mut self) {
         if let Some(mut w) = self.w.take() {
             w.load.change(self.began, self.cpu0);
-            if let Err(e) = w.db.execute_batch("ROLLBACK TO tx; RELEASE tx") {
+            let rollback = if self.solo {
+                "ROLLBACK"
+            } else {
+                "ROLLBACK TO tx; RELEASE tx"
+            };
+            if let Err(e) = w.db.execute_batch(rollback) {
                 tracing::error!(error = %e, "rolling back a SQLite transaction failed");
             }
-            // Whatever the batch holds from others still has to be committed.
-            self.flush.notify_one();
+            if !self.solo {
+                // Whatever the batch holds from others still has to be committed.
+                self.flush.notify_one();
+            }
         }
     }
 }

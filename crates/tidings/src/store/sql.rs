@@ -551,10 +551,21 @@ impl Queue {
 }
 
 impl SqlStore {
-    /// Begins a write transaction: on SQLite, waits for the single writer.
+    /// Begins a write transaction: on SQLite, waits for the single writer and joins the
+    /// open batch (group commit).
     pub(super) async fn begin_write(&self) -> Result<Box<dyn Exec>> {
+        self.begin_write_as(false).await
+    }
+
+    /// Begins a write transaction that, on SQLite, commits by itself as soon as it is done:
+    /// for claims, whose webhooks are sent right away and should not wait for a batch.
+    async fn begin_write_now(&self) -> Result<Box<dyn Exec>> {
+        self.begin_write_as(true).await
+    }
+
+    async fn begin_write_as(&self, solo: bool) -> Result<Box<dyn Exec>> {
         Ok(match &self.lite {
-            Some(lite) => Box::new(lite.begin().await?),
+            Some(lite) => Box::new(lite.begin(solo).await?),
             None => Box::new(self.writer.begin().await?),
         })
     }
@@ -622,7 +633,7 @@ impl SqlStore {
             secret("previous"),
             secret("previous_until"),
         );
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_now().await?;
         let rows = tx
             .fetch(
                 &sql,
