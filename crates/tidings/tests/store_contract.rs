@@ -521,3 +521,137 @@ async fn concurrent_claimers_never_share_a_webhook() {
         assert_eq!(unique.len(), ids.len(), "{}", s.name);
     }
 }
+
+/// Many changes at once (on SQLite: savepoints sharing one group commit; on PostgreSQL:
+/// transactions side by side), with writes through the other path (API keys) in between:
+/// every committed change is there with its webhook, and a change that failed or was dropped
+/// takes nothing else with it and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_changes_commit_and_a_failed_one_takes_nothing_with_it() {
+    use tidings::store::{ApiKeyRecord, KeyStore};
+
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Fate {
+        Commit,
+        Drop,
+        FailStatement,
+        ApiKey,
+    }
+    for s in stores::both().await {
+        let r = reseller(Some("https://r.example/hook"));
+        let mut tx = s.store.write().await.unwrap();
+        tx.put(&r, T0).await.unwrap();
+        tx.commit().await.unwrap();
+        let taken_event_id = {
+            let (_, ids) = queue(s.store.as_ref(), 1, T0).await;
+            let all = s
+                .store
+                .webhook(&ids[0])
+                .await
+                .unwrap()
+                .expect("queued webhook");
+            all.0.event_id
+        };
+        let fates: Vec<Fate> = (0..96)
+            .map(|i| match i % 8 {
+                3 => Fate::Drop,
+                5 => Fate::FailStatement,
+                6 => Fate::ApiKey,
+                _ => Fate::Commit,
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for (i, fate) in fates.iter().copied().enumerate() {
+            let store = s.store.clone();
+            let reseller_id = r.id().clone();
+            let taken = taken_event_id.clone();
+            tasks.push(tokio::spawn(async move {
+                if fate == Fate::ApiKey {
+                    store
+                        .insert_api_key(&ApiKeyRecord {
+                            id: id(),
+                            hash: format!("hash-{i}"),
+                            scope: None,
+                            label: format!("key {i}"),
+                            created_at: T0,
+                            revoked_at: None,
+                        })
+                        .await
+                        .unwrap();
+                    return (fate, None, None);
+                }
+                let d = dealer(&reseller_id);
+                let mut tx = store.write().await.unwrap();
+                tx.put(&d, T0).await.unwrap();
+                let event = NewEvent {
+                    // A failing change reuses an event id that exists: its insert fails.
+                    id: if fate == Fate::FailStatement {
+                        taken
+                    } else {
+                        id()
+                    },
+                    event_type: EventType::DealerCreated,
+                    subject_id: d.id().clone(),
+                    data: format!("{{\"id\":\"{}\"}}", d.id()),
+                    created_at: T0,
+                };
+                let w = NewWebhook {
+                    id: id(),
+                    level: Level::Reseller,
+                    level_id: reseller_id.clone(),
+                    url: "https://r.example/hook".into(),
+                };
+                let added = tx.add_event(&event, &[w.clone()]).await;
+                match fate {
+                    Fate::Commit => {
+                        added.unwrap();
+                        tx.commit().await.unwrap();
+                    }
+                    Fate::FailStatement => assert!(added.is_err(), "duplicate event id"),
+                    _ => added.unwrap(),
+                }
+                (fate, Some(d.id().clone()), Some(w.id))
+            }));
+        }
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        let mut read = s.store.read().await.unwrap();
+        for (fate, dealer_id, webhook_id) in results {
+            let (Some(dealer_id), Some(webhook_id)) = (dealer_id, webhook_id) else {
+                continue;
+            };
+            let committed = fate == Fate::Commit;
+            assert_eq!(
+                read.get(&dealer_id).await.unwrap().is_some(),
+                committed,
+                "{}: dealer of a {fate:?} change",
+                s.name
+            );
+            assert_eq!(
+                s.store.webhook(&webhook_id).await.unwrap().is_some(),
+                committed,
+                "{}: webhook of a {fate:?} change",
+                s.name
+            );
+        }
+        let committed = fates.iter().filter(|f| **f == Fate::Commit).count();
+        let all = s
+            .store
+            .webhooks(&WebhookFilter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), committed + 1, "{}", s.name);
+        let keys = s.store.api_keys().await.unwrap();
+        assert_eq!(
+            keys.len(),
+            fates.iter().filter(|f| **f == Fate::ApiKey).count(),
+            "{}",
+            s.name
+        );
+    }
+}

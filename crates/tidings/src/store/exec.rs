@@ -8,8 +8,7 @@
 //!   SQL, bounded the single writer.)
 //! - **PostgreSQL**: a sqlx transaction, as everywhere else.
 //!
-//! The SQL is written once for both: `$N` placeholders, numbered in ascending order of first
-//! appearance, which SQLite binds by position.
+//! The SQL is written once for both, with `$N` placeholders (bound by name on SQLite).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -207,11 +206,15 @@ struct Load {
     longest_commit: Duration,
 }
 
+/// CPU time of the calling thread: a change holds the writer on one thread from start to end
+/// (nothing in it awaits), so the difference is the CPU the change cost, while wall time
+/// also counts being descheduled.
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: `ts` is a valid, writable timespec; the call only writes into it.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
@@ -433,13 +436,15 @@ impl LiteTx {
 
     fn execute_now(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
         let mut stmt = self.db().prepare_cached(sql)?;
-        Ok(stmt.execute(rusqlite::params_from_iter(params))? as u64)
+        bind(&mut stmt, params)?;
+        Ok(stmt.raw_execute()? as u64)
     }
 
     fn fetch_now(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
         let mut stmt = self.db().prepare_cached(sql)?;
         let columns = stmt.column_count();
-        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        bind(&mut stmt, params)?;
+        let mut rows = stmt.raw_query();
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             let cells = (0..columns)
@@ -464,6 +469,26 @@ impl LiteTx {
         }
         Ok(out)
     }
+}
+
+/// Binds `params[i]` to `$i+1` by name: SQLite numbers `$N` parameters in their order of
+/// appearance, not by N, so binding by position would depend on how the SQL is written.
+fn bind(stmt: &mut rusqlite::CachedStatement<'_>, params: &[Param<'_>]) -> Result<()> {
+    if stmt.parameter_count() != params.len() {
+        return Err(StoreError::Corrupt(format!(
+            "statement takes {} parameters, given {}",
+            stmt.parameter_count(),
+            params.len()
+        )));
+    }
+    for (i, param) in params.iter().enumerate() {
+        let name = format!("${}", i + 1);
+        let index = stmt
+            .parameter_index(&name)?
+            .ok_or_else(|| StoreError::Corrupt(format!("statement has no parameter {name}")))?;
+        stmt.raw_bind_parameter(index, param)?;
+    }
+    Ok(())
 }
 
 #[async_trait]

@@ -7,7 +7,7 @@
 //! (see `exec.rs`), which every write takes in turn (no `SQLITE_BUSY` between our own
 //! writers).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -359,48 +359,71 @@ impl Store for SqlStore {
 
     async fn record(&self, owner: &str, results: &[Recorded], now: Millis) -> Result<()> {
         let mut tx = self.begin_write().await?;
+        // Each webhook's new state, many rows a statement (`$1` now, four per row, the owner
+        // last); only rows this owner still holds are updated, and returned.
         let mut kept: Vec<&Recorded> = Vec::with_capacity(results.len());
-        for r in results {
-            let (status, due_at) = match r.next {
-                Next::Succeeded => (WebhookStatus::Succeeded, None),
-                Next::RetryAt(t) => (WebhookStatus::Pending, Some(t.0)),
-                Next::Failed => (WebhookStatus::Failed, None),
-            };
-            let updated = tx
-                .execute(
-                    "UPDATE webhooks SET status = $1, attempts = $2, due_at = $3, claimed_by = NULL, \
-                     updated_at = $4 WHERE id = $5 AND claimed_by = $6",
-                    &[
-                        status.as_str().into(),
-                        (r.attempt.number as i64).into(),
-                        due_at.into(),
-                        now.0.into(),
-                        r.webhook_id.as_str().into(),
-                        owner.into(),
-                    ],
-                )
-                .await?;
-            if updated == 0 {
-                tracing::warn!(webhook = %r.webhook_id, "claim was lost before the attempt was recorded (lease ended); another attempt may follow");
-                continue;
+        for chunk in results.chunks(100) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 2 + i * 4;
+                    format!(
+                        "(${p}, ${}, CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                        p + 1,
+                        p + 2,
+                        p + 3
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "UPDATE webhooks SET status = v.column2, attempts = v.column3, due_at = v.column4, \
+                 claimed_by = NULL, updated_at = $1 FROM (VALUES {}) AS v \
+                 WHERE webhooks.id = v.column1 AND webhooks.claimed_by = ${} RETURNING webhooks.id",
+                rows.join(", "),
+                2 + chunk.len() * 4
+            );
+            let mut params: Vec<Param> = vec![now.0.into()];
+            for r in chunk {
+                let (status, due_at) = match r.next {
+                    Next::Succeeded => (WebhookStatus::Succeeded, None),
+                    Next::RetryAt(t) => (WebhookStatus::Pending, Some(t.0)),
+                    Next::Failed => (WebhookStatus::Failed, None),
+                };
+                params.extend::<[Param; 4]>([
+                    r.webhook_id.as_str().into(),
+                    status.as_str().into(),
+                    (r.attempt.number as i64).into(),
+                    due_at.into(),
+                ]);
             }
-            kept.push(r);
-            if r.next == Next::Failed {
-                tx.execute(
-                    "INSERT INTO notifications (id, webhook_id, level_id, url, status, created_at, updated_at) \
-                     SELECT $1, id, level_id, url, 'queued', $2, $2 FROM webhooks WHERE id = $3 \
-                     ON CONFLICT (webhook_id) DO NOTHING",
-                    &[
-                        EntityId::generate(now).as_str().into(),
-                        now.0.into(),
-                        r.webhook_id.as_str().into(),
-                    ],
-                )
-                .await?;
+            params.push(owner.into());
+            let updated: HashSet<String> = tx
+                .fetch(&sql, &params)
+                .await?
+                .iter()
+                .map(|row| row.text(0).map(str::to_owned))
+                .collect::<Result<_>>()?;
+            for r in chunk {
+                if updated.contains(r.webhook_id.as_str()) {
+                    kept.push(r);
+                } else {
+                    tracing::warn!(webhook = %r.webhook_id, "claim was lost before the attempt was recorded (lease ended); another attempt may follow");
+                }
             }
         }
-        // The attempts themselves, many rows a statement; each row numbers its own
-        // parameters, so they appear in ascending order.
+        for r in kept.iter().filter(|r| r.next == Next::Failed) {
+            tx.execute(
+                "INSERT INTO notifications (id, webhook_id, level_id, url, status, created_at, updated_at) \
+                 SELECT $1, id, level_id, url, 'queued', $2, $2 FROM webhooks WHERE id = $3 \
+                 ON CONFLICT (webhook_id) DO NOTHING",
+                &[
+                    EntityId::generate(now).as_str().into(),
+                    now.0.into(),
+                    r.webhook_id.as_str().into(),
+                ],
+            )
+            .await?;
+        }
+        // The attempts themselves, many rows a statement.
         for chunk in kept.chunks(100) {
             let sql = format!(
                 "INSERT INTO attempts (webhook_id, number, started_at, duration_ms, status_code, error, body) \
@@ -836,8 +859,7 @@ impl Tx for SqlTx {
         if webhooks.is_empty() {
             return Ok(());
         }
-        // One statement for all of the event's webhooks, due at once. Each row numbers its
-        // own parameters, so they appear in ascending order.
+        // One statement for all of the event's webhooks, due at once.
         let rows: Vec<String> = (0..webhooks.len())
             .map(|i| {
                 let p = |k: usize| format!("${}", i * 8 + k);
