@@ -528,7 +528,7 @@ async fn concurrent_claimers_never_share_a_webhook() {
 /// takes nothing else with it and leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_changes_commit_and_a_failed_one_takes_nothing_with_it() {
-    use tidings::store::{ApiKeyRecord, KeyStore};
+    use tidings::store::ApiKeyRecord;
 
     #[derive(Clone, Copy, PartialEq, Debug)]
     enum Fate {
@@ -601,7 +601,7 @@ async fn concurrent_changes_commit_and_a_failed_one_takes_nothing_with_it() {
                     level_id: reseller_id.clone(),
                     url: "https://r.example/hook".into(),
                 };
-                let added = tx.add_event(&event, &[w.clone()]).await;
+                let added = tx.add_event(&event, std::slice::from_ref(&w)).await;
                 match fate {
                     Fate::Commit => {
                         added.unwrap();
