@@ -655,3 +655,91 @@ async fn concurrent_changes_commit_and_a_failed_one_takes_nothing_with_it() {
         );
     }
 }
+
+/// Batches of the same size reuse one prepared statement; NULLs in one batch and values in
+/// the same places in the next must both bind (a NULL keeps its column's type: PostgreSQL
+/// checks a prepared statement's parameter types).
+#[tokio::test]
+async fn batches_of_one_size_record_nulls_and_values_in_any_row() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let (_, ids) = queue(store, 4, T0).await;
+        let claimed = store
+            .claim_due("a", T0, Millis(T0.0 + 600_000), 4)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 4, "{}", s.name);
+        let ok = |number| Attempt {
+            number,
+            started_at: T0,
+            duration_ms: 1,
+            status_code: Some(200),
+            error: None,
+            body: String::new(),
+        };
+        let refused = |number| Attempt {
+            number,
+            started_at: T0,
+            duration_ms: 1,
+            status_code: None,
+            error: Some("connection refused".into()),
+            body: String::new(),
+        };
+        let retry = Next::RetryAt(Millis(T0.0 + 60_000));
+        let first = vec![
+            Recorded {
+                webhook_id: ids[0].clone(),
+                attempt: ok(1),
+                next: Next::Succeeded,
+            },
+            Recorded {
+                webhook_id: ids[1].clone(),
+                attempt: ok(1),
+                next: Next::Succeeded,
+            },
+        ];
+        let second = vec![
+            Recorded {
+                webhook_id: ids[2].clone(),
+                attempt: refused(1),
+                next: retry,
+            },
+            Recorded {
+                webhook_id: ids[3].clone(),
+                attempt: refused(1),
+                next: retry,
+            },
+        ];
+        let t1 = Millis(T0.0 + 10);
+        // Text first, then NULLs, then text again.
+        store.record("a", &second[..1], t1).await.unwrap();
+        store.record("a", &first[..1], t1).await.unwrap();
+        store.record("a", &second[1..], t1).await.unwrap();
+        store.record("a", &first[1..], t1).await.unwrap();
+        for (id, status, code, error) in [
+            (&ids[0], WebhookStatus::Succeeded, Some(200), None),
+            (&ids[1], WebhookStatus::Succeeded, Some(200), None),
+            (
+                &ids[2],
+                WebhookStatus::Pending,
+                None,
+                Some("connection refused"),
+            ),
+            (
+                &ids[3],
+                WebhookStatus::Pending,
+                None,
+                Some("connection refused"),
+            ),
+        ] {
+            let (w, attempts) = store.webhook(id).await.unwrap().unwrap();
+            assert_eq!(w.status, status, "{}", s.name);
+            assert_eq!(
+                (attempts[0].status_code, attempts[0].error.as_deref()),
+                (code, error),
+                "{}",
+                s.name
+            );
+        }
+    }
+}

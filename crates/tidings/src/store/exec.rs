@@ -22,12 +22,14 @@ use tokio::sync::{watch, Mutex, Notify, OwnedMutexGuard};
 
 use super::{Result, StoreError};
 
-/// A statement parameter.
+/// A statement parameter. A NULL keeps its type: PostgreSQL checks a parameter's declared
+/// type against its column.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Param<'a> {
     Text(&'a str),
     Int(i64),
-    Null,
+    OptText(Option<&'a str>),
+    OptInt(Option<i64>),
 }
 
 impl<'a> From<&'a str> for Param<'a> {
@@ -42,18 +44,26 @@ impl From<i64> for Param<'_> {
     }
 }
 
-impl<'a, T: Into<Param<'a>>> From<Option<T>> for Param<'a> {
-    fn from(v: Option<T>) -> Self {
-        v.map_or(Param::Null, Into::into)
+impl<'a> From<Option<&'a str>> for Param<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        Param::OptText(v)
+    }
+}
+
+impl From<Option<i64>> for Param<'_> {
+    fn from(v: Option<i64>) -> Self {
+        Param::OptInt(v)
     }
 }
 
 impl rusqlite::ToSql for Param<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match *self {
-            Param::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
-            Param::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(i)),
-            Param::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Param::Text(s) | Param::OptText(Some(s)) => {
+                ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+            }
+            Param::Int(i) | Param::OptInt(Some(i)) => ToSqlOutput::Borrowed(ValueRef::Integer(i)),
+            Param::OptText(None) | Param::OptInt(None) => ToSqlOutput::Borrowed(ValueRef::Null),
         })
     }
 }
@@ -127,7 +137,8 @@ fn bind_all<'q>(
         q = match *p {
             Param::Text(s) => q.bind(s),
             Param::Int(i) => q.bind(i),
-            Param::Null => q.bind(None::<i64>),
+            Param::OptText(v) => q.bind(v),
+            Param::OptInt(v) => q.bind(v),
         };
     }
     q
