@@ -686,7 +686,7 @@ async fn batches_of_one_size_record_nulls_and_values_in_any_row() {
             body: String::new(),
         };
         let retry = Next::RetryAt(Millis(T0.0 + 60_000));
-        let first = vec![
+        let first = [
             Recorded {
                 webhook_id: ids[0].clone(),
                 attempt: ok(1),
@@ -698,7 +698,7 @@ async fn batches_of_one_size_record_nulls_and_values_in_any_row() {
                 next: Next::Succeeded,
             },
         ];
-        let second = vec![
+        let second = [
             Recorded {
                 webhook_id: ids[2].clone(),
                 attempt: refused(1),
