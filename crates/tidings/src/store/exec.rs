@@ -325,8 +325,8 @@ impl LiteWriter {
             // Savepoints (one per change in a batch) journal pages to a statement journal:
             // keep it in memory, not in a temporary file.
             "PRAGMA temp_store = MEMORY",
-            // 32 MiB of page cache for the writer (the default is 2 MiB): the queue's
-            // indexes stay in memory with a large backlog.
+            // 32 MiB of page cache for the writer (the default is 2 MiB): the hot pages of
+            // the queue's tables and indexes stay in memory (BENCHMARKS.md, scenario d).
             "PRAGMA cache_size = -32768",
             // Checkpoints copy the WAL into the database file and fsync it. The checkpointer
             // thread does that beside the writer; the writer itself checkpoints (holding the
