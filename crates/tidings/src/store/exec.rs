@@ -325,9 +325,10 @@ impl LiteWriter {
             // Savepoints (one per change in a batch) journal pages to a statement journal:
             // keep it in memory, not in a temporary file.
             "PRAGMA temp_store = MEMORY",
-            // 32 MiB of page cache for the writer (the default is 2 MiB): the hot pages of
-            // the queue's tables and indexes stay in memory (BENCHMARKS.md, scenario d).
-            "PRAGMA cache_size = -32768",
+            // 128 MiB of page cache for the writer (the default is 2 MiB): with a million
+            // pending retries the tables' and indexes' pages the writer walks stay in memory;
+            // with 32 MiB healthy delivery was a third slower (BENCHMARKS.md, scenario d).
+            "PRAGMA cache_size = -131072",
             // Checkpoints copy the WAL into the database file and fsync it. The checkpointer
             // thread does that beside the writer; the writer itself checkpoints (holding the
             // writer) only once the WAL passes 16,384 pages (64 MiB), with little left to copy
