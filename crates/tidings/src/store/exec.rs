@@ -563,3 +563,55 @@ impl Drop for LiteTx {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sqlite_url_names_its_file_and_memory_is_refused() {
+        assert_eq!(
+            sqlite_path("sqlite://data/t.db?mode=rwc").unwrap(),
+            PathBuf::from("data/t.db")
+        );
+        assert_eq!(
+            sqlite_path("sqlite:///var/lib/tidings.db").unwrap(),
+            PathBuf::from("/var/lib/tidings.db")
+        );
+        assert_eq!(sqlite_path("sqlite:t.db").unwrap(), PathBuf::from("t.db"));
+        assert!(sqlite_path("sqlite::memory:").is_err());
+        assert!(sqlite_path("postgres://x").is_err());
+    }
+
+    /// `$N` is bound by its number, wherever it stands in the SQL; a parameter missing from
+    /// the call is an error, not a stale value from the statement's last use.
+    #[tokio::test]
+    async fn parameters_bind_by_number_not_by_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        rusqlite::Connection::open(&path).unwrap();
+        let writer = LiteWriter::open(path).unwrap();
+        let mut tx = writer.begin(true).await.unwrap();
+        let rows = tx
+            .fetch(
+                "SELECT $2, $1, $2 + 0",
+                &[Param::Text("first"), Param::Int(2)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows[0].int(0).unwrap(), 2);
+        assert_eq!(rows[0].text(1).unwrap(), "first");
+        assert_eq!(rows[0].int(2).unwrap(), 2);
+        let missing = tx.fetch("SELECT $1, $2", &[Param::Int(1)]).await;
+        assert!(missing.is_err());
+        let nulls = tx
+            .fetch(
+                "SELECT $1, $2",
+                &[Param::OptText(None), Param::OptInt(None)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(nulls[0].opt_text(0).unwrap(), None);
+        assert_eq!(nulls[0].opt_int(1).unwrap(), None);
+    }
+}
