@@ -145,14 +145,21 @@ fn bind_all<'q>(
 }
 
 fn row_from_any(row: &AnyRow) -> Result<Row> {
-    (0..row.len())
-        .map(|i| {
-            if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
-                return Ok(v.map_or(Cell::Null, Cell::Int));
-            }
-            Ok(row
-                .try_get::<Option<String>, _>(i)?
-                .map_or(Cell::Null, Cell::Text))
+    use sqlx::any::AnyTypeInfoKind as K;
+    use sqlx::{Column as _, TypeInfo as _};
+    row.columns()
+        .iter()
+        .enumerate()
+        .map(|(i, column)| {
+            Ok(match column.type_info().kind() {
+                K::SmallInt | K::Integer | K::BigInt => row
+                    .try_get::<Option<i64>, _>(i)?
+                    .map_or(Cell::Null, Cell::Int),
+                _ if column.type_info().is_null() => Cell::Null,
+                _ => row
+                    .try_get::<Option<String>, _>(i)?
+                    .map_or(Cell::Null, Cell::Text),
+            })
         })
         .collect::<Result<Vec<_>>>()
         .map(Row)
@@ -483,7 +490,7 @@ impl LiteTx {
     }
 }
 
-/// Binds `params[i]` to `$i+1` by name: SQLite numbers `$N` parameters in their order of
+/// Binds `$N` to `params[N-1]`: SQLite numbers `$N` parameters in their order of
 /// appearance, not by N, so binding by position would depend on how the SQL is written.
 fn bind(stmt: &mut rusqlite::CachedStatement<'_>, params: &[Param<'_>]) -> Result<()> {
     if stmt.parameter_count() != params.len() {
@@ -493,12 +500,18 @@ fn bind(stmt: &mut rusqlite::CachedStatement<'_>, params: &[Param<'_>]) -> Resul
             params.len()
         )));
     }
-    for (i, param) in params.iter().enumerate() {
-        let name = format!("${}", i + 1);
-        let index = stmt
-            .parameter_index(&name)?
-            .ok_or_else(|| StoreError::Corrupt(format!("statement has no parameter {name}")))?;
-        stmt.raw_bind_parameter(index, param)?;
+    for index in 1..=params.len() {
+        let number = stmt
+            .parameter_name(index)
+            .and_then(|name| name.strip_prefix('$')?.parse::<usize>().ok())
+            .filter(|n| (1..=params.len()).contains(n))
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "statement parameter {index} is not $1..${}",
+                    params.len()
+                ))
+            })?;
+        stmt.raw_bind_parameter(index, params[number - 1])?;
     }
     Ok(())
 }
