@@ -377,6 +377,38 @@ fn outcomes(before: &Metrics, after: &Metrics) -> Vec<(String, u64)> {
     out.into_iter().collect()
 }
 
+/// Fires `events` as fast as the API takes them at `meetings`, whose destinations answer
+/// 500, then waits (at most `limit`) until every one of their 4 webhooks per event has had its
+/// failed attempt recorded.
+async fn fire_until_each_failed_once(
+    run: &Run,
+    name: &str,
+    meetings: &[Meeting],
+    events: u64,
+    limit: Duration,
+) -> anyhow::Result<Phase> {
+    let m0 = run.api.metrics().await?;
+    let fill = run
+        .phase(
+            name,
+            meetings,
+            Rate::Max,
+            Duration::from_secs(3600),
+            Some(events),
+            false,
+        )
+        .await?;
+    let want = 4 * fill.events_accepted;
+    let failed = |m: &Metrics| {
+        (m.sum(&["tidings_attempts_total", "outcome=\"http_status\""])
+            - m0.sum(&["tidings_attempts_total", "outcome=\"http_status\""])) as u64
+    };
+    wait_until(&run.api, limit, |m| failed(m) >= want).await?;
+    // The last batch of attempts is recorded right after it is counted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(fill)
+}
+
 async fn wait_until(
     api: &Api,
     limit: Duration,
@@ -633,25 +665,15 @@ async fn dispatcher_only(
 ) -> anyhow::Result<Phase> {
     let sink = &run.sink.state;
     sink.set_fail_all(true);
-    let m0 = run.api.metrics().await?;
-    let fill = run
-        .phase(
-            "queue-retries",
-            meetings,
-            Rate::Max,
-            Duration::from_secs(3600),
-            Some(events),
-            false,
-        )
-        .await?;
+    let fill = fire_until_each_failed_once(
+        run,
+        "queue-retries",
+        meetings,
+        events,
+        Duration::from_secs(300),
+    )
+    .await?;
     let want = 4 * fill.events_accepted;
-    let failed = |m: &Metrics| {
-        (m.sum(&["tidings_attempts_total", "outcome=\"http_status\""])
-            - m0.sum(&["tidings_attempts_total", "outcome=\"http_status\""])) as u64
-    };
-    wait_until(&run.api, Duration::from_secs(300), |m| failed(m) >= want).await?;
-    // The last batch of attempts is recorded right after it is counted.
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let queued_at = Instant::now();
     // Stopped while the retries come due, so that all of them are due at once when it is
     // back; the sink answers 200 again.
@@ -811,28 +833,15 @@ pub async fn backlog(opts: &Options, store: StoreKind) -> anyhow::Result<Report>
     // retry schedule at 24 h, each stays pending after its first attempt.
     let events = opts.pending.div_ceil(4);
     let started = Instant::now();
-    let m0 = run.api.metrics().await?;
-    let fill = run
-        .phase(
-            "fill-backlog",
-            &failing,
-            Rate::Max,
-            Duration::from_secs(3600),
-            Some(events),
-            false,
-        )
-        .await?;
-    let want = 4 * fill.events_accepted;
-    let attempted = |m: &Metrics| {
-        (m.sum(&["tidings_attempts_total", "outcome=\"http_status\""])
-            - m0.sum(&["tidings_attempts_total", "outcome=\"http_status\""])) as u64
-    };
-    wait_until(&run.api, Duration::from_secs(1800), |m| {
-        attempted(m) >= want
-    })
+    let fill = fire_until_each_failed_once(
+        &run,
+        "fill-backlog",
+        &failing,
+        events,
+        Duration::from_secs(1800),
+    )
     .await?;
-    // The last batch of attempts is recorded right after it is counted.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let want = 4 * fill.events_accepted;
     let fill_seconds = started.elapsed().as_secs_f64();
     let m = run.api.metrics().await?;
     let pending = m.changed("pending");
