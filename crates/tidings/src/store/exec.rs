@@ -10,6 +10,7 @@
 //!
 //! The SQL is written once for both, with `$N` placeholders (bound by name on SQLite).
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -287,19 +288,21 @@ type Outcome = Option<Result<(), String>>;
 type Batch = watch::Sender<Outcome>;
 
 impl Writer {
-    /// Commits the open batch, if any, and tells its members.
-    fn commit_batch(&mut self) {
-        if let Some(batch) = self.batch.take() {
-            let began = Instant::now();
-            let outcome = self.db.execute_batch("COMMIT").map_err(|e| e.to_string());
-            if let Err(e) = &outcome {
-                tracing::error!(error = %e, "committing a batch of SQLite transactions failed");
-                // A failed COMMIT may leave the transaction open; end it for the next batch.
-                let _ = self.db.execute_batch("ROLLBACK");
-            }
-            self.load.batch(began);
-            batch.send_replace(Some(outcome));
+    /// Commits the open batch, if any, tells its members, and returns the outcome.
+    fn commit_batch(&mut self) -> std::result::Result<(), String> {
+        let Some(batch) = self.batch.take() else {
+            return Ok(());
+        };
+        let began = Instant::now();
+        let outcome = self.db.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "committing a batch of SQLite transactions failed");
+            // A failed COMMIT may leave the transaction open; end it for the next batch.
+            let _ = self.db.execute_batch("ROLLBACK");
         }
+        self.load.batch(began);
+        batch.send_replace(Some(outcome.clone()));
+        outcome
     }
 }
 
@@ -366,28 +369,26 @@ impl LiteWriter {
     /// another connection, which must not meet an open batch).
     pub async fn lock(&self) -> OwnedMutexGuard<Writer> {
         let mut w = self.conn.clone().lock_owned().await;
-        w.commit_batch();
+        // Those who wait for this batch hear the outcome; the gate's user starts afresh.
+        let _ = w.commit_batch();
         w
     }
 
     /// Waits for the writer and begins a transaction on it: a savepoint in the open batch
-    /// or, `solo`, a transaction of its own that commits at once (it commits the open batch
-    /// first, so it sees only committed rows and never waits for the flusher).
+    /// (a new batch if none is open). A `solo` transaction commits the batch as soon as it
+    /// is done, with itself as its last member, instead of waiting for the flusher: it may
+    /// read what earlier members wrote, but returns only once that and its own writes are
+    /// committed together.
     pub async fn begin(&self, solo: bool) -> Result<LiteTx> {
         let mut w = self.conn.clone().lock_owned().await;
         let began = Instant::now();
-        if solo {
-            w.commit_batch();
+        if w.batch.is_none() {
             w.db.execute_batch("BEGIN IMMEDIATE")?;
-        } else {
-            if w.batch.is_none() {
-                w.db.execute_batch("BEGIN IMMEDIATE")?;
-                w.batch = Some(watch::channel(None).0);
-            }
-            if let Err(e) = w.db.execute_batch("SAVEPOINT tx") {
-                self.flush.notify_one();
-                return Err(e.into());
-            }
+            w.batch = Some(watch::channel(None).0);
+        }
+        if let Err(e) = w.db.execute_batch("SAVEPOINT tx") {
+            self.flush.notify_one();
+            return Err(e.into());
         }
         Ok(LiteTx {
             began,
@@ -406,7 +407,8 @@ async fn flusher(conn: Weak<Mutex<Writer>>, flush: Arc<Notify>) {
         let Some(conn) = conn.upgrade() else { return };
         // The mutex is fair: this waits behind every transaction queued before it, and they
         // join the batch first.
-        conn.lock().await.commit_batch();
+        // Its members hear the outcome; a failure is logged where it happens.
+        let _ = conn.lock().await.commit_batch();
     }
 }
 
@@ -441,7 +443,7 @@ pub(super) struct LiteTx {
     /// When it got the writer.
     began: Instant,
     cpu0: Duration,
-    /// A transaction of its own, not a savepoint in a batch.
+    /// Commits its batch itself, at once (see [`LiteWriter::begin`]).
     solo: bool,
     /// The writer, held until commit or drop.
     w: Option<OwnedMutexGuard<Writer>>,
@@ -454,13 +456,13 @@ impl LiteTx {
     }
 
     fn execute_now(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
-        let mut stmt = self.db().prepare_cached(sql)?;
+        let mut stmt = self.db().prepare_cached(&numbered(sql))?;
         bind(&mut stmt, params)?;
         Ok(stmt.raw_execute()? as u64)
     }
 
     fn fetch_now(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
-        let mut stmt = self.db().prepare_cached(sql)?;
+        let mut stmt = self.db().prepare_cached(&numbered(sql))?;
         let columns = stmt.column_count();
         bind(&mut stmt, params)?;
         let mut rows = stmt.raw_query();
@@ -490,8 +492,33 @@ impl LiteTx {
     }
 }
 
-/// Binds `$N` to `params[N-1]`: SQLite numbers `$N` parameters in their order of
-/// appearance, not by N, so binding by position would depend on how the SQL is written.
+/// The statement with every `$N` written `?N`. SQLite reads `$N` as a *named* parameter,
+/// numbered in order of appearance, so binding by N would need a name lookup per parameter
+/// (a linear search inside SQLite: quadratic for the many-row statements); `?N` is bound at
+/// index N directly. Quoted text (`'…'`, `"…"`) is left as it is.
+fn numbered(sql: &str) -> Cow<'_, str> {
+    if !sql.contains('$') {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut quote = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '$') if chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push('?');
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    Cow::Owned(out)
+}
+
+/// Binds `params[N-1]` at `?N` (see [`numbered`]).
 fn bind(stmt: &mut rusqlite::CachedStatement<'_>, params: &[Param<'_>]) -> Result<()> {
     if stmt.parameter_count() != params.len() {
         return Err(StoreError::Corrupt(format!(
@@ -500,18 +527,8 @@ fn bind(stmt: &mut rusqlite::CachedStatement<'_>, params: &[Param<'_>]) -> Resul
             params.len()
         )));
     }
-    for index in 1..=params.len() {
-        let number = stmt
-            .parameter_name(index)
-            .and_then(|name| name.strip_prefix('$')?.parse::<usize>().ok())
-            .filter(|n| (1..=params.len()).contains(n))
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "statement parameter {index} is not $1..${}",
-                    params.len()
-                ))
-            })?;
-        stmt.raw_bind_parameter(index, params[number - 1])?;
+    for (index, param) in params.iter().enumerate() {
+        stmt.raw_bind_parameter(index + 1, param)?;
     }
     Ok(())
 }
@@ -528,15 +545,13 @@ impl Exec for LiteTx {
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
         let w = self.w.as_mut().expect("transaction is open");
-        if self.solo {
-            // On failure the transaction stays open and `drop` rolls it back.
-            w.db.execute_batch("COMMIT")?;
-            w.load.change(self.began, self.cpu0);
-            self.w = None;
-            return Ok(());
-        }
         w.db.execute_batch("RELEASE tx")?;
         w.load.change(self.began, self.cpu0);
+        if self.solo {
+            let outcome = w.commit_batch();
+            self.w = None;
+            return outcome.map_err(StoreError::Commit);
+        }
         let mut done = w
             .batch
             .as_ref()
@@ -561,18 +576,11 @@ impl Drop for LiteTx {
     fn drop(&mut self) {
         if let Some(mut w) = self.w.take() {
             w.load.change(self.began, self.cpu0);
-            let rollback = if self.solo {
-                "ROLLBACK"
-            } else {
-                "ROLLBACK TO tx; RELEASE tx"
-            };
-            if let Err(e) = w.db.execute_batch(rollback) {
+            if let Err(e) = w.db.execute_batch("ROLLBACK TO tx; RELEASE tx") {
                 tracing::error!(error = %e, "rolling back a SQLite transaction failed");
             }
-            if !self.solo {
-                // Whatever the batch holds from others still has to be committed.
-                self.flush.notify_one();
-            }
+            // Whatever the batch holds from others still has to be committed.
+            self.flush.notify_one();
         }
     }
 }
@@ -594,6 +602,16 @@ mod tests {
         assert_eq!(sqlite_path("sqlite:t.db").unwrap(), PathBuf::from("t.db"));
         assert!(sqlite_path("sqlite::memory:").is_err());
         assert!(sqlite_path("postgres://x").is_err());
+    }
+
+    #[test]
+    fn dollar_parameters_are_numbered_outside_quotes() {
+        assert_eq!(
+            numbered("SELECT $1, '$2', \"a$3\", $10 || 'it''s $4' || $2"),
+            "SELECT ?1, '$2', \"a$3\", ?10 || 'it''s $4' || ?2"
+        );
+        assert!(matches!(numbered("SELECT 1"), Cow::Borrowed(_)));
+        assert_eq!(numbered("SELECT '$' || $1"), "SELECT '$' || ?1");
     }
 
     /// `$N` is bound by its number, wherever it stands in the SQL; a parameter missing from

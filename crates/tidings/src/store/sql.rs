@@ -580,8 +580,9 @@ impl SqlStore {
         self.begin_write_as(false).await
     }
 
-    /// Begins a write transaction that, on SQLite, commits by itself as soon as it is done:
-    /// for claims, whose webhooks are sent right away and should not wait for a batch.
+    /// Begins a write transaction that, on SQLite, commits its batch as soon as it is done
+    /// (one commit for it and the changes before it): for claims, whose webhooks are sent
+    /// right away and should not wait for the flusher.
     async fn begin_write_now(&self) -> Result<Box<dyn Exec>> {
         self.begin_write_as(true).await
     }
