@@ -8,6 +8,7 @@
 mod exec;
 mod keys;
 mod notifications;
+pub mod pcache;
 mod sql;
 
 use async_trait::async_trait;

@@ -64,6 +64,14 @@ impl SqlStore {
     pub async fn open(url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let store = if url.starts_with("sqlite:") {
+            // Before the first connection: SQLite takes a page cache only before it starts.
+            if super::pcache::install() {
+                tracing::debug!("SQLite page cache wrapped: commits skip needless full scans");
+            } else {
+                tracing::debug!(
+                    "SQLite was in use before the store opened: its page cache stays as it is"
+                );
+            }
             let url = if url.contains("mode=") {
                 url.to_owned()
             } else if url.contains('?') {

@@ -1,0 +1,159 @@
+//! The SQLite page cache wrapper (`store/pcache.rs`) under a workload that splits, merges and
+//! renumbers B-tree pages, grows the file and rolls growth back: the database must stay
+//! exactly what the same operations on a plain map give, and intact, while commits that had
+//! nothing past the end of the file skip the cache walk.
+//!
+//! Its own test binary: the wrapper goes in only before SQLite is first used in a process.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection};
+
+/// A small deterministic generator (no dependency, same run every time).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+type Model = BTreeMap<String, (i64, String)>;
+
+fn insert(db: &Connection, model: &mut Model, rng: &mut Lcg) {
+    let id = format!("{:016x}", rng.next());
+    let due = rng.below(1_000_000) as i64;
+    let body = "x".repeat(50 + rng.below(400) as usize);
+    db.execute(
+        "INSERT OR REPLACE INTO t (id, due, body) VALUES (?1, ?2, ?3)",
+        params![id, due, body],
+    )
+    .unwrap();
+    model.insert(id, (due, body));
+}
+
+fn some_key(model: &Model, rng: &mut Lcg) -> Option<String> {
+    if model.is_empty() {
+        return None;
+    }
+    let n = rng.below(model.len() as u64) as usize;
+    model.keys().nth(n).cloned()
+}
+
+fn contents(db: &Connection) -> Model {
+    let mut stmt = db
+        .prepare("SELECT id, due, body FROM t ORDER BY id")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+#[test]
+fn the_wrapped_page_cache_keeps_the_database_exact_and_skips_needless_walks() {
+    assert!(
+        tidings::store::pcache::install(),
+        "the wrapper must go in before SQLite's first use in this process"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let db = Connection::open(&path).unwrap();
+    db.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        .unwrap();
+    db.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;
+         CREATE TABLE t (id TEXT PRIMARY KEY, due INTEGER NOT NULL, body TEXT NOT NULL);
+         CREATE INDEX t_due ON t (due);",
+    )
+    .unwrap();
+    let reader = Connection::open(&path).unwrap();
+
+    let mut rng = Lcg(7);
+    let mut model = Model::new();
+    let (forwarded0, skipped0) = tidings::store::pcache::truncates();
+    let (mut commits, mut rollbacks) = (0, 0);
+    for round in 0..400 {
+        let before = model.clone();
+        db.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for _ in 0..60 {
+            match rng.below(10) {
+                0..=5 => insert(&db, &mut model, &mut rng),
+                6 | 7 => {
+                    // Moves the row within the index, as a claim moves `due_at`.
+                    if let Some(id) = some_key(&model, &mut rng) {
+                        let due = rng.below(1_000_000) as i64;
+                        db.execute("UPDATE t SET due = ?1 WHERE id = ?2", params![due, id])
+                            .unwrap();
+                        model.get_mut(&id).unwrap().0 = due;
+                    }
+                }
+                _ => {
+                    if let Some(id) = some_key(&model, &mut rng) {
+                        db.execute("DELETE FROM t WHERE id = ?1", params![id])
+                            .unwrap();
+                        model.remove(&id);
+                    }
+                }
+            }
+        }
+        if round % 5 == 0 {
+            // Growth inside a savepoint, rolled back: its pages must leave the cache.
+            let kept = model.clone();
+            db.execute_batch("SAVEPOINT s").unwrap();
+            for _ in 0..200 {
+                insert(&db, &mut model, &mut rng);
+            }
+            db.execute_batch("ROLLBACK TO s; RELEASE s").unwrap();
+            model = kept;
+            rollbacks += 1;
+        }
+        if round % 7 == 3 {
+            db.execute_batch("ROLLBACK").unwrap();
+            model = before;
+            rollbacks += 1;
+        } else {
+            db.execute_batch("COMMIT").unwrap();
+            commits += 1;
+        }
+        if round % 50 == 0 {
+            let n: i64 = reader
+                .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n as usize, model.len(), "a reader sees the committed rows");
+            reader
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .unwrap();
+        }
+    }
+
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    assert!(model.len() > 5_000, "the workload grew the table");
+    assert_eq!(contents(&db), model);
+    drop(db);
+    let reopened = Connection::open(&path).unwrap();
+    assert_eq!(contents(&reopened), model, "as stored in the file");
+
+    let (forwarded, skipped) = tidings::store::pcache::truncates();
+    let (forwarded, skipped) = (forwarded - forwarded0, skipped - skipped0);
+    eprintln!("{commits} commits, {rollbacks} rollbacks; truncates: {forwarded} forwarded, {skipped} skipped");
+    assert!(
+        skipped > commits / 2,
+        "commits with nothing past the end skip the walk"
+    );
+    assert!(
+        forwarded > 0 && forwarded <= rollbacks,
+        "rolled-back growth is dropped from the cache, and only that walks it"
+    );
+}
