@@ -1,4 +1,4 @@
-//! The SQLite page cache wrapper (`store/pcache.rs`) under a workload that splits, merges and
+//! The SQLite page cache wrapper (`store/sqlite_lib.rs`) under a workload that splits, merges and
 //! renumbers B-tree pages, grows the file and rolls growth back: the database must stay
 //! exactly what the same operations on a plain map give, and intact, while commits that had
 //! nothing past the end of the file skip the cache walk.
@@ -61,7 +61,7 @@ fn contents(db: &Connection) -> Model {
 #[test]
 fn the_wrapped_page_cache_keeps_the_database_exact_and_skips_needless_walks() {
     assert!(
-        tidings::store::pcache::install(),
+        tidings::store::sqlite_lib::install(),
         "the wrapper must go in before SQLite's first use in this process"
     );
     let dir = tempfile::tempdir().unwrap();
@@ -79,7 +79,7 @@ fn the_wrapped_page_cache_keeps_the_database_exact_and_skips_needless_walks() {
 
     let mut rng = Lcg(7);
     let mut model = Model::new();
-    let (forwarded0, skipped0) = tidings::store::pcache::truncates();
+    let (forwarded0, skipped0) = tidings::store::sqlite_lib::page_cache_truncates();
     let (mut commits, mut rollbacks) = (0, 0);
     for round in 0..400 {
         let before = model.clone();
@@ -145,7 +145,7 @@ fn the_wrapped_page_cache_keeps_the_database_exact_and_skips_needless_walks() {
     let reopened = Connection::open(&path).unwrap();
     assert_eq!(contents(&reopened), model, "as stored in the file");
 
-    let (forwarded, skipped) = tidings::store::pcache::truncates();
+    let (forwarded, skipped) = tidings::store::sqlite_lib::page_cache_truncates();
     let (forwarded, skipped) = (forwarded - forwarded0, skipped - skipped0);
     eprintln!("{commits} commits, {rollbacks} rollbacks; truncates: {forwarded} forwarded, {skipped} skipped");
     assert!(

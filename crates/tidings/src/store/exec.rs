@@ -323,6 +323,8 @@ impl LiteWriter {
     /// Opens the writer on the (already created and migrated) database file and starts its
     /// flusher.
     pub fn open(path: PathBuf) -> Result<Self> {
+        // Normally done by the store before its first connection (no-op then).
+        super::sqlite_lib::install();
         let db = rusqlite::Connection::open(&path)?;
         for pragma in SQLITE_PRAGMAS {
             // `journal_mode` answers with a row; the others with none.
@@ -620,6 +622,8 @@ mod tests {
     async fn parameters_bind_by_number_not_by_position() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
+        // SQLite's process-wide settings go in before any thread of this test binary uses it.
+        super::super::sqlite_lib::install();
         rusqlite::Connection::open(&path).unwrap();
         let writer = LiteWriter::open(path).unwrap();
         let mut tx = writer.begin(true).await.unwrap();

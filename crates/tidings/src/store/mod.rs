@@ -8,8 +8,8 @@
 mod exec;
 mod keys;
 mod notifications;
-pub mod pcache;
 mod sql;
+pub mod sqlite_lib;
 
 use async_trait::async_trait;
 

@@ -65,7 +65,7 @@ impl SqlStore {
         sqlx::any::install_default_drivers();
         let store = if url.starts_with("sqlite:") {
             // Before the first connection: SQLite takes a page cache only before it starts.
-            if super::pcache::install() {
+            if super::sqlite_lib::install() {
                 tracing::debug!("SQLite page cache wrapped: commits skip needless full scans");
             } else {
                 tracing::debug!(

@@ -1,15 +1,15 @@
-//! SQLite's own page cache, wrapped so that a commit does not walk the whole cache for
-//! nothing.
+//! Process-wide settings of the SQLite library, made before its first use (SQLite takes them
+//! only then): its page cache.
 //!
-//! At the end of every write transaction SQLite asks its page cache to drop the pages past
-//! the end of the database (`xTruncate(size + 1)`). The default cache knows only the largest
-//! page number it has *ever* held since the last truncate, and when that is far above the
-//! limit it visits every slot of its hash table: one per cached page. B-tree balancing
-//! renumbers pages through a temporary number, the lock page's (1 GiB ÷ page size + 1), while
-//! it sorts siblings, so after most transactions that split or merge pages the cache believes
-//! it holds page 262,145 and the next commit visits every cached page though none is dropped.
-//! With the writer's 128 MiB cache that walk cost a fifth of the throughput of scenario b
-//! (BENCHMARKS.md).
+//! At the end of every write transaction SQLite asks its page cache to drop
+//! the pages past the end of the database (`xTruncate(size + 1)`). The default cache knows
+//! only the largest page number it has *ever* held since the last truncate, and when that is
+//! far above the limit it visits every slot of its hash table: one per cached page. B-tree
+//! balancing renumbers pages through a temporary number, the lock page's (1 GiB ÷ page size +
+//! 1), while it sorts siblings, so after most transactions that split or merge pages the cache
+//! believes it holds page 262,145 and the next commit visits every cached page though none is
+//! dropped. With the writer's 128 MiB cache that walk was 6–7 % of Tidings' CPU in scenario b,
+//! all of it while holding the writer (BENCHMARKS.md).
 //!
 //! The wrapper forwards every call to the default cache and keeps, per cache, the largest page
 //! number a page may really have; it forwards a truncate only when some page may be at or past
@@ -47,47 +47,46 @@ struct Cache {
     at_temp: u32,
 }
 
-/// Installs the wrapper. It must run before SQLite is first used in the process; afterwards
-/// SQLite refuses any new page cache and this returns `false` (the default one stays, which
-/// is only slower). Idempotent.
+/// Makes the settings. It must run before SQLite is first used in the process; afterwards
+/// SQLite refuses them and this returns `false` (SQLite keeps its defaults, which are only
+/// slower). Idempotent.
 pub fn install() -> bool {
     static INSTALLED: OnceLock<bool> = OnceLock::new();
-    *INSTALLED.get_or_init(|| {
-        let mut default = std::mem::MaybeUninit::<ffi::sqlite3_pcache_methods2>::zeroed();
-        // SAFETY: GETPCACHE2 writes the current methods into the struct it is given.
-        let rc =
-            unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_GETPCACHE2, default.as_mut_ptr()) };
-        if rc != ffi::SQLITE_OK {
-            return false;
-        }
-        // SAFETY: SQLite filled it in (zeroed memory is a valid value of this struct anyway).
-        let default = unsafe { default.assume_init() };
-        if default.xCreate.is_none() || DEFAULT.set(Methods(default)).is_err() {
-            return false;
-        }
-        let ours = ffi::sqlite3_pcache_methods2 {
-            xCreate: Some(create),
-            xCachesize: Some(cachesize),
-            xPagecount: Some(pagecount),
-            xFetch: Some(fetch),
-            xUnpin: Some(unpin),
-            xRekey: Some(rekey),
-            xTruncate: Some(truncate),
-            xDestroy: Some(destroy),
-            xShrink: Some(shrink),
-            // xInit and xShutdown take `pArg`, which stays the default's.
-            ..default
-        };
-        // SAFETY: PCACHE2 copies the struct; every method forwards to the default's.
-        unsafe {
-            ffi::sqlite3_config(ffi::SQLITE_CONFIG_PCACHE2, &ours as *const _) == ffi::SQLITE_OK
-        }
-    })
+    *INSTALLED.get_or_init(install_page_cache)
+}
+
+fn install_page_cache() -> bool {
+    let mut default = std::mem::MaybeUninit::<ffi::sqlite3_pcache_methods2>::zeroed();
+    // SAFETY: GETPCACHE2 writes the current methods into the struct it is given.
+    let rc = unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_GETPCACHE2, default.as_mut_ptr()) };
+    if rc != ffi::SQLITE_OK {
+        return false;
+    }
+    // SAFETY: SQLite filled it in (zeroed memory is a valid value of this struct anyway).
+    let default = unsafe { default.assume_init() };
+    if default.xCreate.is_none() || DEFAULT.set(Methods(default)).is_err() {
+        return false;
+    }
+    let ours = ffi::sqlite3_pcache_methods2 {
+        xCreate: Some(create),
+        xCachesize: Some(cachesize),
+        xPagecount: Some(pagecount),
+        xFetch: Some(fetch),
+        xUnpin: Some(unpin),
+        xRekey: Some(rekey),
+        xTruncate: Some(truncate),
+        xDestroy: Some(destroy),
+        xShrink: Some(shrink),
+        // xInit and xShutdown take `pArg`, which stays the default's.
+        ..default
+    };
+    // SAFETY: PCACHE2 copies the struct; every method forwards to the default's.
+    unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_PCACHE2, &ours as *const _) == ffi::SQLITE_OK }
 }
 
 /// Truncates forwarded to SQLite's cache, and those skipped because nothing was past the
 /// limit, since the process started.
-pub fn truncates() -> (u64, u64) {
+pub fn page_cache_truncates() -> (u64, u64) {
     (
         FORWARDED.load(Ordering::Relaxed),
         SKIPPED.load(Ordering::Relaxed),
