@@ -112,6 +112,15 @@ impl Metrics {
             .sum()
     }
 
+    /// Attempts Tidings recorded in the store (after the commit) leaving a webhook in this
+    /// status, since it started: a counter, cheap to read whatever the store's size.
+    pub fn recorded(&self, status: &str) -> u64 {
+        self.sum(&[
+            "tidings_webhooks_recorded_total{",
+            &format!("status=\"{status}\""),
+        ]) as u64
+    }
+
     /// Measured webhooks (MEETING_CHANGED) the store holds with this status.
     pub fn changed(&self, status: &str) -> u64 {
         self.sum(&[
@@ -524,8 +533,12 @@ mod tests {
              tidings_webhooks{type=\"MEETING_CHANGED\",status=\"succeeded\"} 40\n\
              tidings_webhooks{type=\"MEETING_CHANGED\",status=\"pending\"} 2\n\
              tidings_webhooks{type=\"MEETING_CREATED\",status=\"succeeded\"} 7\n\
-             tidings_queue_depth 2\n",
+             tidings_queue_depth 2\n\
+             tidings_webhooks_recorded_total{status=\"succeeded\"} 45\n\
+             tidings_webhooks_recorded_total{status=\"pending\"} 3\n",
         );
+        assert_eq!(m.recorded("succeeded"), 45);
+        assert_eq!(m.recorded("pending"), 3);
         assert_eq!(m.changed("succeeded"), 40);
         assert_eq!(m.changed("pending"), 2);
         assert_eq!(m.sum(&["tidings_queue_depth"]), 2.0);

@@ -128,7 +128,8 @@ pub struct Phase {
     pub api_latency: Latency,
     /// Webhooks to healthy destinations of the accepted events.
     pub webhooks_expected: u64,
-    /// Of those, recorded as succeeded in the store (`tidings_webhooks{status="succeeded"}`).
+    /// Of those, recorded as succeeded in the store (Tidings' counter
+    /// `tidings_webhooks_recorded_total{status="succeeded"}`, counted after each commit).
     pub webhooks_delivered: u64,
     /// From the first event sent to the last of them recorded as delivered.
     pub delivered_seconds: f64,

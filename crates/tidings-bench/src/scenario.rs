@@ -181,14 +181,16 @@ impl Run {
         };
         // Drain: until every healthy webhook of the accepted events is recorded as delivered.
         progress.draining(expected);
-        let base = before.changed("succeeded");
+        // Counted by Tidings after each commit: unlike the store's gauges it costs no scan, so
+        // polling it does not slow the drain down when the store holds millions of rows.
+        let base = before.recorded("succeeded");
         let drain_limit =
             Duration::from_secs_f64(self.opts.drain_timeout.max(duration.as_secs_f64() * 3.0));
         let mut delivered;
         let mut last = before.clone();
         loop {
             last = self.api.metrics().await.unwrap_or(last);
-            delivered = last.changed("succeeded").saturating_sub(base);
+            delivered = last.recorded("succeeded").saturating_sub(base);
             progress.recorded(delivered);
             if delivered >= expected || fired.started.elapsed() > duration + drain_limit {
                 break;
@@ -686,7 +688,7 @@ async fn dispatcher_only(
     pb.finish_and_clear();
     run.api = Api::new(&run.tidings().base_url, run.opts.api_concurrency)?;
     let before = run.api.metrics().await?;
-    let base = before.changed("succeeded");
+    let base = before.recorded("succeeded");
     let proc_before = run.tidings().sampler.mark();
     let machine_before = child::machine_cpu();
     let pg_before = child::processes_cpu("postgres");
@@ -695,7 +697,7 @@ async fn dispatcher_only(
     let mut last;
     loop {
         last = run.api.metrics().await?;
-        let delivered = last.changed("succeeded").saturating_sub(base);
+        let delivered = last.recorded("succeeded").saturating_sub(base);
         pb.set_message(format!("dispatcher only: {delivered}/{want} delivered"));
         if delivered >= want || started.elapsed() > Duration::from_secs(300) {
             break;
@@ -707,7 +709,7 @@ async fn dispatcher_only(
     let proc_after = run.tidings().sampler.read();
     let (rss_peak, cores_peak) = run.tidings().sampler.peaks();
     let machine_after = child::machine_cpu();
-    let delivered = last.changed("succeeded").saturating_sub(base);
+    let delivered = last.recorded("succeeded").saturating_sub(base);
     let p = Phase {
         name: "dispatcher-only".into(),
         rate: "due".into(),

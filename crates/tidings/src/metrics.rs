@@ -1,5 +1,11 @@
 //! Prometheus metrics: counters kept by this process, plus gauges read from the store at
 //! scrape time (so they are right across restarts and across instances).
+//!
+//! Reading the store's gauges counts its rows (a scan of every webhook). While that is cheap
+//! (under [`CHEAP_READ`]) every scrape reads them afresh; once it is not, a scrape within
+//! [`COST_RATIO`] times the last read's duration gets the last values, so that scraping,
+//! however often, spends at most about a tenth of a core on counting. Concurrent scrapes
+//! share one read.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -8,9 +14,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use std::time::{Duration, Instant};
+
 use crate::changes::Applied;
 use crate::domain::Millis;
-use crate::store::{Counts, QueueStats};
+use crate::store::{Counts, Next, QueueStats, Store, StoreError};
+
+/// Store gauges read faster than this are read again at every scrape.
+pub const CHEAP_READ: Duration = Duration::from_millis(10);
+/// Otherwise they are reused until they are this many times their read's duration old.
+pub const COST_RATIO: u32 = 10;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
@@ -22,16 +35,35 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
+/// The store's gauges as last read, and how long reading them took.
+#[derive(Clone)]
+struct StoreGauges {
+    read_at: Instant,
+    took: Duration,
+    counts: Counts,
+    queue: QueueStats,
+}
+
 pub struct Metrics {
     registry: Registry,
     events_created: Family<TypeLabel, Counter>,
     webhooks_created: Family<TypeLabel, Counter>,
     attempts: Family<OutcomeLabel, Counter>,
+    webhooks_recorded: Family<StatusLabel, Counter>,
     attempt_duration: Histogram,
     first_attempt_lag: Histogram,
     emails_queued: Counter,
     emails_sent: Counter,
     emails_failed: Counter,
+    gauges: tokio::sync::Mutex<Option<StoreGauges>>,
+    /// [`CHEAP_READ`] and [`COST_RATIO`] (other values in tests).
+    reuse_from: Duration,
+    reuse_ratio: u32,
 }
 
 impl Default for Metrics {
@@ -60,6 +92,12 @@ impl Metrics {
             "attempts",
             "Delivery attempts by outcome (succeeded, http_status, timeout, connect, tls, refused, dns, invalid_url, transport, no_secret)",
             attempts.clone(),
+        );
+        let webhooks_recorded = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "webhooks_recorded",
+            "Attempts this process recorded in the store (counted after the commit), by the webhook's status after them: succeeded, pending (a retry is scheduled), failed",
+            webhooks_recorded.clone(),
         );
         let buckets = [
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -97,12 +135,58 @@ impl Metrics {
             events_created,
             webhooks_created,
             attempts,
+            webhooks_recorded,
             attempt_duration,
             first_attempt_lag,
             emails_queued,
             emails_sent,
             emails_failed,
+            gauges: tokio::sync::Mutex::new(None),
+            reuse_from: CHEAP_READ,
+            reuse_ratio: COST_RATIO,
         }
+    }
+
+    /// Counts one recorded attempt by the webhook's status after it.
+    pub fn recorded(&self, next: &Next) {
+        let status = match next {
+            Next::Succeeded => "succeeded",
+            Next::RetryAt(_) => "pending",
+            Next::Failed => "failed",
+        };
+        self.webhooks_recorded
+            .get_or_create(&StatusLabel { status })
+            .inc();
+    }
+
+    /// The whole exposition: this process's counters and the store's gauges (see the module's
+    /// note on how often those are read).
+    pub async fn scrape(&self, store: &dyn Store, now: Millis) -> Result<String, StoreError> {
+        let mut last = self.gauges.lock().await;
+        let fresh = last.as_ref().is_some_and(|g| {
+            g.took >= self.reuse_from && g.read_at.elapsed() < g.took * self.reuse_ratio
+        });
+        if !fresh {
+            let started = Instant::now();
+            let counts = store.counts().await?;
+            let queue = store.queue_stats(now).await?;
+            let took = started.elapsed();
+            if took >= self.reuse_from {
+                tracing::debug!(
+                    took_ms = took.as_millis() as u64,
+                    "counted the store for /metrics; scrapes in the next {} ms reuse it",
+                    (took * self.reuse_ratio).as_millis()
+                );
+            }
+            *last = Some(StoreGauges {
+                read_at: Instant::now(),
+                took,
+                counts,
+                queue,
+            });
+        }
+        let g = last.as_ref().expect("just read");
+        Ok(self.render(&g.counts, &g.queue, now))
     }
 
     /// Counts what one API change emitted.
@@ -173,5 +257,71 @@ impl Metrics {
         out.push_str(&format!("tidings_oldest_due_age_seconds {age}\n"));
         out.push_str("# EOF\n");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EntityId, EventType, Level};
+    use crate::store::{NewEvent, NewWebhook, SqlStore};
+
+    async fn queue_one(store: &dyn Store, n: i64) {
+        let now = Millis(1_000 + n);
+        let event = NewEvent {
+            id: EntityId::generate(now),
+            event_type: EventType::MeetingChanged,
+            subject_id: EntityId::generate(now),
+            data: "{}".into(),
+            created_at: now,
+        };
+        let hook = NewWebhook {
+            id: EntityId::generate(now),
+            level: Level::Site,
+            level_id: EntityId::generate(now),
+            url: "https://example.com/hook".into(),
+        };
+        let mut tx = store.write().await.unwrap();
+        tx.add_event(&event, &[hook]).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    fn pending(text: &str) -> &str {
+        text.lines()
+            .find(|l| {
+                l.starts_with("tidings_webhooks{type=\"MEETING_CHANGED\",status=\"pending\"}")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("none")
+    }
+
+    /// A scrape reads the store afresh while reading is cheap, and reuses the last read while
+    /// it is younger than `reuse_ratio` times what the read cost.
+    #[tokio::test]
+    async fn store_gauges_are_reused_only_while_reading_them_is_costly() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let store = SqlStore::open(&url).await.unwrap();
+        let now = Millis(10_000);
+
+        let always = Metrics::new();
+        queue_one(&store, 1).await;
+        assert_eq!(pending(&always.scrape(&store, now).await.unwrap()), "1");
+        queue_one(&store, 2).await;
+        assert_eq!(pending(&always.scrape(&store, now).await.unwrap()), "2");
+
+        let reusing = Metrics {
+            reuse_from: Duration::ZERO,
+            reuse_ratio: u32::MAX,
+            ..Metrics::new()
+        };
+        assert_eq!(pending(&reusing.scrape(&store, now).await.unwrap()), "2");
+        queue_one(&store, 3).await;
+        assert_eq!(
+            pending(&reusing.scrape(&store, now).await.unwrap()),
+            "2",
+            "the last read, reused"
+        );
+        assert_eq!(pending(&always.scrape(&store, now).await.unwrap()), "3");
     }
 }

@@ -256,7 +256,8 @@ async fn claims_lease_attempts_record_and_failures_queue_one_notification() {
             },
         ];
         // Another owner cannot record over "a"'s claims.
-        store.record("intruder", &results, t1).await.unwrap();
+        let recorded = store.record("intruder", &results, t1).await.unwrap();
+        assert!(recorded.is_empty(), "{}", s.name);
         let (w, attempts) = store.webhook(&ids[0]).await.unwrap().unwrap();
         assert_eq!(
             (w.status, w.attempts, attempts.len()),
@@ -265,7 +266,8 @@ async fn claims_lease_attempts_record_and_failures_queue_one_notification() {
             s.name
         );
 
-        store.record("a", &results, t1).await.unwrap();
+        let recorded = store.record("a", &results, t1).await.unwrap();
+        assert_eq!(recorded, vec![0, 1, 2], "{}", s.name);
         let (w0, a0) = store.webhook(&ids[0]).await.unwrap().unwrap();
         assert_eq!(
             (w0.status, w0.attempts, w0.due_at),

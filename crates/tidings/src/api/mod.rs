@@ -72,15 +72,16 @@ async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
 }
 
 async fn metrics(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let store = s.hierarchy.store();
-    let now = s.hierarchy.now();
-    let (counts, queue) = (store.counts().await?, store.queue_stats(now).await?);
+    let body = s
+        .metrics
+        .scrape(s.hierarchy.store().as_ref(), s.hierarchy.now())
+        .await?;
     Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.render(&counts, &queue, now),
+        body,
     ))
 }
 

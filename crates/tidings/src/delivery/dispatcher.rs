@@ -107,6 +107,7 @@ impl Dispatcher {
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Recorded>();
         let recorder = tokio::spawn(record_loop(
             self.store.clone(),
+            self.metrics.clone(),
             self.owner.clone(),
             self.clock.clone(),
             done_rx,
@@ -406,8 +407,10 @@ fn outcome_label(o: &tidings_egress::Outcome) -> &'static str {
 }
 
 /// Records finished attempts in batches; a failed write is retried, never dropped.
+#[allow(clippy::too_many_arguments)]
 async fn record_loop(
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
     owner: String,
     clock: Arc<dyn Clock>,
     mut rx: mpsc::UnboundedReceiver<Recorded>,
@@ -426,7 +429,12 @@ async fn record_loop(
         }
         loop {
             match store.record(&owner, &batch, clock.now()).await {
-                Ok(()) => break,
+                Ok(recorded) => {
+                    for i in recorded {
+                        metrics.recorded(&batch[i].next);
+                    }
+                    break;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, count = batch.len(), "recording attempts failed; retrying in 1s");
                     tokio::time::sleep(Duration::from_secs(1)).await;

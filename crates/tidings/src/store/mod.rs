@@ -228,8 +228,10 @@ pub trait Store: NotificationStore + KeyStore + Send + Sync + 'static {
     /// When the earliest waiting webhook is due (claimed ones count at their lease's end).
     async fn next_due_at(&self) -> Result<Option<Millis>>;
 
-    /// Records finished attempts of webhooks claimed by `owner`, in one transaction.
-    async fn record(&self, owner: &str, results: &[Recorded], now: Millis) -> Result<()>;
+    /// Records finished attempts of webhooks claimed by `owner`, in one transaction, and
+    /// returns the positions in `results` it recorded (a webhook whose claim `owner` lost is
+    /// left alone).
+    async fn record(&self, owner: &str, results: &[Recorded], now: Millis) -> Result<Vec<usize>>;
 
     /// Gives claimed webhooks back without an attempt, due at `due_at`.
     async fn release(&self, owner: &str, ids: &[EntityId], due_at: Millis) -> Result<()>;

@@ -365,12 +365,13 @@ impl Store for SqlStore {
         self.earliest_due(Queue::Webhooks).await
     }
 
-    async fn record(&self, owner: &str, results: &[Recorded], now: Millis) -> Result<()> {
+    async fn record(&self, owner: &str, results: &[Recorded], now: Millis) -> Result<Vec<usize>> {
         let mut tx = self.begin_write().await?;
         // Each webhook's new state, many rows a statement (`$1` now, four per row, the owner
         // last); only rows this owner still holds are updated, and returned.
         let mut kept: Vec<&Recorded> = Vec::with_capacity(results.len());
-        for chunk in results.chunks(100) {
+        let mut positions = Vec::with_capacity(results.len());
+        for (n, chunk) in results.chunks(100).enumerate() {
             let rows: Vec<String> = (0..chunk.len())
                 .map(|i| {
                     let p = 2 + i * 4;
@@ -410,9 +411,10 @@ impl Store for SqlStore {
                 .iter()
                 .map(|row| row.text(0).map(str::to_owned))
                 .collect::<Result<_>>()?;
-            for r in chunk {
+            for (i, r) in chunk.iter().enumerate() {
                 if updated.contains(r.webhook_id.as_str()) {
                     kept.push(r);
+                    positions.push(n * 100 + i);
                 } else {
                     tracing::warn!(webhook = %r.webhook_id, "claim was lost before the attempt was recorded (lease ended); another attempt may follow");
                 }
@@ -454,7 +456,8 @@ impl Store for SqlStore {
                 .collect();
             tx.execute(&sql, &params).await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(positions)
     }
 
     async fn release(&self, owner: &str, ids: &[EntityId], due_at: Millis) -> Result<()> {
