@@ -2,10 +2,11 @@
 //! scrape time (so they are right across restarts and across instances).
 //!
 //! Reading the store's gauges counts its rows (a scan of every webhook). While that is cheap
-//! (under [`CHEAP_READ`]) every scrape reads them afresh; once it is not, a scrape within
-//! [`COST_RATIO`] times the last read's duration gets the last values, so that scraping,
-//! however often, spends at most about a tenth of a core on counting. Concurrent scrapes
-//! share one read.
+//! (under [`CHEAP_READ`]) every scrape reads them afresh. Once it is not, a scrape never waits
+//! for it: it answers with the last values at once and, when they are older than
+//! [`COST_RATIO`] times what reading them took, starts one read in the background for the
+//! scrapes after it. Scraping, however often, then spends at most about a tenth of a core on
+//! counting, and answers in microseconds.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::changes::Applied;
@@ -40,7 +42,14 @@ pub struct StatusLabel {
     pub status: &'static str,
 }
 
-/// The store's gauges as last read, and how long reading them took.
+/// The store's gauges as last read, and whether a read is under way.
+#[derive(Default)]
+struct Gauges {
+    last: Option<StoreGauges>,
+    reading: bool,
+}
+
+/// The store's gauges as read once, and how long reading them took.
 #[derive(Clone)]
 struct StoreGauges {
     read_at: Instant,
@@ -60,7 +69,7 @@ pub struct Metrics {
     emails_queued: Counter,
     emails_sent: Counter,
     emails_failed: Counter,
-    gauges: tokio::sync::Mutex<Option<StoreGauges>>,
+    gauges: Mutex<Gauges>,
     /// [`CHEAP_READ`] and [`COST_RATIO`] (other values in tests).
     reuse_from: Duration,
     reuse_ratio: u32,
@@ -141,7 +150,7 @@ impl Metrics {
             emails_queued,
             emails_sent,
             emails_failed,
-            gauges: tokio::sync::Mutex::new(None),
+            gauges: Mutex::new(Gauges::default()),
             reuse_from: CHEAP_READ,
             reuse_ratio: COST_RATIO,
         }
@@ -160,33 +169,54 @@ impl Metrics {
     }
 
     /// The whole exposition: this process's counters and the store's gauges (see the module's
-    /// note on how often those are read).
-    pub async fn scrape(&self, store: &dyn Store, now: Millis) -> Result<String, StoreError> {
-        let mut last = self.gauges.lock().await;
-        let fresh = last.as_ref().is_some_and(|g| {
-            g.took >= self.reuse_from && g.read_at.elapsed() < g.took * self.reuse_ratio
-        });
-        if !fresh {
-            let started = Instant::now();
-            let counts = store.counts().await?;
-            let queue = store.queue_stats(now).await?;
-            let took = started.elapsed();
-            if took >= self.reuse_from {
-                tracing::debug!(
-                    took_ms = took.as_millis() as u64,
-                    "counted the store for /metrics; scrapes in the next {} ms reuse it",
-                    (took * self.reuse_ratio).as_millis()
-                );
+    /// note on when those are read).
+    pub async fn scrape(
+        self: &Arc<Self>,
+        store: &Arc<dyn Store>,
+        now: Millis,
+    ) -> Result<String, StoreError> {
+        {
+            let mut guard = self.gauges.lock().expect("gauges poisoned");
+            let g = &mut *guard;
+            if let Some(last) = g.last.as_ref().filter(|l| l.took >= self.reuse_from) {
+                if !g.reading && last.read_at.elapsed() >= last.took * self.reuse_ratio {
+                    g.reading = true;
+                    let (metrics, store) = (self.clone(), store.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = metrics.read_gauges(store.as_ref(), now).await {
+                            tracing::warn!(error = %e, "counting the store for /metrics failed");
+                        }
+                        metrics.gauges.lock().expect("gauges poisoned").reading = false;
+                    });
+                }
+                return Ok(self.render(&last.counts, &last.queue, now));
             }
-            *last = Some(StoreGauges {
-                read_at: Instant::now(),
-                took,
-                counts,
-                queue,
-            });
         }
-        let g = last.as_ref().expect("just read");
+        let g = self.read_gauges(store.as_ref(), now).await?;
         Ok(self.render(&g.counts, &g.queue, now))
+    }
+
+    /// Reads the store's gauges and keeps them as the last read.
+    async fn read_gauges(&self, store: &dyn Store, now: Millis) -> Result<StoreGauges, StoreError> {
+        let started = Instant::now();
+        let counts = store.counts().await?;
+        let queue = store.queue_stats(now).await?;
+        let took = started.elapsed();
+        if took >= self.reuse_from {
+            tracing::debug!(
+                took_ms = took.as_millis() as u64,
+                "counted the store for /metrics; scrapes answer with this count for {} ms",
+                (took * self.reuse_ratio).as_millis()
+            );
+        }
+        let read = StoreGauges {
+            read_at: Instant::now(),
+            took,
+            counts,
+            queue,
+        };
+        self.gauges.lock().expect("gauges poisoned").last = Some(read.clone());
+        Ok(read)
     }
 
     /// Counts what one API change emitted.
@@ -304,24 +334,52 @@ mod tests {
         let store = SqlStore::open(&url).await.unwrap();
         let now = Millis(10_000);
 
-        let always = Metrics::new();
-        queue_one(&store, 1).await;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let always = Arc::new(Metrics::new());
+        queue_one(store.as_ref(), 1).await;
         assert_eq!(pending(&always.scrape(&store, now).await.unwrap()), "1");
-        queue_one(&store, 2).await;
+        queue_one(store.as_ref(), 2).await;
         assert_eq!(pending(&always.scrape(&store, now).await.unwrap()), "2");
 
-        let reusing = Metrics {
+        let reusing = Arc::new(Metrics {
             reuse_from: Duration::ZERO,
             reuse_ratio: u32::MAX,
             ..Metrics::new()
-        };
+        });
         assert_eq!(pending(&reusing.scrape(&store, now).await.unwrap()), "2");
-        queue_one(&store, 3).await;
+        queue_one(store.as_ref(), 3).await;
         assert_eq!(
             pending(&reusing.scrape(&store, now).await.unwrap()),
             "2",
             "the last read, reused"
         );
         assert_eq!(pending(&always.scrape(&store, now).await.unwrap()), "3");
+
+        // Always out of date: a scrape answers with the last read and starts the next one,
+        // whose count a later scrape shows.
+        let refreshing = Arc::new(Metrics {
+            reuse_from: Duration::ZERO,
+            reuse_ratio: 0,
+            ..Metrics::new()
+        });
+        assert_eq!(pending(&refreshing.scrape(&store, now).await.unwrap()), "3");
+        queue_one(store.as_ref(), 4).await;
+        assert_eq!(
+            pending(&refreshing.scrape(&store, now).await.unwrap()),
+            "3",
+            "answered at once with the last read"
+        );
+        let started = Instant::now();
+        loop {
+            let text = refreshing.scrape(&store, now).await.unwrap();
+            if pending(&text) == "4" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never read again"
+            );
+            tokio::task::yield_now().await;
+        }
     }
 }

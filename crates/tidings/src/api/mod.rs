@@ -74,7 +74,7 @@ async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
 async fn metrics(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let body = s
         .metrics
-        .scrape(s.hierarchy.store().as_ref(), s.hierarchy.now())
+        .scrape(s.hierarchy.store(), s.hierarchy.now())
         .await?;
     Ok((
         [(
