@@ -121,6 +121,24 @@ impl Metrics {
         ]) as u64
     }
 
+    /// Webhooks recorded as delivered: Tidings' counter `tidings_webhooks_recorded_total`
+    /// where it has one (since 74f08ff); for an older `--tidings-bin`, the store's gauge of
+    /// measured webhooks.
+    pub fn succeeded(&self) -> u64 {
+        if self.has_recorded_counter() {
+            self.recorded("succeeded")
+        } else {
+            self.changed("succeeded")
+        }
+    }
+
+    /// Whether this Tidings counts recorded attempts (`tidings_webhooks_recorded_total`).
+    pub fn has_recorded_counter(&self) -> bool {
+        self.0
+            .iter()
+            .any(|(k, _)| k.starts_with("tidings_webhooks_recorded_total"))
+    }
+
     /// Measured webhooks (MEETING_CHANGED) the store holds with this status.
     pub fn changed(&self, status: &str) -> u64 {
         self.sum(&[
@@ -538,6 +556,10 @@ mod tests {
              tidings_webhooks_recorded_total{status=\"pending\"} 3\n",
         );
         assert_eq!(m.recorded("succeeded"), 45);
+        assert_eq!(m.succeeded(), 45, "the counter where Tidings has it");
+        let older =
+            Metrics::parse("tidings_webhooks{type=\"MEETING_CHANGED\",status=\"succeeded\"} 40\n");
+        assert_eq!(older.succeeded(), 40, "else the store's gauge");
         assert_eq!(m.recorded("pending"), 3);
         assert_eq!(m.changed("succeeded"), 40);
         assert_eq!(m.changed("pending"), 2);

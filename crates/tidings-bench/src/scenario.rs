@@ -183,14 +183,14 @@ impl Run {
         progress.draining(expected);
         // Counted by Tidings after each commit: unlike the store's gauges it costs no scan, so
         // polling it does not slow the drain down when the store holds millions of rows.
-        let base = before.recorded("succeeded");
+        let base = before.succeeded();
         let drain_limit =
             Duration::from_secs_f64(self.opts.drain_timeout.max(duration.as_secs_f64() * 3.0));
         let mut delivered;
         let mut last = before.clone();
         loop {
             last = self.api.metrics().await.unwrap_or(last);
-            delivered = last.recorded("succeeded").saturating_sub(base);
+            delivered = last.succeeded().saturating_sub(base);
             progress.recorded(delivered);
             if delivered >= expected || fired.started.elapsed() > duration + drain_limit {
                 break;
@@ -687,8 +687,16 @@ async fn dispatcher_only(
     tidings.resume().await?;
     pb.finish_and_clear();
     run.api = Api::new(&run.tidings().base_url, run.opts.api_concurrency)?;
-    let before = run.api.metrics().await?;
-    let base = before.recorded("succeeded");
+    // Tidings' counters belong to the process just started: everything it counted is this
+    // phase's (it starts on the due retries at once, before a first read could take a base).
+    // An older Tidings without the counter: the store's gauge, from a first read.
+    let first = run.api.metrics().await?;
+    let before = if first.has_recorded_counter() {
+        Metrics::default()
+    } else {
+        first
+    };
+    let base = before.succeeded();
     let proc_before = run.tidings().sampler.mark();
     let machine_before = child::machine_cpu();
     let pg_before = child::processes_cpu("postgres");
@@ -697,7 +705,7 @@ async fn dispatcher_only(
     let mut last;
     loop {
         last = run.api.metrics().await?;
-        let delivered = last.recorded("succeeded").saturating_sub(base);
+        let delivered = last.succeeded().saturating_sub(base);
         pb.set_message(format!("dispatcher only: {delivered}/{want} delivered"));
         if delivered >= want || started.elapsed() > Duration::from_secs(300) {
             break;
@@ -709,7 +717,7 @@ async fn dispatcher_only(
     let proc_after = run.tidings().sampler.read();
     let (rss_peak, cores_peak) = run.tidings().sampler.peaks();
     let machine_after = child::machine_cpu();
-    let delivered = last.recorded("succeeded").saturating_sub(base);
+    let delivered = last.succeeded().saturating_sub(base);
     let p = Phase {
         name: "dispatcher-only".into(),
         rate: "due".into(),
