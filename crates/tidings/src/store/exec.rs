@@ -8,7 +8,8 @@
 //!   SQL, bounded the single writer.)
 //! - **PostgreSQL**: a sqlx transaction, as everywhere else.
 //!
-//! The SQL is written once for both, with `$N` placeholders (bound by name on SQLite).
+//! The SQL is written once for both, with `$N` placeholders (on SQLite rewritten `?N` and
+//! bound by index).
 
 use std::borrow::Cow;
 use std::path::PathBuf;
