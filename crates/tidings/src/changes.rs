@@ -9,10 +9,10 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::delivery::secrets::{self, SecretBox};
+use crate::delivery::Handoff;
 use crate::domain::entities::{merge_patch, BuildContext, Entity, Input, User};
 use crate::domain::routing::{recipients, Ancestor};
 use crate::domain::validate::{FieldError, UrlRules};
@@ -98,8 +98,8 @@ pub struct Hierarchy {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     rules: HierarchyRules,
-    /// Woken after every commit that queued webhooks, so the dispatcher starts at once.
-    new_work: Arc<Notify>,
+    /// Where new webhooks go to the dispatcher: handed off, or woken for.
+    handoff: Arc<Handoff>,
     /// Seals each new level's signing secret.
     keys: SecretBox,
 }
@@ -109,14 +109,14 @@ impl Hierarchy {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         rules: HierarchyRules,
-        new_work: Arc<Notify>,
+        handoff: Arc<Handoff>,
         keys: SecretBox,
     ) -> Self {
         Hierarchy {
             store,
             clock,
             rules,
-            new_work,
+            handoff,
             keys,
         }
     }
@@ -131,7 +131,7 @@ impl Hierarchy {
 
     /// Wakes the dispatcher: work became due outside an API change (retry, recover).
     pub fn wake_dispatcher(&self) {
-        self.new_work.notify_one();
+        self.handoff.wake();
     }
 
     /// Creates an entity of `kind` from a request body.
@@ -412,6 +412,7 @@ impl Hierarchy {
         };
         let event_type = moment.or_else(|| EventType::for_action(entity.kind(), action));
         let mut queued = 0;
+        let mut handing = None;
         if let Some(event_type) = event_type {
             let now = self.clock.now();
             let ancestors = ancestors(tx.as_mut(), entity).await?;
@@ -431,12 +432,19 @@ impl Hierarchy {
                 data: view.to_string(),
                 created_at: now,
             };
-            tx.add_event(&event, &webhooks).await?;
+            // Claimed as they are written when the dispatcher has room (see `Handoff`).
+            let reservation = self.handoff.reserve(webhooks.len(), now);
+            let claimed = tx
+                .add_event(&event, &webhooks, reservation.as_ref().map(|r| r.lease()))
+                .await?;
+            handing = reservation.map(|r| (r, claimed));
             queued = webhooks.len();
         }
         tx.commit().await?;
-        if queued > 0 {
-            self.new_work.notify_one();
+        match handing {
+            Some((reservation, claimed)) => reservation.send(claimed),
+            None if queued > 0 => self.handoff.wake(),
+            None => {}
         }
         if let Some(t) = event_type {
             // One line per event at debug: at thousands of events a second, the metrics

@@ -312,7 +312,7 @@ mod tests {
             url: "https://example.com/hook".into(),
         };
         let mut tx = store.write().await.unwrap();
-        tx.add_event(&event, &[hook]).await.unwrap();
+        tx.add_event(&event, &[hook], None).await.unwrap();
         tx.commit().await.unwrap();
     }
 

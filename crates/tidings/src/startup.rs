@@ -56,25 +56,13 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result
         },
         meeting_base_url: settings.meeting_base_url.clone(),
     };
-    let new_work = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new());
-    let hierarchy = Arc::new(Hierarchy::new(
-        store.clone(),
-        clock.clone(),
-        rules,
-        new_work.clone(),
-        keys.clone(),
-    ));
-    let auth = Arc::new(
-        crate::api::auth::Auth::setup(settings.admin_key.as_deref(), store.as_ref(), clock.now())
-            .await?,
-    );
     let mailer = Mailer::new(store.clone(), clock.clone(), metrics.clone(), settings)?;
     let dispatcher = Dispatcher::new(
-        store,
+        store.clone(),
         egress,
-        clock,
-        keys,
+        clock.clone(),
+        keys.clone(),
         metrics.clone(),
         DispatcherConfig {
             schedule: settings.retry_schedule.clone(),
@@ -83,7 +71,18 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result
             per_destination: settings.per_destination.max(1),
             ..DispatcherConfig::default()
         },
-        new_work,
+        Arc::new(Notify::new()),
+    );
+    let hierarchy = Arc::new(Hierarchy::new(
+        store.clone(),
+        clock.clone(),
+        rules,
+        dispatcher.handoff(),
+        keys,
+    ));
+    let auth = Arc::new(
+        crate::api::auth::Auth::setup(settings.admin_key.as_deref(), store.as_ref(), clock.now())
+            .await?,
     );
     Ok(App {
         state: AppState {

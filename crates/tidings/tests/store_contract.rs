@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use tidings::domain::entities::{Contact, Dealer, Entity, Reseller};
 use tidings::domain::{EntityId, EventType, Kind, Level, Millis};
 use tidings::store::{
-    Attempt, NewEvent, NewWebhook, Next, Recorded, RetryOutcome, Store, WebhookFilter,
+    Attempt, Lease, NewEvent, NewWebhook, Next, Recorded, RetryOutcome, Store, WebhookFilter,
     WebhookStatus,
 };
 
@@ -75,7 +75,7 @@ async fn queue(store: &dyn Store, n: usize, at: Millis) -> (EntityId, Vec<Entity
             url: "https://r.example/hook".into(),
         };
         ids.push(w.id.clone());
-        tx.add_event(&event, &[w]).await.unwrap();
+        tx.add_event(&event, &[w], None).await.unwrap();
     }
     tx.commit().await.unwrap();
     (r.id().clone(), ids)
@@ -172,7 +172,7 @@ async fn an_uncommitted_change_leaves_no_entity_event_or_webhook() {
                 level_id: r.id().clone(),
                 url: "https://r.example/hook".into(),
             };
-            tx.add_event(&event, &[w]).await.unwrap();
+            tx.add_event(&event, &[w], None).await.unwrap();
             // dropped without commit
         }
         let mut tx = store.read().await.unwrap();
@@ -185,6 +185,110 @@ async fn an_uncommitted_change_leaves_no_entity_event_or_webhook() {
             .await
             .unwrap();
         assert!(all.is_empty(), "{}", s.name);
+    }
+}
+
+/// Webhooks written claimed (handed straight to the writer's dispatcher) are what a claim
+/// of them would have returned, stay out of other claims until the lease ends, and are
+/// recorded by their owner alone.
+#[tokio::test]
+async fn webhooks_written_claimed_are_as_if_claimed() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let lease_end = Millis(T0.0 + 60_000);
+        let r = reseller(Some("https://r.example/hook"));
+        let (d, other) = (dealer(r.id()), reseller(Some("https://o.example/hook")));
+        let mut tx = store.write().await.unwrap();
+        for e in [&r, &d, &other] {
+            tx.put(e, T0).await.unwrap();
+        }
+        tx.put_secret(r.id(), "sealed-r", T0).await.unwrap();
+        let event = NewEvent {
+            id: id(),
+            event_type: EventType::DealerCreated,
+            subject_id: d.id().clone(),
+            data: format!("{{\"id\":\"{}\"}}", d.id()),
+            created_at: T0,
+        };
+        let hooks = [
+            NewWebhook {
+                id: id(),
+                level: Level::Reseller,
+                level_id: r.id().clone(),
+                url: "https://r.example/hook".into(),
+            },
+            // A level without a stored secret: its webhook comes back without secrets.
+            NewWebhook {
+                id: id(),
+                level: Level::Reseller,
+                level_id: other.id().clone(),
+                url: "https://o.example/hook".into(),
+            },
+        ];
+        let lease = Lease {
+            owner: "a".into(),
+            until: lease_end,
+        };
+        let handed = tx.add_event(&event, &hooks, Some(&lease)).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let ids: Vec<_> = handed.iter().map(|c| c.webhook.id.clone()).collect();
+        assert_eq!(
+            ids,
+            [hooks[0].id.clone(), hooks[1].id.clone()],
+            "{}",
+            s.name
+        );
+        let sealed = handed[0].secrets.as_ref().map(|x| x.current.as_str());
+        assert_eq!(sealed, Some("sealed-r"), "{}", s.name);
+        assert_eq!(handed[1].secrets, None, "{}", s.name);
+        // As stored, and as a claim returns it.
+        for c in &handed {
+            let (stored, attempts) = store.webhook(&c.webhook.id).await.unwrap().unwrap();
+            assert_eq!(stored, c.webhook, "{}", s.name);
+            assert_eq!(stored.due_at, Some(lease_end), "{}", s.name);
+            assert!(attempts.is_empty(), "{}", s.name);
+        }
+        // Nobody else's claim takes them while the lease lasts.
+        let early = store
+            .claim_due("b", T0, Millis(T0.0 + 1), 10)
+            .await
+            .unwrap();
+        assert!(early.is_empty(), "{}", s.name);
+        assert_eq!(
+            store.next_due_at().await.unwrap(),
+            Some(lease_end),
+            "{}",
+            s.name
+        );
+
+        // Only the owner records an attempt over them.
+        let result = [Recorded {
+            webhook_id: ids[0].clone(),
+            attempt: failed_attempt(1, T0),
+            next: Next::Succeeded,
+        }];
+        assert!(
+            store.record("b", &result, T0).await.unwrap().is_empty(),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            store.record("a", &result, T0).await.unwrap(),
+            [0],
+            "{}",
+            s.name
+        );
+
+        // The other lease ends without an attempt (its owner died): due again for anyone,
+        // the same webhook.
+        let later = store
+            .claim_due("b", lease_end, Millis(lease_end.0 + 60_000), 10)
+            .await
+            .unwrap();
+        assert_eq!(later.len(), 1, "{}", s.name);
+        assert_eq!(later[0].webhook.id, ids[1], "{}", s.name);
+        assert_eq!(later[0].webhook.data, handed[1].webhook.data, "{}", s.name);
     }
 }
 
@@ -603,14 +707,14 @@ async fn concurrent_changes_commit_and_a_failed_one_takes_nothing_with_it() {
                     level_id: reseller_id.clone(),
                     url: "https://r.example/hook".into(),
                 };
-                let added = tx.add_event(&event, std::slice::from_ref(&w)).await;
+                let added = tx.add_event(&event, std::slice::from_ref(&w), None).await;
                 match fate {
                     Fate::Commit => {
                         added.unwrap();
                         tx.commit().await.unwrap();
                     }
                     Fate::FailStatement => assert!(added.is_err(), "duplicate event id"),
-                    _ => added.unwrap(),
+                    _ => assert!(added.unwrap().is_empty(), "nothing claimed without a lease"),
                 }
                 (fate, Some(d.id().clone()), Some(w.id))
             }));

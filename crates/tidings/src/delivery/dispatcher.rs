@@ -19,6 +19,7 @@ use tidings_egress::{Egress, HeaderMap, HeaderValue};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::handoff::Handoff;
 use super::secrets::{SecretBox, Signer};
 use crate::clock::Clock;
 use crate::domain::{payload, EntityId, Millis};
@@ -70,6 +71,11 @@ pub struct Dispatcher {
     in_flight: Arc<AtomicUsize>,
     slot_freed: Arc<Notify>,
     destinations: Arc<Mutex<HashMap<String, Destination>>>,
+    /// How long a claim lasts: long enough for an attempt and its recording; short enough
+    /// that another instance takes over promptly when this one dies.
+    lease: Duration,
+    handoff: Arc<Handoff>,
+    handed_off: mpsc::UnboundedReceiver<Vec<Claimed>>,
 }
 
 impl Dispatcher {
@@ -83,6 +89,22 @@ impl Dispatcher {
         config: DispatcherConfig,
         new_work: Arc<Notify>,
     ) -> Self {
+        let owner = format!(
+            "{}-{}",
+            hostname(),
+            EntityId::generate(crate::domain::Millis(0)).as_str()[12..].to_owned()
+        );
+        let lease = config.request_timeout * 2 + Duration::from_secs(5);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let slot_freed = Arc::new(Notify::new());
+        let (handoff, handed_off) = Handoff::new(
+            owner.clone(),
+            lease,
+            in_flight.clone(),
+            slot_freed.clone(),
+            config.max_in_flight,
+            new_work.clone(),
+        );
         Dispatcher {
             store,
             egress,
@@ -90,16 +112,20 @@ impl Dispatcher {
             keys,
             metrics,
             config,
-            owner: format!(
-                "{}-{}",
-                hostname(),
-                EntityId::generate(crate::domain::Millis(0)).as_str()[12..].to_owned()
-            ),
+            owner,
             new_work,
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            slot_freed: Arc::new(Notify::new()),
+            in_flight,
+            slot_freed,
             destinations: Arc::new(Mutex::new(HashMap::new())),
+            lease,
+            handoff: Arc::new(handoff),
+            handed_off,
         }
+    }
+
+    /// Where API changes hand their new webhooks to this dispatcher.
+    pub fn handoff(&self) -> Arc<Handoff> {
+        self.handoff.clone()
     }
 
     /// Runs until `shutdown` fires, then waits for attempts in flight to be recorded.
@@ -116,9 +142,29 @@ impl Dispatcher {
             self.new_work.clone(),
         ));
         self.store.listen_for_work(self.new_work.clone());
-        // Long enough for an attempt and its recording; short enough that another instance
-        // takes over promptly when this one dies.
-        let lease = self.config.request_timeout * 2 + Duration::from_secs(5);
+        let admission = Arc::new(Admission {
+            store: self.store.clone(),
+            owner: self.owner.clone(),
+            in_flight: self.in_flight.clone(),
+            per_destination: self.config.per_destination,
+            destinations: self.destinations.clone(),
+            attempting: Attempting {
+                egress: self.egress.clone(),
+                clock: self.clock.clone(),
+                keys: self.keys.clone(),
+                metrics: self.metrics.clone(),
+                schedule: self.config.schedule.clone(),
+                destinations: self.destinations.clone(),
+                dest: String::new(),
+                done: done_tx,
+            },
+        });
+        let receiving = tokio::spawn(receive_handoffs(
+            self.handed_off,
+            admission.clone(),
+            shutdown.clone(),
+        ));
+        let lease = self.lease;
         tracing::info!(owner = %self.owner, schedule = %self.config.schedule, "dispatcher started");
         while !shutdown.is_cancelled() {
             let free = self
@@ -133,11 +179,15 @@ impl Dispatcher {
                 continue;
             }
             let now = self.clock.now();
-            let batch = match self
+            // Hand-offs that arrive while the claim waits for the store may take room
+            // meanwhile: `max_in_flight` can be passed by that much, briefly (destinations'
+            // own limits hold regardless). Reserving the room first would turn hand-offs
+            // away for as long as the claim waits, and make them claims.
+            let claimed = self
                 .store
                 .claim_due(&self.owner, now, now.plus(lease), free.min(256) as u32)
-                .await
-            {
+                .await;
+            let batch = match claimed {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "claiming due webhooks failed; retrying in 1s");
@@ -171,72 +221,109 @@ impl Dispatcher {
                 continue;
             }
             self.in_flight.fetch_add(batch.len(), Ordering::SeqCst);
-            let mut saturated = Vec::new();
-            for claimed in batch {
-                let dest = destination(&claimed.webhook.url);
-                let admitted = {
-                    let mut map = self.destinations.lock().expect("destination map poisoned");
-                    let d = map.entry(dest.clone()).or_default();
-                    if d.in_flight < self.config.per_destination {
-                        d.in_flight += 1;
-                        Some(claimed)
-                    } else if d.waiting.len() < self.config.per_destination * WAITING_PER_SLOT {
-                        // Sent as soon as one of this destination's attempts ends.
-                        d.waiting.push_back(claimed);
-                        None
-                    } else {
-                        saturated
-                            .push((claimed.webhook.id, d.backoff(self.config.per_destination)));
-                        None
-                    }
-                };
-                if let Some(claimed) = admitted {
-                    let job = Attempting {
-                        egress: self.egress.clone(),
-                        clock: self.clock.clone(),
-                        keys: self.keys.clone(),
-                        metrics: self.metrics.clone(),
-                        schedule: self.config.schedule.clone(),
-                        destinations: self.destinations.clone(),
-                        dest,
-                        done: done_tx.clone(),
-                    };
-                    tokio::spawn(job.run(claimed));
-                }
-            }
-            if !saturated.is_empty() {
-                let n = saturated.len();
-                let backoff = saturated
-                    .iter()
-                    .map(|(_, b)| *b)
-                    .min()
-                    .unwrap_or(SATURATED_BACKOFF);
-                let ids: Vec<EntityId> = saturated.into_iter().map(|(id, _)| id).collect();
-                tracing::debug!(
-                    count = n,
-                    ?backoff,
-                    "destination busy; handing webhooks back for later"
-                );
-                if let Err(e) = self
-                    .store
-                    .release(&self.owner, &ids, self.clock.now().plus(backoff))
-                    .await
-                {
-                    tracing::error!(error = %e, "handing back webhooks failed; their lease will end by itself");
-                }
-                self.in_flight.fetch_sub(n, Ordering::SeqCst);
-            }
+            admission.admit(batch).await;
         }
         tracing::info!(
             in_flight = self.in_flight.load(Ordering::SeqCst),
             "dispatcher stopping; waiting for attempts in flight"
         );
-        drop(done_tx);
+        let _ = receiving.await;
+        drop(admission);
         let grace = self.config.request_timeout + Duration::from_secs(5);
         if tokio::time::timeout(grace, recorder).await.is_err() {
             tracing::warn!(
                 "attempts still in flight at shutdown; they will be sent again after restart"
             );
+        }
+    }
+}
+
+/// Admits webhooks taken on (claimed or handed off, already counted in flight) to their
+/// destinations.
+struct Admission {
+    store: Arc<dyn Store>,
+    owner: String,
+    in_flight: Arc<AtomicUsize>,
+    per_destination: usize,
+    destinations: Arc<Mutex<HashMap<String, Destination>>>,
+    /// The template of each attempt's task (its `dest` is set per webhook).
+    attempting: Attempting,
+}
+
+impl Admission {
+    /// Starts an attempt per webhook where its destination has a free slot, queues a few
+    /// behind busy ones, and hands the rest back to the store for later.
+    async fn admit(&self, batch: Vec<Claimed>) {
+        let mut saturated = Vec::new();
+        for claimed in batch {
+            let dest = destination(&claimed.webhook.url);
+            let admitted = {
+                let mut map = self.destinations.lock().expect("destination map poisoned");
+                let d = map.entry(dest.clone()).or_default();
+                if d.in_flight < self.per_destination {
+                    d.in_flight += 1;
+                    Some(claimed)
+                } else if d.waiting.len() < self.per_destination * WAITING_PER_SLOT {
+                    // Sent as soon as one of this destination's attempts ends.
+                    d.waiting.push_back(claimed);
+                    None
+                } else {
+                    saturated.push((claimed.webhook.id, d.backoff(self.per_destination)));
+                    None
+                }
+            };
+            if let Some(claimed) = admitted {
+                let job = Attempting {
+                    dest,
+                    ..self.attempting.clone()
+                };
+                tokio::spawn(job.run(claimed));
+            }
+        }
+        if saturated.is_empty() {
+            return;
+        }
+        let n = saturated.len();
+        let backoff = saturated
+            .iter()
+            .map(|(_, b)| *b)
+            .min()
+            .unwrap_or(SATURATED_BACKOFF);
+        let ids: Vec<EntityId> = saturated.into_iter().map(|(id, _)| id).collect();
+        tracing::debug!(
+            count = n,
+            ?backoff,
+            "destination busy; handing webhooks back for later"
+        );
+        let due = self.attempting.clock.now().plus(backoff);
+        if let Err(e) = self.store.release(&self.owner, &ids, due).await {
+            tracing::error!(error = %e, "handing back webhooks failed; their lease will end by itself");
+        }
+        self.in_flight.fetch_sub(n, Ordering::SeqCst);
+    }
+}
+
+/// Admits what API changes hand off, until shutdown.
+async fn receive_handoffs(
+    mut handed_off: mpsc::UnboundedReceiver<Vec<Claimed>>,
+    admission: Arc<Admission>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            batch = handed_off.recv() => match batch {
+                Some(batch) => admission.admit(batch).await,
+                None => return,
+            },
+            _ = shutdown.cancelled() => {
+                // No more hand-offs; those already sent are admitted (their rows are
+                // claimed by this instance and would otherwise wait for their lease).
+                handed_off.close();
+                while let Some(batch) = handed_off.recv().await {
+                    admission.admit(batch).await;
+                }
+                return;
+            }
         }
     }
 }
@@ -264,6 +351,7 @@ impl Destination {
 const WAITING_PER_SLOT: usize = 1;
 
 /// One attempt of one webhook.
+#[derive(Clone)]
 struct Attempting {
     egress: Egress,
     clock: Arc<dyn Clock>,
@@ -442,10 +530,12 @@ async fn record_loop(
             }
         }
         in_flight.fetch_sub(batch.len(), Ordering::SeqCst);
-        batch.clear();
         slot_freed.notify_one();
-        // A recorded failure may have made the next due time earlier than the loop's sleep.
-        new_work.notify_one();
+        if batch.iter().any(|r| matches!(r.next, Next::RetryAt(_))) {
+            // A retry may be due earlier than the loop's sleep.
+            new_work.notify_one();
+        }
+        batch.clear();
     }
 }
 

@@ -8,6 +8,8 @@
 //! and never changes a webhook's URL snapshot or payload.
 
 pub mod dispatcher;
+pub mod handoff;
 pub mod secrets;
 
 pub use dispatcher::{Dispatcher, DispatcherConfig};
+pub use handoff::Handoff;

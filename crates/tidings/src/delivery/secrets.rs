@@ -4,7 +4,9 @@
 //! database (`TIDINGS_SECRET_KEY`, or a key file made on first start), so a dump of the
 //! database alone does not reveal any secret. Never log a secret or put one in a payload.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -22,7 +24,15 @@ pub const ROTATION_OVERLAP_MS: i64 = 24 * 3600 * 1000;
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: ChaCha20Poly1305,
+    /// Secrets opened before, by their sealed text: every attempt signs with its level's
+    /// secret, and opening one (base64, ChaCha20-Poly1305) cost more than the signature. A
+    /// sealed text names one secret for good (a rotation stores a new text), so an entry
+    /// is never stale.
+    opened: Arc<Mutex<HashMap<String, Secret>>>,
 }
+
+/// Most opened secrets kept; past it the cache starts over.
+const OPENED_KEPT: usize = 4096;
 
 impl std::fmt::Debug for SecretBox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,6 +59,7 @@ impl SecretBox {
     pub fn new(key: [u8; 32]) -> Self {
         SecretBox {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            opened: Arc::default(),
         }
     }
 
@@ -98,6 +109,24 @@ impl SecretBox {
     }
 
     pub fn open(&self, sealed: &str) -> Result<Secret, SecretError> {
+        if let Some(secret) = self.opened().get(sealed) {
+            return Ok(secret.clone());
+        }
+        let secret = self.open_uncached(sealed)?;
+        let mut opened = self.opened();
+        if opened.len() >= OPENED_KEPT {
+            opened.clear();
+        }
+        opened.insert(sealed.to_owned(), secret.clone());
+        Ok(secret)
+    }
+
+    fn opened(&self) -> std::sync::MutexGuard<'_, HashMap<String, Secret>> {
+        // A panic while the map was held leaves nothing half-done worth refusing.
+        self.opened.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open_uncached(&self, sealed: &str) -> Result<Secret, SecretError> {
         let bytes = B64.decode(sealed).map_err(|_| SecretError::CannotOpen)?;
         if bytes.len() < 12 {
             return Err(SecretError::CannotOpen);
@@ -189,6 +218,12 @@ mod tests {
         );
         assert_eq!(a.open(&sealed).unwrap().to_string(), s.to_string());
         assert!(matches!(b.open(&sealed), Err(SecretError::CannotOpen)));
+        // Opened again (from the cache of opened secrets): the same; still not with `b`.
+        assert_eq!(a.open(&sealed).unwrap().to_string(), s.to_string());
+        assert!(matches!(
+            b.clone().open(&sealed),
+            Err(SecretError::CannotOpen)
+        ));
     }
 
     #[test]

@@ -49,13 +49,22 @@ pub struct NewEvent {
     pub created_at: Millis,
 }
 
-/// One webhook of an event: the receiving level and the URL snapshot. It is due at once.
+/// One webhook of an event: the receiving level and the URL snapshot. It is due at once,
+/// unless it is claimed as it is written (a [`Lease`]).
 #[derive(Debug, Clone)]
 pub struct NewWebhook {
     pub id: EntityId,
     pub level: Level,
     pub level_id: EntityId,
     pub url: String,
+}
+
+/// A claim taken as webhooks are written: they go straight to `owner`'s dispatcher, and are
+/// due (for anyone) only once the lease ends without a recorded attempt, as after a claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub owner: String,
+    pub until: Millis,
 }
 
 /// A webhook as stored, without its attempts.
@@ -285,8 +294,15 @@ pub trait Tx: Send {
         limit: u32,
     ) -> Result<Vec<Entity>>;
 
-    /// Records an event and its webhooks (the outbox rows), all due now.
-    async fn add_event(&mut self, event: &NewEvent, webhooks: &[NewWebhook]) -> Result<()>;
+    /// Records an event and its webhooks (the outbox rows), all due now; or, with a `lease`,
+    /// claimed by its owner until it ends, and returned as claimed (with the levels' secrets),
+    /// in `webhooks`' order. Without a lease it returns nothing.
+    async fn add_event(
+        &mut self,
+        event: &NewEvent,
+        webhooks: &[NewWebhook],
+        lease: Option<&Lease>,
+    ) -> Result<Vec<Claimed>>;
 
     /// Stores a new level's sealed signing secret.
     async fn put_secret(&mut self, level_id: &EntityId, sealed: &str, now: Millis) -> Result<()>;

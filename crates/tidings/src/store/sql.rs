@@ -21,7 +21,7 @@ use sqlx::{AnyPool, Row as _};
 
 use super::exec::{sqlite_path, Exec, LiteWriter, Param, Row, SQLITE_PRAGMAS};
 use super::{
-    Attempt, Claimed, Counts, NewEvent, NewWebhook, Next, QueueStats, Recorded, Result,
+    Attempt, Claimed, Counts, Lease, NewEvent, NewWebhook, Next, QueueStats, Recorded, Result,
     RetryOutcome, Store, StoreError, Tx, Webhook, WebhookFilter, WebhookStatus,
 };
 use crate::delivery::secrets::SealedSecrets;
@@ -371,7 +371,10 @@ impl Store for SqlStore {
         // last); only rows this owner still holds are updated, and returned.
         let mut kept: Vec<&Recorded> = Vec::with_capacity(results.len());
         let mut positions = Vec::with_capacity(results.len());
-        for (n, chunk) in results.chunks(100).enumerate() {
+        let mut first = 0;
+        for chunk in statement_chunks(results) {
+            let n = first;
+            first += chunk.len();
             let rows: Vec<String> = (0..chunk.len())
                 .map(|i| {
                     let p = 2 + i * 4;
@@ -414,7 +417,7 @@ impl Store for SqlStore {
             for (i, r) in chunk.iter().enumerate() {
                 if updated.contains(r.webhook_id.as_str()) {
                     kept.push(r);
-                    positions.push(n * 100 + i);
+                    positions.push(n + i);
                 } else {
                     tracing::warn!(webhook = %r.webhook_id, "claim was lost before the attempt was recorded (lease ended); another attempt may follow");
                 }
@@ -434,7 +437,7 @@ impl Store for SqlStore {
             .await?;
         }
         // The attempts themselves, many rows a statement.
-        for chunk in kept.chunks(100) {
+        for chunk in statement_chunks(&kept) {
             let sql = format!(
                 "INSERT INTO attempts (webhook_id, number, started_at, duration_ms, status_code, error, body) \
                  VALUES {} ON CONFLICT (webhook_id, number) DO NOTHING",
@@ -695,6 +698,27 @@ impl SqlStore {
     }
 }
 
+/// Splits rows for multi-row statements into chunks of 64 and then of falling powers of
+/// two, so that every batch size is written with at most seven statement texts: each text
+/// is prepared once and stays in the connection's statement cache (a text per size would
+/// prepare a new statement, parameters and all, for nearly every batch, and push the
+/// others out of the cache).
+fn statement_chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
+    const LARGEST: usize = 64;
+    let mut chunks = Vec::new();
+    while !rows.is_empty() {
+        let size = if rows.len() >= LARGEST {
+            LARGEST
+        } else {
+            1 << rows.len().ilog2()
+        };
+        let (chunk, rest) = rows.split_at(size);
+        chunks.push(chunk);
+        rows = rest;
+    }
+    chunks
+}
+
 /// `($1, $2, …), ($k+1, …), …`: `rows` rows of `width` parameters, numbered in order.
 fn value_rows(rows: usize, width: usize) -> String {
     (0..rows)
@@ -849,9 +873,15 @@ impl Tx for SqlTx {
         rows.iter().map(|r| parse_entity(r.text(0)?)).collect()
     }
 
-    async fn add_event(&mut self, event: &NewEvent, webhooks: &[NewWebhook]) -> Result<()> {
-        if self.signal_work && !webhooks.is_empty() {
-            // Delivered to listeners only if and when this transaction commits.
+    async fn add_event(
+        &mut self,
+        event: &NewEvent,
+        webhooks: &[NewWebhook],
+        lease: Option<&Lease>,
+    ) -> Result<Vec<Claimed>> {
+        if self.signal_work && lease.is_none() && !webhooks.is_empty() {
+            // Delivered to listeners only if and when this transaction commits. Claimed
+            // webhooks are this instance's own work: nobody else needs waking.
             self.exec
                 .fetch("SELECT pg_notify($1, '')", &[WORK_CHANNEL.into()])
                 .await?;
@@ -869,14 +899,16 @@ impl Tx for SqlTx {
             )
             .await?;
         if webhooks.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        // One statement for all of the event's webhooks, due at once.
+        // One statement for all of the event's webhooks: eight parameters a row, then the
+        // due time and the claim's owner (NULL when unclaimed), shared by every row.
+        let due = webhooks.len() * 8 + 1;
         let rows: Vec<String> = (0..webhooks.len())
             .map(|i| {
                 let p = |k: usize| format!("${}", i * 8 + k);
                 format!(
-                    "({}, {}, {}, {}, {}, {}, {}, {}, 'pending', 0, {}, {})",
+                    "({}, {}, {}, {}, {}, {}, {}, {}, 'pending', 0, ${due}, ${}, {})",
                     p(1),
                     p(2),
                     p(3),
@@ -885,17 +917,17 @@ impl Tx for SqlTx {
                     p(6),
                     p(7),
                     p(8),
-                    p(8),
+                    due + 1,
                     p(8)
                 )
             })
             .collect();
         let sql = format!(
             "INSERT INTO webhooks (id, event_id, type, subject_id, level, level_id, url, created_at, status, \
-             attempts, due_at, updated_at) VALUES {}",
+             attempts, due_at, claimed_by, updated_at) VALUES {}",
             rows.join(", ")
         );
-        let params: Vec<Param> = webhooks
+        let mut params: Vec<Param> = webhooks
             .iter()
             .flat_map(|w| {
                 [
@@ -910,8 +942,54 @@ impl Tx for SqlTx {
                 ]
             })
             .collect();
+        params.push(lease.map_or(event.created_at, |l| l.until).0.into());
+        params.push(lease.map(|l| l.owner.as_str()).into());
         self.exec.execute(&sql, &params).await?;
-        Ok(())
+        let Some(lease) = lease else {
+            return Ok(Vec::new());
+        };
+        // What the attempts need besides the rows just written: the levels' secrets.
+        let levels: Vec<&EntityId> = {
+            let mut l: Vec<&EntityId> = webhooks.iter().map(|w| &w.level_id).collect();
+            l.sort();
+            l.dedup();
+            l
+        };
+        let sql = format!(
+            "SELECT level_id, current, previous, previous_until FROM level_secrets \
+             WHERE level_id IN ({})",
+            (1..=levels.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let params: Vec<Param> = levels.iter().map(|id| id.as_str().into()).collect();
+        let mut secrets: HashMap<String, SealedSecrets> = HashMap::new();
+        for row in self.exec.fetch(&sql, &params).await? {
+            if let Some(s) = secrets_from_row(&row, 1)? {
+                secrets.insert(row.text(0)?.to_owned(), s);
+            }
+        }
+        Ok(webhooks
+            .iter()
+            .map(|w| Claimed {
+                webhook: Webhook {
+                    id: w.id.clone(),
+                    event_id: event.id.clone(),
+                    event_type: event.event_type,
+                    subject_id: event.subject_id.clone(),
+                    level: w.level,
+                    level_id: w.level_id.clone(),
+                    url: w.url.clone(),
+                    created_at: event.created_at,
+                    status: WebhookStatus::Pending,
+                    attempts: 0,
+                    due_at: Some(lease.until),
+                    data: event.data.clone(),
+                },
+                secrets: secrets.get(w.level_id.as_str()).cloned(),
+            })
+            .collect())
     }
 
     async fn put_secret(&mut self, level_id: &EntityId, sealed: &str, now: Millis) -> Result<()> {
@@ -927,5 +1005,26 @@ impl Tx for SqlTx {
 
     async fn commit(self: Box<Self>) -> Result<()> {
         self.exec.commit().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::statement_chunks;
+
+    #[test]
+    fn statement_chunks_keep_order_and_use_few_sizes() {
+        let mut sizes = std::collections::BTreeSet::new();
+        for n in 0..=300usize {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks = statement_chunks(&rows);
+            let joined: Vec<usize> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            assert_eq!(joined, rows, "every row once, in order ({n} rows)");
+            sizes.extend(chunks.iter().map(|c| c.len()));
+        }
+        assert_eq!(
+            sizes.into_iter().collect::<Vec<_>>(),
+            [1, 2, 4, 8, 16, 32, 64]
+        );
     }
 }
