@@ -84,6 +84,9 @@ pub struct Applied {
     pub view: Value,
     pub event: Option<EventType>,
     pub webhooks: usize,
+    /// How many of them went straight to this instance's dispatcher (the rest wait for a
+    /// claim).
+    pub handed_off: usize,
 }
 
 /// The settings the hierarchy needs from configuration.
@@ -294,6 +297,7 @@ impl Hierarchy {
                 view,
                 event: None,
                 webhooks: 0,
+                handed_off: 0,
             });
         }
         tx.put(&entity, now).await?;
@@ -441,8 +445,12 @@ impl Hierarchy {
             queued = webhooks.len();
         }
         tx.commit().await?;
+        let mut handed_off = 0;
         match handing {
-            Some((reservation, claimed)) => reservation.send(claimed),
+            Some((reservation, claimed)) => {
+                handed_off = claimed.len();
+                reservation.send(claimed);
+            }
             None if queued > 0 => self.handoff.wake(),
             None => {}
         }
@@ -455,6 +463,7 @@ impl Hierarchy {
             view,
             event: event_type,
             webhooks: queued,
+            handed_off,
         })
     }
 }

@@ -62,6 +62,7 @@ pub struct Metrics {
     registry: Registry,
     events_created: Family<TypeLabel, Counter>,
     webhooks_created: Family<TypeLabel, Counter>,
+    webhooks_handed_off: Counter,
     attempts: Family<OutcomeLabel, Counter>,
     webhooks_recorded: Family<StatusLabel, Counter>,
     attempt_duration: Histogram,
@@ -95,6 +96,12 @@ impl Metrics {
             "webhooks_created",
             "Webhooks queued by this process (one per receiving level), by event type",
             webhooks_created.clone(),
+        );
+        let webhooks_handed_off = Counter::default();
+        registry.register(
+            "webhooks_handed_off",
+            "Webhooks that API changes of this process handed straight to its dispatcher (the rest of webhooks_created waited for a claim: the dispatcher was busy)",
+            webhooks_handed_off.clone(),
         );
         let attempts = Family::<OutcomeLabel, Counter>::default();
         registry.register(
@@ -143,6 +150,7 @@ impl Metrics {
             registry,
             events_created,
             webhooks_created,
+            webhooks_handed_off,
             attempts,
             webhooks_recorded,
             attempt_duration,
@@ -229,6 +237,7 @@ impl Metrics {
             self.webhooks_created
                 .get_or_create(&label)
                 .inc_by(applied.webhooks as u64);
+            self.webhooks_handed_off.inc_by(applied.handed_off as u64);
         }
     }
 

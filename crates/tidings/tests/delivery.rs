@@ -758,6 +758,8 @@ async fn metrics_count_attempts_by_outcome_and_show_the_queue() {
         "tidings_attempts_total{outcome=\"http_status\"} 1",
         "tidings_webhooks_recorded_total{status=\"succeeded\"} 1",
         "tidings_webhooks_recorded_total{status=\"pending\"} 1",
+        // The dispatcher had room: both went to it straight from their API change.
+        "tidings_webhooks_handed_off_total 2",
         "tidings_queue_depth 1",
         // Due at t0 + 1 min, now t0 + 2 h.
         "tidings_oldest_due_age_seconds 7140",

@@ -66,7 +66,9 @@ pub const SUBJOURNAL_SPILL: c_int = 1 << 20;
 /// allocations for every page copied.
 fn install_journal_spill() -> bool {
     // SAFETY: STMTJRNL_SPILL takes one int; SQLite is not initialized yet (or refuses).
-    unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_STMTJRNL_SPILL, SUBJOURNAL_SPILL) == ffi::SQLITE_OK }
+    unsafe {
+        ffi::sqlite3_config(ffi::SQLITE_CONFIG_STMTJRNL_SPILL, SUBJOURNAL_SPILL) == ffi::SQLITE_OK
+    }
 }
 
 fn install_page_cache() -> bool {
