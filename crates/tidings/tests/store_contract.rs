@@ -188,6 +188,49 @@ async fn an_uncommitted_change_leaves_no_entity_event_or_webhook() {
     }
 }
 
+/// The dispatcher records up to 512 attempts in one transaction, in statements of several
+/// sizes; a batch that large (which on SQLite journals many pages in one savepoint) records
+/// every row, retries and final failures with their notifications included.
+#[tokio::test]
+async fn a_full_record_batch_records_every_attempt() {
+    const BATCH: usize = 512;
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let (_, ids) = queue(store, BATCH, T0).await;
+        let claimed = store
+            .claim_due("a", T0, Millis(T0.0 + 60_000), BATCH as u32)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), BATCH, "{}", s.name);
+        let results: Vec<Recorded> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Recorded {
+                webhook_id: id.clone(),
+                attempt: failed_attempt(1, T0),
+                next: match i % 3 {
+                    0 => Next::Succeeded,
+                    1 => Next::RetryAt(Millis(T0.0 + 60_000)),
+                    _ => Next::Failed,
+                },
+            })
+            .collect();
+        let recorded = store.record("a", &results, T0).await.unwrap();
+        assert_eq!(recorded, (0..BATCH).collect::<Vec<_>>(), "{}", s.name);
+        let failed = store
+            .webhooks(&WebhookFilter {
+                status: Some(WebhookStatus::Failed),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), BATCH / 3, "{}", s.name);
+        let (last, attempts) = store.webhook(&ids[BATCH - 1]).await.unwrap().unwrap();
+        assert_eq!((last.attempts, attempts.len()), (1, 1), "{}", s.name);
+    }
+}
+
 /// Webhooks written claimed (handed straight to the writer's dispatcher) are what a claim
 /// of them would have returned, stay out of other claims until the lease ends, and are
 /// recorded by their owner alone.

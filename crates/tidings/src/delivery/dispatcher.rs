@@ -147,7 +147,6 @@ impl Dispatcher {
             owner: self.owner.clone(),
             in_flight: self.in_flight.clone(),
             per_destination: self.config.per_destination,
-            destinations: self.destinations.clone(),
             attempting: Attempting {
                 egress: self.egress.clone(),
                 clock: self.clock.clone(),
@@ -245,8 +244,8 @@ struct Admission {
     owner: String,
     in_flight: Arc<AtomicUsize>,
     per_destination: usize,
-    destinations: Arc<Mutex<HashMap<String, Destination>>>,
-    /// The template of each attempt's task (its `dest` is set per webhook).
+    /// The template of each attempt's task (its `dest` is set per webhook); its
+    /// `destinations` are the ones admitted to.
     attempting: Attempting,
 }
 
@@ -258,7 +257,11 @@ impl Admission {
         for claimed in batch {
             let dest = destination(&claimed.webhook.url);
             let admitted = {
-                let mut map = self.destinations.lock().expect("destination map poisoned");
+                let mut map = self
+                    .attempting
+                    .destinations
+                    .lock()
+                    .expect("destination map poisoned");
                 let d = map.entry(dest.clone()).or_default();
                 if d.in_flight < self.per_destination {
                     d.in_flight += 1;

@@ -335,11 +335,9 @@ impl LiteWriter {
             })?;
         }
         for pragma in [
-            // Savepoints (one per change in a batch) copy each page a change first touches to
-            // a sub-journal. Left to `temp_store = FILE` (SQLite's default), that journal is
-            // kept in memory up to the spill size set in `sqlite_lib` and allocated in chunks
-            // of that size; `MEMORY` would keep it in 1 KiB chunks, five allocations a page.
-            "PRAGMA temp_store = FILE",
+            // Savepoints (one per change in a batch) journal pages to a statement journal:
+            // keep it in memory, not in a temporary file.
+            "PRAGMA temp_store = MEMORY",
             // 128 MiB of page cache for the writer (the default is 2 MiB): with a million
             // pending retries the tables' and indexes' pages the writer walks stay in memory;
             // with 32 MiB healthy delivery was a third slower (BENCHMARKS.md, scenario d).

@@ -1,5 +1,5 @@
 //! Process-wide settings of the SQLite library, made before its first use (SQLite takes them
-//! only then): the size of sub-journals kept in memory, and its page cache.
+//! only then): its page cache.
 //!
 //! At the end of every write transaction SQLite asks its page cache to drop
 //! the pages past the end of the database (`xTruncate(size + 1)`). The default cache knows
@@ -52,23 +52,7 @@ struct Cache {
 /// slower). Idempotent.
 pub fn install() -> bool {
     static INSTALLED: OnceLock<bool> = OnceLock::new();
-    *INSTALLED.get_or_init(|| install_journal_spill() && install_page_cache())
-}
-
-/// How large a statement or savepoint sub-journal grows in memory before SQLite moves it to a
-/// temporary file; it is also the size of the sub-journal's memory chunks.
-pub const SUBJOURNAL_SPILL: c_int = 1 << 20;
-
-/// Sub-journals in memory up to [`SUBJOURNAL_SPILL`] (SQLite's default is 64 KiB): the
-/// writer's savepoints (one per change in a batch) copy every page a change first touches
-/// into one, and a batch of recorded attempts touches more than 16 pages. One chunk of that
-/// size per change replaces SQLite's 1 KiB chunks (with `temp_store = MEMORY`), which were five
-/// allocations for every page copied.
-fn install_journal_spill() -> bool {
-    // SAFETY: STMTJRNL_SPILL takes one int; SQLite is not initialized yet (or refuses).
-    unsafe {
-        ffi::sqlite3_config(ffi::SQLITE_CONFIG_STMTJRNL_SPILL, SUBJOURNAL_SPILL) == ffi::SQLITE_OK
-    }
+    *INSTALLED.get_or_init(install_page_cache)
 }
 
 fn install_page_cache() -> bool {
