@@ -65,6 +65,7 @@ pub struct Metrics {
     webhooks_handed_off: Counter,
     attempts: Family<OutcomeLabel, Counter>,
     webhooks_recorded: Family<StatusLabel, Counter>,
+    record_failures: Counter,
     attempt_duration: Histogram,
     first_attempt_lag: Histogram,
     emails_queued: Counter,
@@ -115,6 +116,12 @@ impl Metrics {
             "Attempts this process recorded in the store (counted after the commit), by the webhook's status after them: succeeded, pending (a retry is scheduled), failed",
             webhooks_recorded.clone(),
         );
+        let record_failures = Counter::default();
+        registry.register(
+            "record_failures",
+            "Failed writes of a batch of finished attempts to the store; each is retried every second, and while they fail the dispatcher takes no new work once its room (TIDINGS_MAX_IN_FLIGHT) is used up",
+            record_failures.clone(),
+        );
         let buckets = [
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ];
@@ -153,6 +160,7 @@ impl Metrics {
             webhooks_handed_off,
             attempts,
             webhooks_recorded,
+            record_failures,
             attempt_duration,
             first_attempt_lag,
             emails_queued,
@@ -174,6 +182,11 @@ impl Metrics {
         self.webhooks_recorded
             .get_or_create(&StatusLabel { status })
             .inc();
+    }
+
+    /// Counts one failed write of a batch of finished attempts.
+    pub fn record_failed(&self) {
+        self.record_failures.inc();
     }
 
     /// The whole exposition: this process's counters and the store's gauges (see the module's

@@ -527,6 +527,7 @@ async fn record_loop(
                     break;
                 }
                 Err(e) => {
+                    metrics.record_failed();
                     tracing::error!(error = %e, count = batch.len(), "recording attempts failed; retrying in 1s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -565,6 +566,123 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SystemClock;
+    use crate::domain::{EventType, Level};
+    use crate::store::{Attempt, NewEvent, NewWebhook, SqlStore};
+
+    fn line<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+    }
+
+    /// While the store refuses the record, the batch waits and is retried (nothing dropped),
+    /// and `/metrics` says so; once the store takes it again, it is recorded.
+    #[tokio::test]
+    async fn a_failing_record_is_counted_retried_and_then_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let url = format!("sqlite://{}", path.display());
+        let store: Arc<dyn Store> = Arc::new(SqlStore::open(&url).await.unwrap());
+        let now = SystemClock.now();
+        let event = NewEvent {
+            id: EntityId::generate(now),
+            event_type: EventType::MeetingChanged,
+            subject_id: EntityId::generate(now),
+            data: "{}".into(),
+            created_at: now,
+        };
+        let hook = NewWebhook {
+            id: EntityId::generate(now),
+            level: Level::Site,
+            level_id: EntityId::generate(now),
+            url: "https://example.com/hook".into(),
+        };
+        let mut tx = store.write().await.unwrap();
+        tx.add_event(&event, std::slice::from_ref(&hook), None)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let claimed = store
+            .claim_due("me", now, now.plus(Duration::from_secs(60)), 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+
+        // The attempts table goes away under the store: every record fails.
+        let side = rusqlite::Connection::open(&path).unwrap();
+        side.busy_timeout(Duration::from_secs(5)).unwrap();
+        side.execute_batch("ALTER TABLE attempts RENAME TO attempts_away")
+            .unwrap();
+
+        let metrics = Arc::new(Metrics::new());
+        let in_flight = Arc::new(AtomicUsize::new(1));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record_loop(
+            store.clone(),
+            metrics.clone(),
+            "me".into(),
+            Arc::new(SystemClock),
+            rx,
+            in_flight.clone(),
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+        ));
+        tx.send(Recorded {
+            webhook_id: hook.id.clone(),
+            attempt: Attempt {
+                number: 1,
+                started_at: now,
+                duration_ms: 1,
+                status_code: Some(200),
+                error: None,
+                body: String::new(),
+            },
+            next: Next::Succeeded,
+        })
+        .unwrap();
+        let scrape = || async { metrics.scrape(&store, SystemClock.now()).await.unwrap() };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let failures = |text: &str| -> u64 {
+            line(text, "tidings_record_failures_total").map_or(0, |n| n.parse().unwrap())
+        };
+        // Two: the first write and its retry a second later.
+        while failures(&scrape().await) < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no failures counted"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(in_flight.load(Ordering::SeqCst), 1, "still waiting");
+        let attempts: i64 = side
+            .query_row(
+                "SELECT attempts FROM webhooks WHERE id = ?1",
+                [hook.id.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(attempts, 0, "nothing half-recorded");
+
+        side.execute_batch("ALTER TABLE attempts_away RENAME TO attempts")
+            .unwrap();
+        while in_flight.load(Ordering::SeqCst) != 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never recorded");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (w, attempts) = store.webhook(&hook.id).await.unwrap().unwrap();
+        assert_eq!((w.attempts, attempts.len()), (1, 1));
+        let text = scrape().await;
+        assert_eq!(
+            line(
+                &text,
+                "tidings_webhooks_recorded_total{status=\"succeeded\"}"
+            ),
+            Some("1")
+        );
+        drop(tx);
+        recorder.await.unwrap();
+    }
 
     #[test]
     fn destinations_are_scheme_host_and_port() {
