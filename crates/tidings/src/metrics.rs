@@ -313,12 +313,14 @@ impl Metrics {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::{EntityId, EventType, Level};
     use crate::store::{NewEvent, NewWebhook, SqlStore};
 
-    async fn queue_one(store: &dyn Store, n: i64) {
+    /// Commits one MEETING_CHANGED event, made at 1,000 + `n` ms, with one webhook due then;
+    /// returns the webhook's id.
+    pub(crate) async fn queue_one(store: &dyn Store, n: i64) -> EntityId {
         let now = Millis(1_000 + n);
         let event = NewEvent {
             id: EntityId::generate(now),
@@ -333,9 +335,11 @@ mod tests {
             level_id: EntityId::generate(now),
             url: "https://example.com/hook".into(),
         };
+        let id = hook.id.clone();
         let mut tx = store.write().await.unwrap();
         tx.add_event(&event, &[hook], None).await.unwrap();
         tx.commit().await.unwrap();
+        id
     }
 
     fn pending(text: &str) -> &str {

@@ -1,7 +1,9 @@
-//! The dispatcher: one loop that claims due webhooks, and one task per attempt.
+//! The dispatcher: one loop that claims due webhooks, one task that takes the webhooks API
+//! changes hand off (see [`super::handoff`]), and one task per attempt.
 //!
 //! - **Durable**: a webhook is claimed with a lease (its `due_at` moves to the lease's end),
-//!   so if this process dies mid-attempt the webhook becomes due again by itself.
+//!   or written already claimed when handed off, so if this process dies mid-attempt the
+//!   webhook becomes due again by itself.
 //! - **Cheap when idle**: it sleeps until the earliest due time, or until told new work
 //!   arrived; it never scans rows that are not due.
 //! - **Isolated**: at most `per_destination` attempts run at once per destination (scheme,
@@ -567,8 +569,7 @@ fn hostname() -> String {
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
-    use crate::domain::{EventType, Level};
-    use crate::store::{Attempt, NewEvent, NewWebhook, SqlStore};
+    use crate::store::{Attempt, SqlStore};
 
     fn line<'a>(text: &'a str, name: &str) -> Option<&'a str> {
         text.lines()
@@ -585,24 +586,7 @@ mod tests {
         let url = format!("sqlite://{}", path.display());
         let store: Arc<dyn Store> = Arc::new(SqlStore::open(&url).await.unwrap());
         let now = SystemClock.now();
-        let event = NewEvent {
-            id: EntityId::generate(now),
-            event_type: EventType::MeetingChanged,
-            subject_id: EntityId::generate(now),
-            data: "{}".into(),
-            created_at: now,
-        };
-        let hook = NewWebhook {
-            id: EntityId::generate(now),
-            level: Level::Site,
-            level_id: EntityId::generate(now),
-            url: "https://example.com/hook".into(),
-        };
-        let mut tx = store.write().await.unwrap();
-        tx.add_event(&event, std::slice::from_ref(&hook), None)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        let webhook = crate::metrics::tests::queue_one(store.as_ref(), 1).await;
         let claimed = store
             .claim_due("me", now, now.plus(Duration::from_secs(60)), 10)
             .await
@@ -629,7 +613,7 @@ mod tests {
             Arc::new(Notify::new()),
         ));
         tx.send(Recorded {
-            webhook_id: hook.id.clone(),
+            webhook_id: webhook.clone(),
             attempt: Attempt {
                 number: 1,
                 started_at: now,
@@ -658,7 +642,7 @@ mod tests {
         let attempts: i64 = side
             .query_row(
                 "SELECT attempts FROM webhooks WHERE id = ?1",
-                [hook.id.as_str()],
+                [webhook.as_str()],
                 |r| r.get(0),
             )
             .unwrap();
@@ -670,7 +654,7 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "never recorded");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let (w, attempts) = store.webhook(&hook.id).await.unwrap().unwrap();
+        let (w, attempts) = store.webhook(&webhook).await.unwrap().unwrap();
         assert_eq!((w.attempts, attempts.len()), (1, 1));
         let text = scrape().await;
         assert_eq!(
