@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tidings_egress::{AddressPolicy, Egress, EgressConfig};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
@@ -71,7 +70,6 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result
             per_destination: settings.per_destination.max(1),
             ..DispatcherConfig::default()
         },
-        Arc::new(Notify::new()),
     );
     let hierarchy = Arc::new(Hierarchy::new(
         store.clone(),

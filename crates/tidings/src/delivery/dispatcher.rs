@@ -81,7 +81,6 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn Store>,
         egress: Egress,
@@ -89,8 +88,9 @@ impl Dispatcher {
         keys: SecretBox,
         metrics: Arc<Metrics>,
         config: DispatcherConfig,
-        new_work: Arc<Notify>,
     ) -> Self {
+        // Woken by API changes (through the hand-off) and by the store's other instances.
+        let new_work = Arc::new(Notify::new());
         let owner = format!(
             "{}-{}",
             hostname(),
