@@ -459,6 +459,30 @@ async fn a_hanging_receiver_does_not_delay_a_burst_to_another_receiver() {
     assert_eq!(healthy.requests().len(), BURST);
 }
 
+/// New webhooks go straight to the dispatcher, past the claim loop. Those its destination
+/// cannot take yet (one at a time here, one more waiting) are handed back to the store for
+/// a moment; they must be sent as soon as they are due again, not when the claim loop wakes
+/// by itself (every 30 s when idle).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_a_busy_destination_hands_back_are_sent_when_due_again() {
+    const N: usize = 5;
+    let ca = TestCa::new("Tidings test CA");
+    let receiver = receiver(&ca).await;
+    receiver.on("/slow", Reply::ok().after(Duration::from_millis(200)));
+    let app = Setup::new(&ca).per_destination(1).start().await;
+    let level = app.create_reseller(&receiver.url("/slow")).await;
+    let mut ids = Vec::new();
+    for _ in 0..N {
+        ids.push(app.dealer_created_webhook(&level).await);
+    }
+    // One at a time, 200 ms each, with back-offs of at most a second between: each wait
+    // (10 s at most) ends well before the claim loop's idle sleep (30 s) would.
+    for id in &ids {
+        app.wait_status(id, "succeeded").await;
+    }
+    assert_eq!(receiver.requests_to("/slow").len(), N, "each sent once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn loopback_destinations_are_refused_unless_allow_listed() {
     let ca = TestCa::new("Tidings test CA");

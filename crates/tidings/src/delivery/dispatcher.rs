@@ -148,6 +148,7 @@ impl Dispatcher {
             store: self.store.clone(),
             owner: self.owner.clone(),
             in_flight: self.in_flight.clone(),
+            new_work: self.new_work.clone(),
             per_destination: self.config.per_destination,
             attempting: Attempting {
                 egress: self.egress.clone(),
@@ -245,6 +246,8 @@ struct Admission {
     store: Arc<dyn Store>,
     owner: String,
     in_flight: Arc<AtomicUsize>,
+    /// Wakes the claim loop.
+    new_work: Arc<Notify>,
     per_destination: usize,
     /// The template of each attempt's task (its `dest` is set per webhook); its
     /// `destinations` are the ones admitted to.
@@ -305,6 +308,9 @@ impl Admission {
             tracing::error!(error = %e, "handing back webhooks failed; their lease will end by itself");
         }
         self.in_flight.fetch_sub(n, Ordering::SeqCst);
+        // They are due again sooner than the claim loop may be sleeping (webhooks handed
+        // off to a busy destination are handed back here, outside that loop).
+        self.new_work.notify_one();
     }
 }
 

@@ -79,6 +79,12 @@ impl Setup {
         self
     }
 
+    /// `TIDINGS_PER_DESTINATION`: attempts in flight at once to one destination.
+    pub fn per_destination(mut self, n: usize) -> Self {
+        self.settings.per_destination = n;
+        self
+    }
+
     pub fn ssrf_allow(mut self, allow: &str) -> Self {
         self.settings.ssrf_allow = allow.to_owned();
         self
