@@ -1,7 +1,15 @@
 //! Process-wide settings of the SQLite library, made before its first use (SQLite takes them
-//! only then): its page cache.
+//! only then): its allocator and its page cache.
 //!
-//! At the end of every write transaction SQLite asks its page cache to drop
+//! **Allocator.** SQLite allocates through the C library's `malloc` unless told otherwise, and
+//! by default counts every allocation under a global mutex (memory statistics Tidings never
+//! reads). Its statement journals are the busiest user: each change in a batch is a savepoint
+//! whose journal copies every page it first touches into fresh chunks of about 1 KiB. In
+//! scenario b glibc's `malloc`/`free` for SQLite took ≈ 4 % of Tidings' CPU and the statistics'
+//! mutex ≈ 1 %. SQLite now allocates from mimalloc, Tidings' own allocator, with the statistics
+//! off.
+//!
+//! **Page cache.** At the end of every write transaction SQLite asks its page cache to drop
 //! the pages past the end of the database (`xTruncate(size + 1)`). The default cache knows
 //! only the largest page number it has *ever* held since the last truncate, and when that is
 //! far above the limit it visits every slot of its hash table: one per cached page. B-tree
@@ -16,7 +24,7 @@
 //! the limit. The temporary number is counted apart: while any page carries it, truncates are
 //! forwarded as before.
 
-use std::ffi::{c_int, c_uint};
+use std::ffi::{c_int, c_uint, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -52,8 +60,128 @@ struct Cache {
 /// slower). Idempotent.
 pub fn install() -> bool {
     static INSTALLED: OnceLock<bool> = OnceLock::new();
-    *INSTALLED.get_or_init(install_page_cache)
+    *INSTALLED.get_or_init(|| install_allocator() && install_page_cache())
 }
+
+fn install_allocator() -> bool {
+    let methods = ffi::sqlite3_mem_methods {
+        xMalloc: Some(mem_malloc),
+        xFree: Some(mem_free),
+        xRealloc: Some(mem_realloc),
+        xSize: Some(mem_size),
+        xRoundup: Some(mem_roundup),
+        xInit: Some(mem_init),
+        xShutdown: Some(mem_shutdown),
+        pAppData: std::ptr::null_mut(),
+    };
+    // SAFETY: both calls take their documented argument types; MALLOC copies the struct, whose
+    // methods stay valid for the life of the process.
+    unsafe {
+        ffi::sqlite3_config(ffi::SQLITE_CONFIG_MEMSTATUS, 0 as c_int) == ffi::SQLITE_OK
+            && ffi::sqlite3_config(ffi::SQLITE_CONFIG_MALLOC, &methods as *const _)
+                == ffi::SQLITE_OK
+    }
+}
+
+// SQLite's allocator interface. Every block starts with a header that holds its size (as
+// SQLite's own allocator does where `malloc_usable_size` is missing): small blocks, the
+// short-lived ones (statement journal chunks, values, cursors), come from mimalloc; blocks of
+// a page or more, mostly the page cache's, from the C library, which fits them more tightly
+// than mimalloc's size classes (≈ 20 MiB less RSS with the writer's cache full).
+
+/// Keeps the blocks SQLite sees 16-byte aligned.
+const HEADER: usize = 16;
+/// Blocks this large or larger come from the C library.
+const LARGE: usize = 4096;
+
+unsafe fn raw_alloc(size: usize) -> *mut c_void {
+    if size < LARGE {
+        libmimalloc_sys::mi_malloc(size + HEADER)
+    } else {
+        libc::malloc(size + HEADER)
+    }
+}
+
+/// # Safety
+/// `p` is a block `mem_malloc` or `mem_realloc` returned and not yet freed.
+unsafe fn header(p: *mut c_void) -> (*mut c_void, usize) {
+    let base = (p as *mut u8).sub(HEADER) as *mut c_void;
+    (base, *(base as *const usize))
+}
+
+unsafe fn raw_free(base: *mut c_void, size: usize) {
+    if size < LARGE {
+        libmimalloc_sys::mi_free(base)
+    } else {
+        libc::free(base)
+    }
+}
+
+unsafe extern "C" fn mem_malloc(size: c_int) -> *mut c_void {
+    let Ok(size) = usize::try_from(size) else {
+        return std::ptr::null_mut();
+    };
+    let base = raw_alloc(size);
+    if base.is_null() {
+        return base;
+    }
+    *(base as *mut usize) = size;
+    (base as *mut u8).add(HEADER) as *mut c_void
+}
+
+unsafe extern "C" fn mem_free(p: *mut c_void) {
+    if !p.is_null() {
+        let (base, size) = header(p);
+        raw_free(base, size)
+    }
+}
+
+unsafe extern "C" fn mem_realloc(p: *mut c_void, size: c_int) -> *mut c_void {
+    let Ok(new) = usize::try_from(size) else {
+        return std::ptr::null_mut();
+    };
+    if p.is_null() {
+        return mem_malloc(size);
+    }
+    let (base, old) = header(p);
+    if (old < LARGE) == (new < LARGE) {
+        // Same allocator: it may grow the block in place.
+        let grown = if new < LARGE {
+            libmimalloc_sys::mi_realloc(base, new + HEADER)
+        } else {
+            libc::realloc(base, new + HEADER)
+        };
+        if grown.is_null() {
+            return grown;
+        }
+        *(grown as *mut usize) = new;
+        return (grown as *mut u8).add(HEADER) as *mut c_void;
+    }
+    let q = mem_malloc(size);
+    if !q.is_null() {
+        std::ptr::copy_nonoverlapping(p as *const u8, q as *mut u8, old.min(new));
+        mem_free(p);
+    }
+    q
+}
+
+unsafe extern "C" fn mem_size(p: *mut c_void) -> c_int {
+    if p.is_null() {
+        return 0;
+    }
+    c_int::try_from(header(p).1).unwrap_or(c_int::MAX)
+}
+
+unsafe extern "C" fn mem_roundup(size: c_int) -> c_int {
+    // Multiples of 8, as SQLite's own allocator rounds.
+    size.saturating_add(7) & !7
+}
+
+unsafe extern "C" fn mem_init(_: *mut c_void) -> c_int {
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn mem_shutdown(_: *mut c_void) {}
 
 fn install_page_cache() -> bool {
     let mut default = std::mem::MaybeUninit::<ffi::sqlite3_pcache_methods2>::zeroed();
