@@ -1,9 +1,11 @@
-//! The SQLite page cache wrapper (`store/sqlite_lib.rs`) under a workload that splits, merges and
-//! renumbers B-tree pages, grows the file and rolls growth back: the database must stay
-//! exactly what the same operations on a plain map give, and intact, while commits that had
-//! nothing past the end of the file skip the cache walk.
+//! The SQLite library's process-wide settings (`store/sqlite_lib.rs`): the page cache wrapper
+//! under a workload that splits, merges and renumbers B-tree pages, grows the file and rolls
+//! growth back: the database must stay exactly what the same operations on a plain map give,
+//! and intact, while commits that had nothing past the end of the file skip the cache walk;
+//! and the allocator (mimalloc below a page, the C library above, a size header on each
+//! block), with values that grow and shrink across that boundary.
 //!
-//! Its own test binary: the wrapper goes in only before SQLite is first used in a process.
+//! Its own test binary: the settings go in only before SQLite is first used in a process.
 
 use std::collections::BTreeMap;
 
@@ -156,4 +158,34 @@ fn the_wrapped_page_cache_keeps_the_database_exact_and_skips_needless_walks() {
         forwarded > 0 && forwarded <= rollbacks,
         "rolled-back growth is dropped from the cache, and only that walks it"
     );
+}
+
+/// Text that SQLite grows by reallocation (`group_concat`) and by fresh allocation (`||`)
+/// from a few bytes to 24 KiB, then cuts back down: every block keeps its contents whichever
+/// allocator holds it and whichever way it moves between them.
+#[test]
+fn sqlite_values_keep_their_contents_across_allocators() {
+    assert!(tidings::store::sqlite_lib::install());
+    let db = Connection::open_in_memory().unwrap();
+    let expected: String = (1..=4000)
+        .map(|i| format!("{i:05}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (concatenated, rebuilt, tail): (String, String, String) = db
+        .query_row(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000),
+                  grown(i, s) AS (SELECT 1, '00001'
+                                  UNION ALL SELECT i + 1, s || ',' || printf('%05d', i + 1)
+                                  FROM grown WHERE i < 4000)
+             SELECT (SELECT group_concat(printf('%05d', i), ',') FROM n),
+                    (SELECT s FROM grown WHERE i = 4000),
+                    substr((SELECT s FROM grown WHERE i = 4000), -17)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(concatenated.len(), expected.len());
+    assert_eq!(concatenated, expected);
+    assert_eq!(rebuilt, expected);
+    assert_eq!(tail, "03998,03999,04000");
 }

@@ -188,6 +188,102 @@ async fn an_uncommitted_change_leaves_no_entity_event_or_webhook() {
     }
 }
 
+/// A write transaction reads what is committed: on SQLite the writer answers from the
+/// entities it remembers, and must never answer with what a transaction wrote and then rolled
+/// back (dropped, or failed after its write), nor miss what one committed or deleted.
+#[tokio::test]
+async fn a_write_transaction_reads_the_committed_entity_never_a_rolled_back_one() {
+    async fn current(store: &dyn Store, id: &EntityId) -> Option<Entity> {
+        let mut tx = store.write().await.unwrap();
+        tx.get_for_change(id).await.unwrap()
+    }
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let first = reseller(Some("https://first.example/hook"));
+        let Entity::Reseller(mut r) = first.clone() else {
+            unreachable!()
+        };
+        r.webhook_url = Some("https://second.example/hook".into());
+        let second = Entity::Reseller(r);
+
+        let mut tx = store.write().await.unwrap();
+        tx.put(&first, T0).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            current(store, first.id()).await,
+            Some(first.clone()),
+            "{}",
+            s.name
+        );
+
+        // Written, then dropped.
+        let mut tx = store.write().await.unwrap();
+        tx.put(&second, T0).await.unwrap();
+        assert_eq!(
+            tx.get(first.id()).await.unwrap(),
+            Some(second.clone()),
+            "{}",
+            s.name
+        );
+        drop(tx);
+        assert_eq!(
+            current(store, first.id()).await,
+            Some(first.clone()),
+            "{}",
+            s.name
+        );
+
+        // Written, then a statement fails (an event id that exists) and the change is dropped.
+        let (_, ids) = queue(store, 1, T0).await;
+        let taken = store.webhook(&ids[0]).await.unwrap().unwrap().0.event_id;
+        let mut tx = store.write().await.unwrap();
+        tx.put(&second, T0).await.unwrap();
+        let event = NewEvent {
+            id: taken,
+            event_type: EventType::DealerChanged,
+            subject_id: first.id().clone(),
+            data: "{}".into(),
+            created_at: T0,
+        };
+        assert!(tx.add_event(&event, &[], None).await.is_err(), "{}", s.name);
+        drop(tx);
+        assert_eq!(
+            current(store, first.id()).await,
+            Some(first.clone()),
+            "{}",
+            s.name
+        );
+
+        // Committed: every later transaction reads it.
+        let mut tx = store.write().await.unwrap();
+        tx.put(&second, T0).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            current(store, first.id()).await,
+            Some(second.clone()),
+            "{}",
+            s.name
+        );
+
+        // Deleted and dropped, then deleted and committed.
+        let mut tx = store.write().await.unwrap();
+        tx.delete(first.id()).await.unwrap();
+        drop(tx);
+        assert_eq!(
+            current(store, first.id()).await,
+            Some(second.clone()),
+            "{}",
+            s.name
+        );
+        let mut tx = store.write().await.unwrap();
+        tx.delete(first.id()).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(current(store, first.id()).await, None, "{}", s.name);
+        let mut read = store.read().await.unwrap();
+        assert_eq!(read.get(first.id()).await.unwrap(), None, "{}", s.name);
+    }
+}
+
 /// The dispatcher records up to 512 attempts in one transaction, in statements of several
 /// sizes; a batch that large (which on SQLite journals many pages in one savepoint) records
 /// every row, retries and final failures with their notifications included.
