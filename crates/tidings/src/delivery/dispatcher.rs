@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tidings_egress::{Egress, HeaderMap, HeaderValue};
+use tidings_egress::{Egress, HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -499,15 +499,20 @@ impl Attempting {
         let w = &claimed.webhook;
         let mut h = HeaderMap::with_capacity(3);
         let value = |s: String| HeaderValue::from_str(&s).map_err(|e| e.to_string());
-        h.insert("webhook-id", value(w.id.to_string())?);
-        h.insert("webhook-timestamp", value(ts.to_string())?);
+        h.insert(WEBHOOK_ID, value(w.id.to_string())?);
+        h.insert(WEBHOOK_TIMESTAMP, value(ts.to_string())?);
         h.insert(
-            "webhook-signature",
+            WEBHOOK_SIGNATURE,
             value(signer.signature(w.id.as_str(), ts, body.as_bytes()))?,
         );
         Ok(h)
     }
 }
+
+// The Standard Webhooks headers, checked once at compile time rather than per request.
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 fn outcome_label(o: &tidings_egress::Outcome) -> &'static str {
     use tidings_egress::AttemptError as E;
