@@ -284,6 +284,25 @@ async fn a_write_transaction_reads_the_committed_entity_never_a_rolled_back_one(
     }
 }
 
+/// One Tidings instance per SQLite file: a second store on the same file is refused with a
+/// message that names the file, and the file is free again once the first store is gone.
+#[tokio::test]
+async fn a_sqlite_file_has_one_owner_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("owned.db");
+    let url = format!("sqlite://{}", path.display());
+    let first = tidings::store::SqlStore::open(&url).await.unwrap();
+    let second = tidings::store::SqlStore::open(&url).await;
+    let Err(err) = second else {
+        panic!("a second store opened the same SQLite file");
+    };
+    assert!(matches!(err, tidings::store::StoreError::InUse(_)), "{err}");
+    assert!(err.to_string().contains("owned.db"), "{err}");
+    drop(first);
+    let again = tidings::store::SqlStore::open(&url).await;
+    assert!(again.is_ok(), "{:?}", again.err());
+}
+
 /// The dispatcher records up to 512 attempts in one transaction, in statements of several
 /// sizes; a batch that large (which on SQLite journals many pages in one savepoint) records
 /// every row, retries and final failures with their notifications included.

@@ -35,6 +35,13 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
+    #[error(
+        "the SQLite file {0} is in use by another Tidings process: one instance per SQLite file \
+         (several instances share a PostgreSQL database)"
+    )]
+    InUse(String),
+    #[error("cannot open or lock the SQLite file {path}: {reason}")]
+    File { path: String, reason: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -58,6 +58,40 @@ pub struct SqlStore {
     pub(super) reader: AnyPool,
     /// SQLite's single writer, driven in place (`None` on PostgreSQL).
     lite: Option<LiteWriter>,
+    /// On SQLite, the database file with an exclusive `flock` held for the store's life.
+    _owner: Option<std::fs::File>,
+}
+
+/// Makes this process the SQLite file's one Tidings instance, or says which file is taken.
+/// One instance per file is what the writer relies on: it alone writes entities (and
+/// remembers them), and at start it ends every claim in the file as its own. The lock is an
+/// `flock` on the database file, independent of SQLite's own locks, and released by the
+/// kernel when the process ends however it ends.
+fn own_sqlite_file(path: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StoreError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    // SAFETY: `flock` on a descriptor this function owns; it only reads its arguments.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(if err.kind() == std::io::ErrorKind::WouldBlock {
+            StoreError::InUse(path.display().to_string())
+        } else {
+            StoreError::File {
+                path: path.display().to_string(),
+                reason: err.to_string(),
+            }
+        });
+    }
+    Ok(file)
 }
 
 impl SqlStore {
@@ -80,6 +114,7 @@ impl SqlStore {
             } else {
                 format!("{url}?mode=rwc")
             };
+            let owner = own_sqlite_file(&sqlite_path(&url)?)?;
             let writer = sqlite_pool(1).connect(&url).await?;
             SQLITE_MIGRATIONS.run(&writer).await?;
             let reader = sqlite_pool(4).connect(&url).await?;
@@ -90,6 +125,7 @@ impl SqlStore {
                 writer,
                 reader,
                 lite,
+                _owner: Some(owner),
             }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = AnyPoolOptions::new()
@@ -103,6 +139,7 @@ impl SqlStore {
                 writer: pool.clone(),
                 reader: pool,
                 lite: None,
+                _owner: None,
             }
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
