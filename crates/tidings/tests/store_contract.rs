@@ -193,9 +193,14 @@ async fn an_uncommitted_change_leaves_no_entity_event_or_webhook() {
 /// back (dropped, or failed after its write), nor miss what one committed or deleted.
 #[tokio::test]
 async fn a_write_transaction_reads_the_committed_entity_never_a_rolled_back_one() {
-    async fn current(store: &dyn Store, id: &EntityId) -> Option<Entity> {
+    /// What a new write transaction reads for `id`.
+    async fn expect(store: &dyn Store, id: &EntityId, want: Option<&Entity>, name: &str) {
         let mut tx = store.write().await.unwrap();
-        tx.get_for_change(id).await.unwrap()
+        assert_eq!(
+            tx.get_for_change(id).await.unwrap().as_ref(),
+            want,
+            "{name}"
+        );
     }
     for s in stores::both().await {
         let store = s.store.as_ref();
@@ -209,12 +214,7 @@ async fn a_write_transaction_reads_the_committed_entity_never_a_rolled_back_one(
         let mut tx = store.write().await.unwrap();
         tx.put(&first, T0).await.unwrap();
         tx.commit().await.unwrap();
-        assert_eq!(
-            current(store, first.id()).await,
-            Some(first.clone()),
-            "{}",
-            s.name
-        );
+        expect(store, first.id(), Some(&first), s.name).await;
 
         // Written, then dropped.
         let mut tx = store.write().await.unwrap();
@@ -226,12 +226,7 @@ async fn a_write_transaction_reads_the_committed_entity_never_a_rolled_back_one(
             s.name
         );
         drop(tx);
-        assert_eq!(
-            current(store, first.id()).await,
-            Some(first.clone()),
-            "{}",
-            s.name
-        );
+        expect(store, first.id(), Some(&first), s.name).await;
 
         // Written, then a statement fails (an event id that exists) and the change is dropped.
         let (_, ids) = queue(store, 1, T0).await;
@@ -247,38 +242,23 @@ async fn a_write_transaction_reads_the_committed_entity_never_a_rolled_back_one(
         };
         assert!(tx.add_event(&event, &[], None).await.is_err(), "{}", s.name);
         drop(tx);
-        assert_eq!(
-            current(store, first.id()).await,
-            Some(first.clone()),
-            "{}",
-            s.name
-        );
+        expect(store, first.id(), Some(&first), s.name).await;
 
         // Committed: every later transaction reads it.
         let mut tx = store.write().await.unwrap();
         tx.put(&second, T0).await.unwrap();
         tx.commit().await.unwrap();
-        assert_eq!(
-            current(store, first.id()).await,
-            Some(second.clone()),
-            "{}",
-            s.name
-        );
+        expect(store, first.id(), Some(&second), s.name).await;
 
         // Deleted and dropped, then deleted and committed.
         let mut tx = store.write().await.unwrap();
         tx.delete(first.id()).await.unwrap();
         drop(tx);
-        assert_eq!(
-            current(store, first.id()).await,
-            Some(second.clone()),
-            "{}",
-            s.name
-        );
+        expect(store, first.id(), Some(&second), s.name).await;
         let mut tx = store.write().await.unwrap();
         tx.delete(first.id()).await.unwrap();
         tx.commit().await.unwrap();
-        assert_eq!(current(store, first.id()).await, None, "{}", s.name);
+        expect(store, first.id(), None, s.name).await;
         let mut read = store.read().await.unwrap();
         assert_eq!(read.get(first.id()).await.unwrap(), None, "{}", s.name);
     }
