@@ -69,26 +69,24 @@ pub struct SqlStore {
 /// kernel when the process ends however it ends.
 fn own_sqlite_file(path: &std::path::Path) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd;
+    let failed = |e: std::io::Error| StoreError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|e| StoreError::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        .map_err(failed)?;
     // SAFETY: `flock` on a descriptor this function owns; it only reads its arguments.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let err = std::io::Error::last_os_error();
         return Err(if err.kind() == std::io::ErrorKind::WouldBlock {
             StoreError::InUse(path.display().to_string())
         } else {
-            StoreError::File {
-                path: path.display().to_string(),
-                reason: err.to_string(),
-            }
+            failed(err)
         });
     }
     Ok(file)
@@ -114,11 +112,12 @@ impl SqlStore {
             } else {
                 format!("{url}?mode=rwc")
             };
-            let owner = own_sqlite_file(&sqlite_path(&url)?)?;
+            let path = sqlite_path(&url)?;
+            let owner = own_sqlite_file(&path)?;
             let writer = sqlite_pool(1).connect(&url).await?;
             SQLITE_MIGRATIONS.run(&writer).await?;
             let reader = sqlite_pool(4).connect(&url).await?;
-            let lite = Some(LiteWriter::open(sqlite_path(&url)?)?);
+            let lite = Some(LiteWriter::open(path)?);
             SqlStore {
                 backend: Backend::Sqlite,
                 url,
