@@ -456,3 +456,144 @@ fn acknowledged_changes_and_their_webhooks_survive_a_sigkill() {
         unacknowledged
     );
 }
+
+/// Sends `POST {path}` with the operator key on a socket of its own and closes the socket
+/// `after` later, without reading the answer: a client that hangs up mid-request.
+fn hang_up(base: &str, path: &str, after: Duration) {
+    use std::io::Write;
+    let addr = base.strip_prefix("http://").expect("an http:// base");
+    let mut socket = std::net::TcpStream::connect(addr).expect("connect to tidings");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 0\r\n\r\n",
+        common::ADMIN_KEY
+    );
+    socket
+        .write_all(request.as_bytes())
+        .expect("send the request");
+    std::thread::sleep(after);
+    let _ = socket.shutdown(std::net::Shutdown::Both);
+}
+
+/// Connections of the test's PostgreSQL database left inside a transaction.
+fn idle_in_transaction(database_url: &str) -> i64 {
+    use sqlx::Connection;
+    let url = database_url.to_owned();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async move {
+                let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+                let (n,): (i64,) = sqlx::query_as(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                     AND state LIKE 'idle in transaction%'",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .expect("read pg_stat_activity");
+                n
+            })
+    })
+    .join()
+    .expect("query thread")
+}
+
+/// Clients that hang up 0–10 ms after sending a meeting moment, beside other traffic: every
+/// moment that took effect (it has its webhooks) is attempted at once, not when the lease of
+/// an interrupted hand-off runs out (35 s with the default request timeout), and no database
+/// connection is left mid-transaction (PostgreSQL would warn "there is already a transaction
+/// in progress" / "there is no transaction in progress" to the next user, and sqlx logs
+/// those warnings).
+#[test]
+fn changes_whose_clients_hang_up_are_attempted_at_once() {
+    const HANG_UPS: usize = 240;
+    const CLIENTS: usize = 6;
+    // Warnings only, from sqlx's report of the database's notices too; not Tidings' own
+    // warnings about the refused test URLs.
+    let s = TestServer::start_env(&[("RUST_LOG", "warn,tidings=error")]);
+    let t = Tree::build(&s);
+    let meetings: Vec<String> = (0..12)
+        .map(|_| {
+            s.create(
+                "meetings",
+                &direct_meeting_body(&t.company.id, &t.company_user),
+            )["id"]
+                .as_str()
+                .expect("meeting id")
+                .to_owned()
+        })
+        .collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // Other clients keep changing another meeting meanwhile, and wait for their answers.
+        let traffic = scope.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                s.moment(&t.personal_meeting, "wait");
+                n += 1;
+            }
+            n
+        });
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (base, meetings) = (&s.base, &meetings);
+                scope.spawn(move || {
+                    for i in (c..HANG_UPS).step_by(CLIENTS) {
+                        let meeting = &meetings[i % meetings.len()];
+                        let after = Duration::from_millis((i % 11) as u64);
+                        hang_up(base, &format!("/v1/meetings/{meeting}/wait"), after);
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().expect("hang-up client");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(traffic.join().expect("traffic") > 0, "other traffic ran");
+    });
+
+    // Far below the lease (35 s), far above an attempt on loopback.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (mut took_effect, mut waiting) = (0, Vec::new());
+    while std::time::Instant::now() < deadline {
+        let webhooks = s.webhooks(&[("type", "MEETING_WAIT")]);
+        took_effect = webhooks.len();
+        waiting = webhooks
+            .into_iter()
+            .filter(|w| w["attempt_count"] == 0)
+            .map(|w| format!("{} (subject {})", w["id"], w["subject_id"]))
+            .collect();
+        if waiting.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        took_effect >= 3,
+        "some hung-up moments took effect ({took_effect} webhooks)"
+    );
+    assert!(
+        waiting.is_empty(),
+        "{} of {took_effect} MEETING_WAIT webhooks not attempted 5 s after their clients hung up: {:?}",
+        waiting.len(),
+        &waiting[..waiting.len().min(10)]
+    );
+    let logs = s.logs();
+    assert!(
+        !logs.contains("transaction in progress"),
+        "a connection went back to its pool mid-transaction:\n{logs}"
+    );
+    let url = std::fs::read_to_string(s.db_path.with_file_name("database_url"))
+        .expect("the test remembers its database URL");
+    if url.starts_with("postgres") {
+        assert_eq!(
+            idle_in_transaction(&url),
+            0,
+            "connections left in a transaction"
+        );
+    }
+}

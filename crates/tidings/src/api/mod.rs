@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tower_http::trace::TraceLayer;
@@ -54,9 +54,34 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(detached))
         .layer(axum::middleware::map_response(json_errors))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Runs each request's handler in a task of its own, so that a client hanging up cannot
+/// cancel it halfway. Hyper drops a request's future when its connection closes; a change
+/// dropped there could stop between its commit and the hand-off of its webhooks (which
+/// would then wait for their lease) or inside a database round trip (leaving a pooled
+/// connection mid-transaction). Detached, every change runs to its commit or its rollback,
+/// and what follows a commit always happens; only the answer is lost. What a client that
+/// hung up can rely on is stated in docs/contract.md.
+async fn detached(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    let handler = tokio::spawn(next.run(request).in_current_span());
+    match handler.await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "a request's handler panicked");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+            .into_response()
+        }
+    }
 }
 
 async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
