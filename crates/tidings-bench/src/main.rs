@@ -1,4 +1,4 @@
-//! `tidings-bench`: load generator and HTTPS sink for Tidings (issue 7).
+//! `tidings-bench`: load generator and HTTPS sink for Tidings. BENCHMARKS.md says what each scenario measures.
 //!
 //! It starts a release `tidings serve` on a fresh SQLite file or PostgreSQL database, an
 //! HTTPS sink in this process, builds a hierarchy through the API and fires events at it,

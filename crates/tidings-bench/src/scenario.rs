@@ -1,4 +1,4 @@
-//! The scenarios of issue 7 and the measured phase they are made of.
+//! The benchmark's scenarios (a, b, c, d; BENCHMARKS.md) and the measured phase they are made of.
 //!
 //! A scenario starts a sink and a fresh Tidings, builds the hierarchy, waits until the
 //! setup's own webhooks are delivered, then runs one or more phases: fire events, wait until

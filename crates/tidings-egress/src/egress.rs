@@ -19,7 +19,7 @@ use crate::outcome::{classify, AttemptError, Outcome, BODY_EXCERPT_LIMIT};
 use crate::policy::AddressPolicy;
 use crate::resolver::GuardedResolver;
 
-/// Settings of the outbound client, from configuration (SPEC §8a).
+/// Settings of the outbound client, from configuration (docs/contract.md#configuration).
 #[derive(Debug, Clone)]
 pub struct EgressConfig {
     /// The whole attempt: connect, TLS, request, status and body excerpt
@@ -39,7 +39,7 @@ pub struct EgressConfig {
 }
 
 impl Default for EgressConfig {
-    /// The SPEC defaults: 15 s per attempt, HTTPS only, nothing exempt from the SSRF block.
+    /// The documented defaults: 15 s per attempt, HTTPS only, nothing exempt from the SSRF block.
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(15),
@@ -85,7 +85,7 @@ impl Egress {
         let policy = Arc::new(config.policy);
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
-            // SPEC §5: the system roots plus the optional extra CA, not a bundled list.
+            // docs/contract.md#sending: the system roots plus the optional extra CA, not a bundled list.
             .tls_built_in_webpki_certs(false)
             .tls_built_in_native_certs(true)
             .timeout(config.timeout)

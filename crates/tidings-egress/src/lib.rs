@@ -1,6 +1,6 @@
 //! `tidings-egress`: the one outbound HTTP client of Tidings.
 //!
-//! Every webhook attempt goes through [`Egress::post`], which owns the rules of SPEC §5 that
+//! Every webhook attempt goes through [`Egress::post`], which owns the rules of docs/contract.md#sending that
 //! concern the wire: HTTPS only (unless development allows `http://`), TLS verified against the
 //! system roots plus an optional extra CA, redirects never followed, only HTTP 200 a success,
 //! the first 1 KiB of the answer kept, and the SSRF block enforced at connect time by

@@ -1,4 +1,4 @@
-//! What one delivery attempt produced, in the terms the delivery log records (SPEC §5): the
+//! What one delivery attempt produced, in the terms the delivery log records (docs/contract.md#success): the
 //! status code or transport error, the duration and the first 1 KiB of the response body.
 //!
 //! Owns the translation of reqwest's layered errors into a few kinds an operator can act on.
@@ -30,7 +30,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Only HTTP 200 counts as success (SPEC §5); 201, 204 and redirects are failures.
+    /// Only HTTP 200 counts as success (docs/contract.md#success); 201, 204 and redirects are failures.
     pub fn is_success(&self) -> bool {
         self.status == Some(200) && self.error.is_none()
     }

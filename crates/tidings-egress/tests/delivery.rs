@@ -1,4 +1,4 @@
-//! SPEC §5 on the wire: what counts as success, what an attempt records, and how transport
+//! docs/contract.md#sending on the wire: what counts as success, what an attempt records, and how transport
 //! failures are told apart, against real HTTPS servers on loopback.
 
 mod support;

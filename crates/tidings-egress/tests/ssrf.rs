@@ -1,4 +1,4 @@
-//! SPEC §5 SSRF: destinations on loopback, private, link-local and metadata addresses are
+//! docs/contract.md#ssrf: destinations on loopback, private, link-local and metadata addresses are
 //! refused before any packet reaches them, whether written as IP literals (in any notation) or
 //! reached through a host name; the operator's allow-list lets chosen networks through.
 //!

@@ -289,7 +289,7 @@ fn unix_now() -> i64 {
 mod tests {
     use super::*;
 
-    /// The published Standard Webhooks test vectors (SPEC section 6).
+    /// The published Standard Webhooks test vectors (docs/contract.md#signatures).
     struct Vector {
         secret: &'static str,
         id: &'static str,

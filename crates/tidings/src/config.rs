@@ -1,5 +1,5 @@
 //! Typed settings: defaults, then a TOML file (`--config`), then `TIDINGS_*` environment
-//! variables, the environment winning (SPEC section 8a).
+//! variables, the environment winning (docs/contract.md#configuration).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// mimalloc instead of glibc malloc: allocation-heavy async work on several threads
-/// contended on glibc's arena locks (BENCHMARKS.md, "What limits throughput").
+/// contended on glibc's arena locks (BENCHMARKS.md, "Measurements behind the design").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

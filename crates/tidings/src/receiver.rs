@@ -1,5 +1,5 @@
 //! The example receiver (`tidings receiver`): the integrators' starting point for receiving
-//! Tidings webhooks (SPEC section 10).
+//! Tidings webhooks (docs/contract.md#receiver).
 //!
 //! It owns one small HTTP server: `GET /` answers a welcome text, and a `POST` to any path is
 //! checked with `tidings-verify` (401 on a bad or missing signature), parsed as a webhook (400 if
@@ -137,7 +137,7 @@ struct Receiver {
     seen: Arc<Mutex<SeenIds>>,
 }
 
-/// The webhook body Tidings sends (SPEC section 4). Unknown fields are accepted, so a receiver
+/// The webhook body Tidings sends (docs/contract.md#envelope). Unknown fields are accepted, so a receiver
 /// keeps working when Tidings adds one.
 #[derive(Debug, Deserialize)]
 struct Webhook {
@@ -257,7 +257,7 @@ mod tests {
     const OTHER_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
     const ID: &str = "26edf51b5ed353431566fdf1";
 
-    /// A webhook body in the shape of SPEC section 4.
+    /// A webhook body in the shape of docs/contract.md#envelope.
     fn webhook_body(id: &str) -> String {
         json!({
             "id": id,

@@ -1,6 +1,6 @@
 //! The core API as a black box: the real binary on a temporary SQLite file, driven over HTTP.
 //!
-//! Covers SPEC sections 2-4 and 8 (delivery itself is tested elsewhere): who receives each of
+//! Covers docs/contract.md#routing, #event-types, #envelope, #payload-shapes and #api (delivery itself is tested elsewhere): who receives each of
 //! the 22 event types, the payload envelope and the seed's shapes, GET equal to webhook data,
 //! URL snapshots, no-op patches, refused input that changes nothing, and the operational
 //! endpoints.

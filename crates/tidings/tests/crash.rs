@@ -1,4 +1,4 @@
-//! Durability (SPEC section 5): an accepted API change and the webhooks it causes commit in one
+//! Durability (docs/contract.md#outbox, #durability): an accepted API change and the webhooks it causes commit in one
 //! transaction, so a crash at any moment loses nothing that was acknowledged and leaves
 //! nothing half-written.
 //!
@@ -40,7 +40,7 @@ struct Op {
     acked: Option<Value>,
 }
 
-/// What the expected receivers are, from the tree (SPEC section 2).
+/// What the expected receivers are, from the tree (docs/contract.md#routing).
 struct Routes {
     company: BTreeSet<Routed>,
     company_user: BTreeSet<Routed>,

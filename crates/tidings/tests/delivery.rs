@@ -1,4 +1,4 @@
-//! Delivery end to end (SPEC sections 5, 6 and 8): Tidings in-process with its real store,
+//! Delivery end to end (docs/contract.md#sending, #success, #attempts, #signatures): Tidings in-process with its real store,
 //! API and dispatcher, sending over real TLS to receivers on loopback whose certificates are
 //! made by a CA that exists only for the test.
 //!

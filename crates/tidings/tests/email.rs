@@ -1,4 +1,4 @@
-//! Failure notification e-mail (SPEC section 7), end to end: Tidings in-process with its
+//! Failure notification e-mail (docs/contract.md#failure-e-mail), end to end: Tidings in-process with its
 //! real dispatcher and mailer, a webhook receiver that always answers 500, and a real SMTP
 //! server process (aiosmtpd) writing to a Maildir that the tests read back.
 

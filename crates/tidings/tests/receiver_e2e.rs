@@ -1,4 +1,4 @@
-//! Black-box tests of receiving (SPEC sections 5, 6 and 10): the real `tidings serve` delivers
+//! Black-box tests of receiving (docs/contract.md#sending, #signatures, #receiver): the real `tidings serve` delivers
 //! real events to the real example receivers, `tidings receiver` over HTTPS with a certificate
 //! authority made in the test, and the Node example in `examples/receiver-node`.
 //!
@@ -153,7 +153,7 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// A webhook body in the shape of SPEC section 4.
+/// A webhook body in the shape of docs/contract.md#envelope.
 fn webhook_body(id: &str) -> String {
     json!({
         "id": id,

@@ -1,4 +1,4 @@
-//! Scale-out on PostgreSQL (SPEC section 9): several `tidings serve` processes on one
+//! Scale-out on PostgreSQL (docs/contract.md#scale-out): several `tidings serve` processes on one
 //! database share the work, deliver every webhook, and deliver none twice in normal
 //! operation; when one dies, the others take over its claims when their leases end.
 

@@ -1,4 +1,4 @@
-//! Keys and tenancy (SPEC section 8): a key bound to a level sees and changes that level's
+//! Keys and tenancy (docs/contract.md#tenancy): a key bound to a level sees and changes that level's
 //! subtree and the webhooks and e-mails addressed to it, and nothing else exists for it.
 //!
 //! The matrix: for each key level (and the operator key as the baseline), on a fresh copy of
@@ -1253,7 +1253,7 @@ async fn moving_a_level_keeps_the_users_and_meetings_under_it_consistent() {
     assert_eq!(before, t.snapshot().await);
 }
 
-/// Errors are JSON `{"error": {"code", "message"}}` (SPEC section 8), also when the web
+/// Errors are JSON `{"error": {"code", "message"}}` (docs/contract.md#api), also when the web
 /// framework refuses a request before a handler runs.
 #[tokio::test]
 async fn framework_rejections_answer_json_errors_too() {

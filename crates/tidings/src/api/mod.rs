@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC section 8): one file per resource, the shared error shape, the
+//! The HTTP API (docs/contract.md#api): one file per resource, the shared error shape, the
 //! operational endpoints and the OpenAPI document.
 
 pub mod auth;

@@ -1,4 +1,4 @@
-//! The webhook body: `{"id", "created", "attempt", "type", "data"}` (SPEC section 4).
+//! The webhook body: `{"id", "created", "attempt", "type", "data"}` (docs/contract.md#envelope).
 //!
 //! `data` was serialized once, when the event happened; each attempt only splices it into a
 //! new envelope, so an attempt costs one string build, not a re-serialization of the entity.

@@ -1,4 +1,4 @@
-//! Failure notification e-mail (SPEC section 7): when a webhook's last attempt fails, the
+//! Failure notification e-mail (docs/contract.md#failure-e-mail): when a webhook's last attempt fails, the
 //! notification contact of the level that owns its URL hears about it by e-mail.
 //!
 //! - [`digest`] (pure): which e-mail a failed webhook joins. The first failure to a URL is
