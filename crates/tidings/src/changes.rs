@@ -52,29 +52,39 @@ pub enum Moment {
 }
 
 impl Moment {
+    /// Every moment with its path segment and the event it emits: the one table the parser,
+    /// the router's error message and the OpenAPI document read.
+    pub const ALL: [(Moment, &'static str, EventType); 7] = [
+        (Moment::Start, "start", EventType::MeetingStarted),
+        (Moment::Restart, "restart", EventType::MeetingRestarted),
+        (Moment::End, "end", EventType::MeetingEnded),
+        (Moment::Takeover, "takeover", EventType::MeetingTakeover),
+        (Moment::Wait, "wait", EventType::MeetingWait),
+        (Moment::Decline, "decline", EventType::MeetingDeclined),
+        (Moment::Forward, "forward", EventType::MeetingForwarded),
+    ];
+
     pub fn parse(s: &str) -> Option<Moment> {
-        Some(match s {
-            "start" => Moment::Start,
-            "restart" => Moment::Restart,
-            "end" => Moment::End,
-            "takeover" => Moment::Takeover,
-            "wait" => Moment::Wait,
-            "decline" => Moment::Decline,
-            "forward" => Moment::Forward,
-            _ => return None,
-        })
+        Moment::ALL
+            .iter()
+            .find(|(_, name, _)| *name == s)
+            .map(|(m, _, _)| *m)
+    }
+
+    fn entry(self) -> &'static (Moment, &'static str, EventType) {
+        Moment::ALL
+            .iter()
+            .find(|(m, _, _)| *m == self)
+            .expect("every moment is in the table")
+    }
+
+    /// The moment's path segment (`/v1/meetings/{id}/{name}`).
+    pub fn name(self) -> &'static str {
+        self.entry().1
     }
 
     pub fn event_type(self) -> EventType {
-        match self {
-            Moment::Start => EventType::MeetingStarted,
-            Moment::Restart => EventType::MeetingRestarted,
-            Moment::End => EventType::MeetingEnded,
-            Moment::Takeover => EventType::MeetingTakeover,
-            Moment::Wait => EventType::MeetingWait,
-            Moment::Decline => EventType::MeetingDeclined,
-            Moment::Forward => EventType::MeetingForwarded,
-        }
+        self.entry().2
     }
 }
 

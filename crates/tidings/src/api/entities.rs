@@ -29,10 +29,6 @@ pub const COLLECTIONS: [(&str, Kind); 7] = [
     ("packages", Kind::Package),
 ];
 
-pub const MOMENTS: [&str; 7] = [
-    "start", "restart", "end", "takeover", "wait", "decline", "forward",
-];
-
 pub fn routes() -> Router<AppState> {
     let mut router = Router::new();
     for (name, kind) in COLLECTIONS {
@@ -182,7 +178,7 @@ async fn moment(
     let Some(m) = Moment::parse(&moment) else {
         return Err(ApiError::not_found(format!(
             "no meeting moment `{moment}`; use one of {}",
-            MOMENTS.join(", ")
+            Moment::ALL.map(|(_, name, _)| name).join(", ")
         )));
     };
     let applied = s.hierarchy.moment(&who, &id, m).await?;

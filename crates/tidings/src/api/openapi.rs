@@ -10,11 +10,12 @@ use utoipa::openapi::{
 
 use super::emails::EmailView;
 use super::entities::SecretBody;
-use super::entities::{COLLECTIONS, MOMENTS};
+use super::entities::COLLECTIONS;
 use super::error::ErrorBody;
 use super::keys::{KeyView, NewKey};
 use super::webhooks::RecoverRequest;
 use super::webhooks::WebhookView;
+use crate::changes::Moment;
 use crate::domain::entities as e;
 use crate::domain::Kind;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -159,7 +160,7 @@ pub fn document() -> OpenApi {
                 .response("409", error("Other entities still refer to it")),
         );
     }
-    for moment in MOMENTS {
+    for (_, moment, _) in Moment::ALL {
         paths.add_path_operation(
             format!("/v1/meetings/{{id}}/{moment}"),
             vec![HttpMethod::Post],
