@@ -10,8 +10,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{
-    assert_envelope, assert_routed, contact, direct_meeting_body, personal_meeting_body, seed,
-    shape_diff, site_body, user_body, Level, TestServer, Tree,
+    assert_envelope, assert_routed, contact, direct_meeting_body, key_diff, personal_meeting_body,
+    seed, seed_data, shape_diff, site_body, user_body, Level, TestServer, Tree,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -298,7 +298,7 @@ fn assert_seed_shape(s: &TestServer, example: &str, subject: &str, skip: &[&str]
         }
         assert_envelope(&w);
         assert_eq!(w["payload"]["data"]["id"], subject, "{w:#}");
-        let diff = shape_diff(&seed["data"], &w["payload"]["data"]);
+        let diff = shape_diff(&seed_data(example), &w["payload"]["data"]);
         assert!(
             diff.is_empty(),
             "{t} of {subject} differs from the seed's {example} example:\n  {}\ndata: {:#}",
@@ -431,13 +431,150 @@ fn payloads_have_the_seeds_envelope_and_shapes() {
     }
 }
 
+/// Asserts that `got` (a GET answer or a webhook's data) has every key of `expected`, `null`
+/// allowed where nothing was set.
+fn assert_keys(what: &str, expected: &Value, got: &Value) {
+    let diff = key_diff(expected, got);
+    assert!(
+        diff.is_empty(),
+        "{what} lacks keys of the seed's example:\n  {}\ndata: {got:#}",
+        diff.join("\n  ")
+    );
+}
+
+#[test]
+fn sparse_entities_carry_every_key_of_the_seeds_examples() {
+    let s = TestServer::start();
+    let t = Tree::build(&s);
+    // Only the required fields: no phone or language, no photo, no logo, no texts, no
+    // package, no webhook_url or notification_contact.
+    let bare = |name: &str| json!({"first_name": name, "last_name": "L", "email": format!("{name}@tidings.test")});
+    let reseller = id_of(&s.create("resellers", &json!({"name": "R", "contact": bare("r")})));
+    let dealer = id_of(&s.create(
+        "dealers",
+        &json!({"name": "D", "contact": bare("d"), "reseller": {"id": t.reseller.id}}),
+    ));
+    let company = id_of(&s.create(
+        "companies",
+        &json!({"name": "C", "contact": bare("c"), "dealer": {"id": dealer}}),
+    ));
+    let site = id_of(&s.create("sites", &json!({"name": "S", "company": {"id": company}})));
+    let user = id_of(&s.create(
+        "users",
+        &json!({"first_name": "U", "last_name": "L", "email": "u@tidings.test",
+                "entity": {"type": "company", "id": company}}),
+    ));
+    let dealer_user = id_of(&s.create(
+        "users",
+        &json!({"first_name": "V", "last_name": "L", "email": "v@tidings.test",
+                "entity": {"type": "dealer", "id": dealer}, "sites": []}),
+    ));
+    // A site lists its users: one linked to it, shown after the site changes.
+    s.patch_ok(
+        &format!("/v1/users/{user}"),
+        &json!({"sites": [{"id": site}]}),
+    );
+    s.patch_ok(&format!("/v1/sites/{site}"), &json!({"name": "S2"}));
+    let direct = id_of(&s.create(
+        "meetings",
+        &json!({"company": {"id": company}, "created_by": {"id": user}}),
+    ));
+    // Participants given with one field each: an agent by its user, a visitor by a phone.
+    let personal = id_of(&s.create(
+        "meetings",
+        &json!({"company": {"id": company}, "site": {"id": site}, "created_by": {"id": user},
+                "participants": [{"user": user}, {"phone": "+31612312312"}]}),
+    ));
+
+    let mut reseller_example = seed_data("dealer");
+    reseller_example.as_object_mut().unwrap().remove("reseller");
+    let cases = [
+        ("resellers", &reseller, reseller_example),
+        ("dealers", &dealer, seed_data("dealer")),
+        ("companies", &company, seed_data("company")),
+        ("sites", &site, seed_data("site")),
+        ("users", &user, seed_data("user")),
+        ("users", &dealer_user, seed_data("user")),
+        ("meetings", &direct, seed_data("meeting_direct")),
+        ("meetings", &personal, seed_data("meeting_personal")),
+    ];
+    for (collection, id, example) in &cases {
+        let got = s.get_ok(&format!("/v1/{collection}/{id}"));
+        assert_keys(&format!("GET {collection}/{id}"), example, &got);
+        let webhooks = s.webhooks_of(id);
+        if *collection != "resellers" {
+            assert!(!webhooks.is_empty(), "{collection} {id} reached someone");
+        }
+        for w in webhooks {
+            assert_keys(
+                &format!("{} of {id}", w["type"]),
+                example,
+                &w["payload"]["data"],
+            );
+        }
+    }
+
+    // What was not given is null (or the seed's default), not left out.
+    let company_view = s.get_ok(&format!("/v1/companies/{company}"));
+    assert_eq!(company_view["contact"]["phone"], Value::Null);
+    assert_eq!(company_view["contact"]["language"], Value::Null);
+    assert_eq!(company_view["package"], Value::Null);
+    assert_eq!(company_view["webhook_url"], Value::Null);
+    assert_eq!(company_view["notification_contact"], Value::Null);
+    assert_eq!(company_view["suspended"], false);
+    let site_view = s.get_ok(&format!("/v1/sites/{site}"));
+    for key in [
+        "logo",
+        "videochat_font_type",
+        "videochat_text_color",
+        "email_invite_text",
+        "email_cancel_text",
+        "email_hardwaretest_text",
+        "webhook_url",
+        "notification_contact",
+    ] {
+        assert_eq!(site_view.get(key), Some(&Value::Null), "site {key}");
+    }
+    assert_eq!(site_view["email_enable_hardwaretest"], false);
+    let user_view = s.get_ok(&format!("/v1/users/{user}"));
+    assert_eq!(user_view.get("photo"), Some(&Value::Null));
+    assert_eq!(user_view["entity"].get("package"), Some(&Value::Null));
+    let meeting = s.get_ok(&format!("/v1/meetings/{personal}"));
+    assert_eq!(meeting.get("subject"), Some(&Value::Null));
+    assert_eq!(meeting.get("invitation"), Some(&Value::Null));
+    let visitor = &meeting["participants"][1];
+    for key in ["name", "user", "email"] {
+        assert_eq!(visitor.get(key), Some(&Value::Null), "visitor {key}");
+    }
+    assert_eq!(meeting["participants"][0].get("phone"), Some(&Value::Null));
+}
+
 #[test]
 fn the_shape_comparison_catches_a_missing_or_extra_key() {
-    // The shape check must be able to fail: a seed example against itself with one key
-    // removed, one added, one retyped, and a participant of a shape the seed lacks.
+    // The shape check must be able to fail: a seed example (its participants completed with
+    // `null` for the keys other participants show) with one key removed, one added, one
+    // retyped, and a participant without a key another one has.
     let seed = seed("meeting_personal")["data"].clone();
-    assert_eq!(shape_diff(&seed, &seed), Vec::<String>::new());
-    let mut v = seed.clone();
+    let mut full = seed.clone();
+    for p in full["participants"].as_array_mut().unwrap() {
+        for key in ["name", "user", "email", "phone"] {
+            p.as_object_mut()
+                .unwrap()
+                .entry(key)
+                .or_insert(Value::Null);
+        }
+    }
+    assert_eq!(shape_diff(&seed, &full), Vec::<String>::new());
+    assert_eq!(
+        shape_diff(&seed, &seed),
+        [
+            "data.participants[0].phone: missing",
+            "data.participants[1].user: missing",
+            "data.participants[2].user: missing"
+        ],
+        "the seed's own participants each lack a key another one shows"
+    );
+    let mut v = full.clone();
     v.as_object_mut().unwrap().remove("subject");
     v["company"]["contact"]["extra"] = json!(1);
     v["duration"] = json!("0");
@@ -451,8 +588,7 @@ fn the_shape_comparison_catches_a_missing_or_extra_key() {
     assert!(diff.contains(&"data.company.contact.extra: not in the seed".to_owned()));
     assert!(diff.contains(&"data.duration: a string, the seed has a number".to_owned()));
     assert!(
-        diff.iter()
-            .any(|d| d.starts_with("data.participants[1]: fits no element of the seed")),
+        diff.contains(&"data.participants[1].email: missing".to_owned()),
         "{diff:#?}"
     );
 }
