@@ -45,6 +45,12 @@ enum Expect {
 
 use Expect::{Allowed, Refused};
 
+impl Expect {
+    fn is_forbidden(self) -> bool {
+        matches!(self, Refused(StatusCode::FORBIDDEN, _))
+    }
+}
+
 const NOT_FOUND: Expect = Refused(StatusCode::NOT_FOUND, "not_found");
 const FORBIDDEN: Expect = Refused(StatusCode::FORBIDDEN, "forbidden");
 const INVALID_REFERENCE: Expect = Refused(StatusCode::UNPROCESSABLE_ENTITY, "invalid_reference");
@@ -408,6 +414,77 @@ impl<'a> Matrix<'a> {
                 .await;
             if let Allowed(_) = expect {
                 assert_eq!(a.body[field], value, "{}", self.show(&a.body.to_string()));
+            }
+        }
+    }
+
+    /// The fields that express the authority of the levels above an entity: `suspended`
+    /// set and lifted again on every level and user, a company's `package` attached or taken
+    /// away and put back. The operator and a key of a level strictly above the entity may;
+    /// a key's own level may not (it cannot lift its own suspension or give itself a
+    /// package); anything outside the key's subtree is not found.
+    async fn authority_patches(&mut self) {
+        let package = self.tree.id("P");
+        for n in self.tree.nodes.clone() {
+            let path = format!("/v1/{}/{}", n.kind.collection(), n.id);
+            let changes: Vec<(&str, &str, Value)> = match n.kind {
+                Kind::Reseller | Kind::Dealer | Kind::User => vec![
+                    ("PATCH suspended", "suspended", json!(true)),
+                    ("PATCH suspended", "suspended", json!(false)),
+                ],
+                Kind::Company => {
+                    let now = match &self.t.op_get(&path).await["package"] {
+                        Value::Null => Value::Null,
+                        p => json!({"id": p["id"]}),
+                    };
+                    let other = if now.is_null() {
+                        json!({"id": package})
+                    } else {
+                        Value::Null
+                    };
+                    vec![
+                        ("PATCH suspended", "suspended", json!(true)),
+                        ("PATCH suspended", "suspended", json!(false)),
+                        ("PATCH package", "package", other),
+                        ("PATCH package", "package", now),
+                    ]
+                }
+                _ => continue,
+            };
+            let position = self.tree.position(&self.who, &n.id);
+            // Each pair is a change and its undoing; on the key's own level the change is
+            // refused, so the undoing names the value it has: no change, allowed.
+            for (step, (method, field, value)) in changes.into_iter().enumerate() {
+                let expect = if !self.tree.sees(&self.who, &n.id) {
+                    NOT_FOUND
+                } else if self.own() == Some(n.id.as_str()) && step % 2 == 0 {
+                    FORBIDDEN
+                } else {
+                    Allowed(StatusCode::OK)
+                };
+                let body = json!({ field: value });
+                let a = self
+                    .case(
+                        n.kind.collection(),
+                        method,
+                        position,
+                        Method::PATCH,
+                        &path,
+                        Some(&body),
+                        expect,
+                    )
+                    .await;
+                match expect {
+                    Allowed(_) if field == "package" && !value.is_null() => {
+                        assert_eq!(a.body["package"]["id"], value["id"], "{}", a.body)
+                    }
+                    Allowed(_) => assert_eq!(a.body[field], value, "{}", a.body),
+                    Refused(..) if self.is_tenant() && expect.is_forbidden() => {
+                        let message = a.body["error"]["message"].as_str().unwrap();
+                        assert!(message.contains(&format!("`{field}`")), "{message}");
+                    }
+                    _ => {}
+                }
             }
         }
     }
@@ -894,6 +971,7 @@ async fn run_matrix(level: Option<Kind>) -> (Tally, BTreeSet<(String, &'static s
     m.secrets().await;
     m.moments().await;
     m.harmless_patches().await;
+    m.authority_patches().await;
     m.moves().await;
     m.lists().await;
     m.creates().await;
@@ -924,6 +1002,19 @@ fn assert_covers(tally: &Tally, refused: &[(&str, &str)]) {
             .map(|(_, n)| n)
             .sum();
         assert!(n > 0, "no refused case for {resource} {method}");
+    }
+}
+
+/// The changes a tenant key must have made: each (resource, method) allowed somewhere.
+fn assert_allows(tally: &Tally, allowed: &[(&str, &str)]) {
+    for (resource, method) in allowed {
+        let n: u32 = tally
+            .cells
+            .iter()
+            .filter(|((r, m, _, ok), _)| r == resource && m == method && *ok)
+            .map(|(_, n)| n)
+            .sum();
+        assert!(n > 0, "no allowed case for {resource} {method}");
     }
 }
 
@@ -980,6 +1071,16 @@ async fn operator_key_may_do_everything_to_everything() {
 async fn reseller_key_sees_and_changes_only_its_subtree() {
     let (tally, _) = run_matrix(Some(Kind::Reseller)).await;
     assert_covers(&tally, TENANT_REFUSALS);
+    assert_covers(&tally, &[("resellers", "PATCH suspended")]);
+    assert_allows(
+        &tally,
+        &[
+            ("dealers", "PATCH suspended"),
+            ("companies", "PATCH suspended"),
+            ("companies", "PATCH package"),
+        ],
+    );
+    assert_allows(&tally, &[("users", "PATCH suspended")]);
 }
 
 #[tokio::test]
@@ -992,6 +1093,14 @@ async fn dealer_key_sees_and_changes_only_its_subtree() {
             ("dealers", "DELETE"),
             ("dealers", "PATCH reseller.id"),
             ("dealers", "GET secret"),
+            ("dealers", "PATCH suspended"),
+        ],
+    );
+    assert_allows(
+        &tally,
+        &[
+            ("companies", "PATCH suspended"),
+            ("companies", "PATCH package"),
         ],
     );
 }
@@ -1006,6 +1115,8 @@ async fn company_key_sees_and_changes_only_its_subtree() {
             ("companies", "DELETE"),
             ("companies", "PATCH dealer.id"),
             ("users", "PATCH entity.id"),
+            ("companies", "PATCH suspended"),
+            ("companies", "PATCH package"),
         ],
     );
 }
@@ -1103,6 +1214,198 @@ async fn a_key_reads_patches_and_rotates_its_own_level_but_cannot_delete_or_move
         .await;
     assert_eq!(parent.status, StatusCode::NOT_FOUND);
     assert_eq!(before, t.snapshot().await);
+}
+
+#[tokio::test]
+async fn a_company_key_cannot_lift_its_own_suspension_or_give_itself_a_package() {
+    let t = Tidings::start().await;
+    let tree = build_tree(&t).await;
+    let (c1b, a1, p) = (tree.id("C1b"), tree.id("A1"), tree.id("P"));
+    let (_, company_key) = t.key_for(Kind::Company, &c1b).await;
+    let (_, dealer_key) = t.key_for(Kind::Dealer, &a1).await;
+    let own = format!("/v1/companies/{c1b}");
+
+    let before = t.snapshot().await;
+    for body in [
+        json!({"suspended": true}),
+        json!({"package": {"id": p}}),
+        json!({"name": "Renamed", "package": {"id": p}}),
+    ] {
+        let a = t.call(&company_key, Method::PATCH, &own, Some(&body)).await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{body}: {}",
+            a.body
+        );
+    }
+    assert_eq!(
+        before,
+        t.snapshot().await,
+        "the refused changes changed nothing"
+    );
+
+    // The dealer above it may; then the company cannot lift the suspension.
+    let a = t
+        .call(
+            &dealer_key,
+            Method::PATCH,
+            &own,
+            Some(&json!({"suspended": true, "package": {"id": p}})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        (a.body["suspended"].clone(), a.body["package"]["id"].clone()),
+        (json!(true), json!(p))
+    );
+    let lift = t
+        .call(
+            &company_key,
+            Method::PATCH,
+            &own,
+            Some(&json!({"suspended": false})),
+        )
+        .await;
+    assert_eq!(lift.status, StatusCode::FORBIDDEN, "{}", lift.body);
+    assert_eq!(t.op_get(&own).await["suspended"], true);
+    let lift = t
+        .call(
+            &dealer_key,
+            Method::PATCH,
+            &own,
+            Some(&json!({"suspended": false})),
+        )
+        .await;
+    assert_eq!(lift.status, StatusCode::OK, "{}", lift.body);
+    // Its own settings stay its own.
+    let a = t
+        .call(
+            &company_key,
+            Method::PATCH,
+            &own,
+            Some(&json!({"webhook_url": "https://own.example/c1b"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+}
+
+#[tokio::test]
+async fn a_suspended_levels_keys_read_but_change_nothing() {
+    let t = Tidings::start().await;
+    let tree = build_tree(&t).await;
+    let (a1, c1a, s1a1, c2a) = (
+        tree.id("A1"),
+        tree.id("C1a"),
+        tree.id("S1a1"),
+        tree.id("C2a"),
+    );
+    let (_, dealer_key) = t.key_for(Kind::Dealer, &a1).await;
+    let (_, site_key) = t.key_for(Kind::Site, &s1a1).await;
+    let (_, other_key) = t.key_for(Kind::Company, &c2a).await;
+    let suspended = t
+        .call(
+            OPERATOR_KEY,
+            Method::PATCH,
+            &format!("/v1/dealers/{a1}"),
+            Some(&json!({"suspended": true})),
+        )
+        .await;
+    assert_eq!(suspended.status, StatusCode::OK, "{}", suspended.body);
+    let webhook = t
+        .op_get(&format!("/v1/webhooks?level_id={s1a1}&limit=1"))
+        .await["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let meeting = tree.id("M1a-p");
+
+    // The dealer's key and the key of a site below it: reads answer, changes are refused.
+    for key in [&dealer_key, &site_key] {
+        for path in [
+            format!("/v1/sites/{s1a1}"),
+            format!("/v1/sites/{s1a1}/secret"),
+            format!("/v1/meetings/{meeting}"),
+            "/v1/webhooks".to_owned(),
+        ] {
+            let a = t.call(key, Method::GET, &path, None).await;
+            assert_eq!(a.status, StatusCode::OK, "GET {path}: {}", a.body);
+        }
+        let before = t.snapshot().await;
+        let changes: Vec<(Method, String, Option<Value>)> = vec![
+            (
+                Method::PATCH,
+                format!("/v1/sites/{s1a1}"),
+                Some(json!({"webhook_url": "https://x.example/h"})),
+            ),
+            (
+                Method::POST,
+                "/v1/sites".into(),
+                Some(level_body(Kind::Site, "new", Some(&c1a))),
+            ),
+            (Method::POST, format!("/v1/meetings/{meeting}/start"), None),
+            (
+                Method::PATCH,
+                format!("/v1/meetings/{meeting}"),
+                Some(json!({"subject": "x"})),
+            ),
+            (Method::DELETE, format!("/v1/meetings/{meeting}"), None),
+            (
+                Method::POST,
+                format!("/v1/sites/{s1a1}/secret/rotate"),
+                None,
+            ),
+            (Method::POST, format!("/v1/webhooks/{webhook}/retry"), None),
+            (
+                Method::POST,
+                "/v1/webhooks/recover".into(),
+                Some(json!({"level_id": s1a1, "since": "2000-01-01T00:00:00.000Z"})),
+            ),
+        ];
+        for (method, path, body) in changes {
+            let a = t.call(key, method.clone(), &path, body.as_ref()).await;
+            assert_eq!(
+                (a.status, a.code()),
+                (StatusCode::FORBIDDEN, "forbidden"),
+                "{method} {path}: {}",
+                a.body
+            );
+            let message = a.body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("suspended"), "{message}");
+        }
+        assert_eq!(
+            before,
+            t.snapshot().await,
+            "a suspended level's key changed something"
+        );
+    }
+    // A key of a level elsewhere is not affected.
+    let a = t
+        .call(
+            &other_key,
+            Method::PATCH,
+            &format!("/v1/companies/{c2a}"),
+            Some(&json!({"webhook_url": "https://c2a.example/h"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    // Lifted by the operator, the keys change again.
+    t.call(
+        OPERATOR_KEY,
+        Method::PATCH,
+        &format!("/v1/dealers/{a1}"),
+        Some(&json!({"suspended": false})),
+    )
+    .await;
+    let a = t
+        .call(
+            &site_key,
+            Method::PATCH,
+            &format!("/v1/sites/{s1a1}"),
+            Some(&json!({"webhook_url": "https://x.example/h"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
 }
 
 #[tokio::test]

@@ -231,6 +231,7 @@ async fn retry(
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
     let not_found = || ApiError::not_found(format!("webhook {id} not found"));
     let wid = visible_webhook(&s, &who, &id).await?.0.id;
+    s.hierarchy.may_change(&who).await?;
     match s.hierarchy.store().retry(&wid, s.hierarchy.now()).await? {
         RetryOutcome::NotFound => return Err(not_found()),
         RetryOutcome::InFlight => {
@@ -276,6 +277,7 @@ async fn recover(
             req.level_id
         )));
     }
+    s.hierarchy.may_change(&who).await?;
     let n = s
         .hierarchy
         .store()

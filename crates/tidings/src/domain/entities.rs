@@ -374,6 +374,44 @@ impl Entity {
         }
     }
 
+    /// The fields that express the authority of the levels above this entity, by name: its
+    /// suspension, its package and its place in the hierarchy. Only the operator or a key
+    /// of a level strictly above the entity changes them (`docs/api.md`).
+    pub fn authority(&self) -> Vec<(&'static str, String)> {
+        let id = |i: &EntityId| i.to_string();
+        let suspended = |s: bool| ("suspended", s.to_string());
+        match self {
+            Entity::Reseller(e) => vec![suspended(e.suspended)],
+            Entity::Dealer(e) => vec![suspended(e.suspended), ("reseller", id(&e.reseller))],
+            Entity::Company(e) => vec![
+                suspended(e.suspended),
+                ("package", e.package.as_ref().map(id).unwrap_or_default()),
+                ("dealer", id(&e.dealer)),
+            ],
+            Entity::Site(e) => vec![("company", id(&e.company))],
+            Entity::User(e) => vec![
+                suspended(e.suspended),
+                ("entity", format!("{} {}", e.owner.level, e.owner.id)),
+            ],
+            Entity::Meeting(e) => vec![
+                ("company", id(&e.company)),
+                ("site", e.site.as_ref().map(id).unwrap_or_default()),
+            ],
+            Entity::Package(_) => vec![],
+        }
+    }
+
+    /// Whether this level is suspended (sites, users as levels, meetings and packages never
+    /// are).
+    pub fn is_suspended_level(&self) -> bool {
+        match self {
+            Entity::Reseller(e) => e.suspended,
+            Entity::Dealer(e) => e.suspended,
+            Entity::Company(e) => e.suspended,
+            _ => false,
+        }
+    }
+
     /// The display name used where another entity embeds this one.
     pub fn name(&self) -> String {
         match self {
