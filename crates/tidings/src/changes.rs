@@ -145,7 +145,7 @@ impl Hierarchy {
         body: Value,
     ) -> Result<Applied, ChangeError> {
         operator_only_for_packages(who, kind)?;
-        let input = Input::parse(kind, body).map_err(ChangeError::Invalid)?;
+        let mut input = Input::parse(kind, body).map_err(ChangeError::Invalid)?;
         input
             .validate(self.rules.url_rules)
             .map_err(ChangeError::Invalid)?;
@@ -271,7 +271,7 @@ impl Hierarchy {
         ensure_active(tx.as_mut(), who).await?;
         let mut form = Input::of(&current).to_json();
         merge_patch(&mut form, &patch);
-        let input = Input::parse(kind, form).map_err(ChangeError::Invalid)?;
+        let mut input = Input::parse(kind, form).map_err(ChangeError::Invalid)?;
         input
             .validate(self.rules.url_rules)
             .map_err(ChangeError::Invalid)?;

@@ -105,14 +105,15 @@ impl Ref {
     }
 }
 
-/// The settings every level shares: where its webhooks go and who hears of failures.
+/// The settings every level shares: where its webhooks go (stored in its normalised form)
+/// and who hears of failures.
 fn validate_level_settings(
-    webhook_url: &Option<String>,
+    webhook_url: &mut Option<String>,
     notification_contact: &Option<NotificationContact>,
     rules: UrlRules,
 ) -> Result<(), FieldError> {
     if let Some(url) = webhook_url {
-        validate::webhook_url("webhook_url", url, rules)?;
+        *url = validate::webhook_url("webhook_url", url, rules)?;
     }
     if let Some(nc) = notification_contact {
         validate::email("notification_contact.email", &nc.email)?;
@@ -716,23 +717,24 @@ impl Input {
         v.expect("inputs always serialize")
     }
 
-    /// Checks every field's value (the references are checked against the store separately).
-    pub fn validate(&self, rules: UrlRules) -> Result<(), FieldError> {
+    /// Checks every field's value and puts the `webhook_url` in its normalised form (the
+    /// references are checked against the store separately).
+    pub fn validate(&mut self, rules: UrlRules) -> Result<(), FieldError> {
         match self {
             Input::Reseller(i) => {
                 validate::name("name", &i.name)?;
                 i.contact.validate("contact")?;
-                validate_level_settings(&i.webhook_url, &i.notification_contact, rules)
+                validate_level_settings(&mut i.webhook_url, &i.notification_contact, rules)
             }
             Input::Dealer(i) => {
                 validate::name("name", &i.name)?;
                 i.contact.validate("contact")?;
-                validate_level_settings(&i.webhook_url, &i.notification_contact, rules)
+                validate_level_settings(&mut i.webhook_url, &i.notification_contact, rules)
             }
             Input::Company(i) => {
                 validate::name("name", &i.name)?;
                 i.contact.validate("contact")?;
-                validate_level_settings(&i.webhook_url, &i.notification_contact, rules)
+                validate_level_settings(&mut i.webhook_url, &i.notification_contact, rules)
             }
             Input::Site(i) => {
                 validate::name("name", &i.name)?;
@@ -748,7 +750,7 @@ impl Input {
                     &i.email_hardwaretest_text,
                     MAX_LONG_TEXT,
                 )?;
-                validate_level_settings(&i.webhook_url, &i.notification_contact, rules)
+                validate_level_settings(&mut i.webhook_url, &i.notification_contact, rules)
             }
             Input::User(i) => {
                 validate::name("first_name", &i.first_name)?;
