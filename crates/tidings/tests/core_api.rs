@@ -558,10 +558,7 @@ fn the_shape_comparison_catches_a_missing_or_extra_key() {
     let mut full = seed.clone();
     for p in full["participants"].as_array_mut().unwrap() {
         for key in ["name", "user", "email", "phone"] {
-            p.as_object_mut()
-                .unwrap()
-                .entry(key)
-                .or_insert(Value::Null);
+            p.as_object_mut().unwrap().entry(key).or_insert(Value::Null);
         }
     }
     assert_eq!(shape_diff(&seed, &full), Vec::<String>::new());
@@ -1394,4 +1391,199 @@ fn health_readiness_metrics_and_openapi() {
     let a = s.get("/v1/nothing-here");
     assert_eq!(a.status, 404);
     assert_eq!(a.body["error"]["code"], "not_found");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request and answer details
+
+/// A request with chosen headers; answers status, headers and the body as JSON.
+fn send(
+    s: &TestServer,
+    method: Method,
+    path: &str,
+    key: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let client = reqwest::blocking::Client::new();
+    let mut req = client
+        .request(method, s.url(path))
+        .bearer_auth(key)
+        .body(body.to_owned());
+    if let Some(t) = content_type {
+        req = req.header("content-type", t);
+    }
+    let r = req.send().unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[test]
+fn a_body_that_is_not_declared_json_answers_415_and_changes_nothing() {
+    let s = TestServer::start();
+    let t = Tree::build(&s);
+    let dealer = json!({"name": "D415", "contact": contact("D", "d415@tidings.test"),
+                        "reseller": {"id": t.reseller.id}})
+    .to_string();
+    let before = s.get_ok("/v1/dealers?limit=1000");
+    let bodies = [
+        (Method::POST, "/v1/dealers".to_owned(), dealer.clone()),
+        (
+            Method::PATCH,
+            format!("/v1/dealers/{}", t.dealer.id),
+            r#"{"name": "Changed"}"#.to_owned(),
+        ),
+        (
+            Method::POST,
+            "/v1/api-keys".to_owned(),
+            json!({"level": "dealer", "id": t.dealer.id}).to_string(),
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/recover".to_owned(),
+            json!({"level_id": t.dealer.id, "since": "2000-01-01T00:00:00.000Z"}).to_string(),
+        ),
+    ];
+    for (method, path, body) in &bodies {
+        for content_type in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("application/jsonx"),
+        ] {
+            let (status, _, answer) = send(
+                &s,
+                method.clone(),
+                path,
+                common::ADMIN_KEY,
+                content_type,
+                body,
+            );
+            assert_eq!(status, 415, "{method} {path} {content_type:?}: {answer}");
+            assert_eq!(
+                answer["error"]["code"], "unsupported_media_type",
+                "{answer}"
+            );
+            assert!(
+                answer["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("application/json")),
+                "{answer}"
+            );
+        }
+    }
+    assert_eq!(s.get_ok("/v1/dealers?limit=1000"), before);
+    // JSON with parameters or a +json type is JSON.
+    for content_type in [
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/merge-patch+json",
+    ] {
+        let (status, _, answer) = send(
+            &s,
+            Method::PATCH,
+            &format!("/v1/dealers/{}", t.dealer.id),
+            common::ADMIN_KEY,
+            Some(content_type),
+            &json!({"name": format!("Dealer {content_type}")}).to_string(),
+        );
+        assert_eq!(status, 200, "{content_type}: {answer}");
+    }
+}
+
+#[test]
+fn secrets_and_new_keys_are_answered_with_no_store() {
+    let s = TestServer::start();
+    let t = Tree::build(&s);
+    let company = format!("/v1/companies/{}", t.company.id);
+    for (method, path, body) in [
+        (Method::GET, format!("{company}/secret"), None),
+        (Method::POST, format!("{company}/secret/rotate"), None),
+        (
+            Method::POST,
+            "/v1/api-keys".to_owned(),
+            Some(json!({"level": "company", "id": t.company.id}).to_string()),
+        ),
+    ] {
+        let (status, headers, answer) = send(
+            &s,
+            method.clone(),
+            &path,
+            common::ADMIN_KEY,
+            body.as_ref().map(|_| "application/json"),
+            body.as_deref().unwrap_or(""),
+        );
+        assert!(status == 200 || status == 201, "{method} {path}: {answer}");
+        assert_eq!(headers["cache-control"], "no-store", "{method} {path}");
+    }
+}
+
+#[test]
+fn webhook_urls_are_stored_normalised_and_ambiguous_ones_refused() {
+    let s = TestServer::start();
+    let t = Tree::build(&s);
+    let path = format!("/v1/companies/{}", t.company.id);
+    let before = s.get_ok(&path);
+    for bad in [
+        " https://hooks.example/x",
+        "https://hooks.example/x ",
+        "https://hooks.example\\x",
+        "https://hooks.example/\tx",
+    ] {
+        let a = s.patch(&path, &json!({ "webhook_url": bad }));
+        assert_eq!(a.status, 422, "{bad:?}: {:?}", a.body);
+        assert_eq!(a.body["error"]["field"], "webhook_url", "{:?}", a.body);
+    }
+    assert_eq!(s.get_ok(&path), before, "refused URLs changed nothing");
+    let changed = s.patch_ok(
+        &path,
+        &json!({"webhook_url": "HTTPS://Hooks.EXAMPLE:443/a/../hook"}),
+    );
+    assert_eq!(changed["webhook_url"], "https://hooks.example/hook");
+    assert_eq!(s.get_ok(&path)["webhook_url"], "https://hooks.example/hook");
+    // The next webhook to the company goes to the normalised URL.
+    let user = id_of(&s.create("users", &user_body("Normal", "company", &t.company.id, &[])));
+    let to_company: Vec<Value> = s
+        .webhooks_of(&user)
+        .into_iter()
+        .filter(|w| w["level"]["id"] == t.company.id.as_str())
+        .collect();
+    assert_eq!(to_company.len(), 1);
+    assert_eq!(to_company[0]["url"], "https://hooks.example/hook");
+    // Naming the same URL again is no change.
+    let n = s.webhooks(&[]).len();
+    s.patch_ok(&path, &json!({"webhook_url": "https://hooks.example/hook"}));
+    assert_eq!(s.webhooks(&[]).len(), n, "a no-op PATCH emits nothing");
+}
+
+#[test]
+fn keys_of_a_deleted_level_stop_working() {
+    let s = TestServer::start();
+    let t = Tree::build(&s);
+    let company = id_of(&s.create(
+        "companies",
+        &json!({"name": "Short-lived", "contact": contact("S", "short@tidings.test"),
+                "dealer": {"id": t.dealer.id}}),
+    ));
+    let made = s.post("/v1/api-keys", &json!({"level": "company", "id": company}));
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let key = made.body["key"].as_str().unwrap().to_owned();
+    let path = format!("/v1/companies/{company}");
+    assert_eq!(send(&s, Method::GET, &path, &key, None, "").0, 200);
+    s.delete_ok(&path);
+    for (method, p) in [
+        (Method::GET, path.clone()),
+        (Method::GET, "/v1/webhooks".to_owned()),
+        (Method::GET, "/v1/packages".to_owned()),
+    ] {
+        let (status, _, answer) = send(&s, method, &p, &key, None, "");
+        assert_eq!(status, 401, "{p}: {answer}");
+        assert_eq!(answer["error"]["code"], "unauthorized");
+    }
 }
