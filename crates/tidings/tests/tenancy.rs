@@ -2158,7 +2158,7 @@ fn bodies(templates: Vec<Value>, ids: Vec<String>) -> BoxedStrategy<Vec<u8>> {
         .prop_map(|m| Value::Object(m.into_iter().collect()));
     let unchanged = prop::sample::select(templates.clone());
     prop_oneof![
-        2 => unchanged.prop_map(|v| v.to_string().into_bytes()),
+        4 => unchanged.prop_map(|v| v.to_string().into_bytes()),
         5 => mutated.prop_map(|v| v.to_string().into_bytes()),
         3 => known.prop_map(|v| v.to_string().into_bytes()),
         2 => json_value(ids).prop_map(|v| v.to_string().into_bytes()),
@@ -2295,6 +2295,20 @@ fn fuzz(target: Target) {
     if let Err(e) = result {
         panic!("{target:?}: {e}");
     }
+    // Some requests must get through (a quarter of the bodies are the valid templates as
+    // they are; 9 to 25 of 64 succeeded per target when measured): a fuzz that only ever
+    // meets refusals would not see a change go wrong.
+    let succeeded: u32 = statuses
+        .borrow()
+        .iter()
+        .filter(|(status, _)| (200..300).contains(*status))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        succeeded >= 1,
+        "{target:?}: only {succeeded} of {CASES} generated requests succeeded: {:?}",
+        statuses.borrow()
+    );
 }
 
 #[test]
