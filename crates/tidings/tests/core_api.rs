@@ -743,7 +743,11 @@ fn a_webhook_keeps_the_url_its_level_had_when_it_was_created() {
         &format!("/v1/companies/{}", c.id),
         &json!({"webhook_url": null}),
     );
-    assert_eq!(cleared.get("webhook_url"), Some(&Value::Null), "{cleared:#}");
+    assert_eq!(
+        cleared.get("webhook_url"),
+        Some(&Value::Null),
+        "{cleared:#}"
+    );
     let company_count = s.webhooks(&[("level_id", &c.id)]).len();
     let last = touch_user("away");
     assert_routed("cleared", &last, "USER_CHANGED", &[d, r]);

@@ -112,6 +112,8 @@ struct Matrix<'a> {
     /// The snapshot taken after the last refused case, while no allowed case has run since:
     /// the state the next refused case must leave alone too.
     unchanged: Option<Snapshot>,
+    /// The key's level, or a level above it, is suspended: it reads but changes nothing.
+    suspended: bool,
 }
 
 impl<'a> Matrix<'a> {
@@ -126,6 +128,21 @@ impl<'a> Matrix<'a> {
 
     fn is_tenant(&self) -> bool {
         matches!(self.who, Who::Tenant { .. })
+    }
+
+    /// What a change must answer: as `expect` says, or, for a key under a suspended level,
+    /// 403 for everything it sees (what it does not see stays not found).
+    fn change(&self, expect: Expect) -> Expect {
+        if self.suspended && !matches!(expect, Refused(StatusCode::NOT_FOUND, _)) {
+            FORBIDDEN
+        } else {
+            expect
+        }
+    }
+
+    /// Whether a change that `expect` allows was made (not refused for suspension).
+    fn made(&self, expect: Expect) -> bool {
+        matches!(self.change(expect), Allowed(_))
     }
 
     fn own(&self) -> Option<&str> {
@@ -314,10 +331,10 @@ impl<'a> Matrix<'a> {
                     Method::POST,
                     &rotate,
                     None,
-                    seen_or_not_found(seen, StatusCode::OK),
+                    self.change(seen_or_not_found(seen, StatusCode::OK)),
                 )
                 .await;
-            if seen {
+            if self.made(seen_or_not_found(seen, StatusCode::OK)) {
                 let (old, new) = (
                     before.body["secret"].as_str().unwrap(),
                     after.body["secret"].as_str().unwrap(),
@@ -348,10 +365,10 @@ impl<'a> Matrix<'a> {
                         Method::POST,
                         &path,
                         None,
-                        seen_or_not_found(seen, StatusCode::OK),
+                        self.change(seen_or_not_found(seen, StatusCode::OK)),
                     )
                     .await;
-                if seen {
+                if self.made(seen_or_not_found(seen, StatusCode::OK)) {
                     assert_eq!(a.body["id"], n.id.as_str());
                 }
             }
@@ -393,13 +410,13 @@ impl<'a> Matrix<'a> {
                 }
             };
             let position = self.tree.position(&self.who, &n.id);
-            let expect = if !self.tree.sees(&self.who, &n.id) {
+            let expect = self.change(if !self.tree.sees(&self.who, &n.id) {
                 NOT_FOUND
             } else if n.kind == Kind::Package && self.is_tenant() {
                 FORBIDDEN
             } else {
                 Allowed(StatusCode::OK)
-            };
+            });
             let path = format!("/v1/{}/{}", n.kind.collection(), n.id);
             let a = self
                 .case(
@@ -455,13 +472,13 @@ impl<'a> Matrix<'a> {
             // Each pair is a change and its undoing; on the key's own level the change is
             // refused, so the undoing names the value it has: no change, allowed.
             for (step, (method, field, value)) in changes.into_iter().enumerate() {
-                let expect = if !self.tree.sees(&self.who, &n.id) {
+                let expect = self.change(if !self.tree.sees(&self.who, &n.id) {
                     NOT_FOUND
                 } else if self.own() == Some(n.id.as_str()) && step % 2 == 0 {
                     FORBIDDEN
                 } else {
                     Allowed(StatusCode::OK)
-                };
+                });
                 let body = json!({ field: value });
                 let a = self
                     .case(
@@ -479,7 +496,7 @@ impl<'a> Matrix<'a> {
                         assert_eq!(a.body["package"]["id"], value["id"], "{}", a.body)
                     }
                     Allowed(_) => assert_eq!(a.body[field], value, "{}", a.body),
-                    Refused(..) if self.is_tenant() && expect.is_forbidden() => {
+                    Refused(..) if !self.suspended && self.is_tenant() && expect.is_forbidden() => {
                         let message = a.body["error"]["message"].as_str().unwrap();
                         assert!(message.contains(&format!("`{field}`")), "{message}");
                     }
@@ -534,7 +551,7 @@ impl<'a> Matrix<'a> {
         // Checked in the server's order: the object, its references, their agreement.
         let hidden = current != to.id && !self.tree.sees(&self.who, &to.id);
         let inconsistent = moved.inconsistency(moved.node(&n.id));
-        let expect = if !self.tree.sees(&self.who, &n.id) {
+        let expect = self.change(if !self.tree.sees(&self.who, &n.id) {
             NOT_FOUND
         } else if hidden || inconsistent.is_some() {
             INVALID_REFERENCE
@@ -545,7 +562,7 @@ impl<'a> Matrix<'a> {
             CONFLICT
         } else {
             Allowed(StatusCode::OK)
-        };
+        });
         assert!(
             !matches!(expect, Allowed(_)) || moved.inconsistent().is_empty(),
             "the model allows a move that leaves {:?} inconsistent",
@@ -676,13 +693,15 @@ impl<'a> Matrix<'a> {
             let inconsistent = self
                 .tree
                 .inconsistency(&node_for(kind, "pending", "pending", &body));
-            let expect = if self.is_tenant() && matches!(kind, Kind::Reseller | Kind::Package) {
-                FORBIDDEN
-            } else if hidden.is_some() || inconsistent.is_some() {
-                INVALID_REFERENCE
-            } else {
-                Allowed(StatusCode::CREATED)
-            };
+            let expect = self.change(
+                if self.is_tenant() && matches!(kind, Kind::Reseller | Kind::Package) {
+                    FORBIDDEN
+                } else if hidden.is_some() || inconsistent.is_some() {
+                    INVALID_REFERENCE
+                } else {
+                    Allowed(StatusCode::CREATED)
+                },
+            );
             let path = format!("/v1/{}", kind.collection());
             let a = self
                 .case(
@@ -775,7 +794,7 @@ impl<'a> Matrix<'a> {
                 Method::POST,
                 &path,
                 None,
-                seen_or_not_found(seen, StatusCode::ACCEPTED),
+                self.change(seen_or_not_found(seen, StatusCode::ACCEPTED)),
             )
             .await;
         }
@@ -814,10 +833,10 @@ impl<'a> Matrix<'a> {
                     Method::POST,
                     "/v1/webhooks/recover",
                     Some(&body),
-                    seen_or_not_found(seen, StatusCode::ACCEPTED),
+                    self.change(seen_or_not_found(seen, StatusCode::ACCEPTED)),
                 )
                 .await;
-            if seen {
+            if self.made(seen_or_not_found(seen, StatusCode::ACCEPTED)) {
                 assert_eq!(a.body["recovered"], 0, "nothing failed: no dispatcher runs");
             }
         }
@@ -911,7 +930,7 @@ impl<'a> Matrix<'a> {
         for kind in order {
             for n in self.tree.of_kind(kind).into_iter().rev() {
                 let position = self.tree.position(&self.who, &n.id);
-                let expect = if !self.tree.sees(&self.who, &n.id) {
+                let expect = self.change(if !self.tree.sees(&self.who, &n.id) {
                     NOT_FOUND
                 } else if (n.kind == Kind::Package && self.is_tenant())
                     || self.own() == Some(n.id.as_str())
@@ -921,7 +940,7 @@ impl<'a> Matrix<'a> {
                     CONFLICT
                 } else {
                     Allowed(StatusCode::NO_CONTENT)
-                };
+                });
                 let path = format!("/v1/{}/{}", kind.collection(), n.id);
                 self.case(
                     kind.collection(),
@@ -964,6 +983,7 @@ async fn run_matrix(level: Option<Kind>) -> (Tally, BTreeSet<(String, &'static s
         skipped: Vec::new(),
         refusals: BTreeSet::new(),
         unchanged: None,
+        suspended: false,
     };
     m.lists().await;
     m.get_each().await;
@@ -990,6 +1010,70 @@ async fn run_matrix(level: Option<Kind>) -> (Tally, BTreeSet<(String, &'static s
     }
     assert!(m.tree.inconsistent().is_empty());
     (m.tally, m.refusals)
+}
+
+/// The matrix for a key of `level` whose level (`own: true`) or the level above it is
+/// suspended: every read answers as before, every change of what it sees is 403, and nothing
+/// stored changes.
+async fn run_suspended_matrix(level: Kind, own: bool) -> Tally {
+    let t = Tidings::start().await;
+    let tree = build_tree(&t).await;
+    let id = tree.id(bound_label(level));
+    let (_, key) = t.key_for(level, &id).await;
+    let suspend = if own {
+        id.clone()
+    } else {
+        tree.node(&id).up.clone().unwrap()
+    };
+    let node = tree.node(&suspend).clone();
+    let a = t
+        .call(
+            OPERATOR_KEY,
+            Method::PATCH,
+            &format!("/v1/{}/{}", node.kind.collection(), node.id),
+            Some(&json!({"suspended": true})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let mut m = Matrix {
+        t: &t,
+        tree,
+        who: Who::Tenant { level, id, key },
+        tally: Tally::default(),
+        counter: 0,
+        skipped: Vec::new(),
+        refusals: BTreeSet::new(),
+        unchanged: None,
+        suspended: true,
+    };
+    let before = t.snapshot().await;
+    m.lists().await;
+    m.get_each().await;
+    m.webhooks().await;
+    m.secrets().await;
+    m.moments().await;
+    m.harmless_patches().await;
+    m.authority_patches().await;
+    m.moves().await;
+    m.creates().await;
+    m.api_keys().await;
+    m.deletes().await;
+    m.lists().await;
+    println!(
+        "{}",
+        m.tally.report(&format!("{} (suspended)", m.who.name()))
+    );
+    assert!(
+        before == t.snapshot().await,
+        "a suspended level's key changed something"
+    );
+    for (method, code) in &m.refusals {
+        assert!(
+            matches!(*code, "forbidden" | "not_found"),
+            "{method} refused with {code}, not as suspended"
+        );
+    }
+    m.tally
 }
 
 /// The refusals a tenant key must have met: each (resource, method) refused somewhere.
@@ -1132,6 +1216,48 @@ async fn site_key_sees_and_changes_only_its_subtree() {
             ("meetings", "PATCH created_by.id"),
         ],
     );
+}
+
+#[tokio::test]
+async fn keys_under_a_suspended_level_read_what_they_see_and_change_nothing() {
+    // Own level suspended for the reseller and company keys; the level above for the dealer
+    // and site keys (a site has no suspension of its own).
+    for (level, own) in [
+        (Kind::Reseller, true),
+        (Kind::Dealer, false),
+        (Kind::Company, true),
+        (Kind::Site, false),
+    ] {
+        let tally = run_suspended_matrix(level, own).await;
+        let allowed: Vec<String> = tally
+            .cells
+            .iter()
+            .filter(|((_, m, _, ok), _)| *ok && !m.starts_with("GET"))
+            .map(|((r, m, _, _), _)| format!("{r} {m}"))
+            .collect();
+        assert!(allowed.is_empty(), "{level:?} key changed: {allowed:?}");
+        assert_allows(
+            &tally,
+            &[
+                ("sites", "GET"),
+                ("sites", "GET secret"),
+                ("meetings", "GET"),
+            ],
+        );
+        assert_covers(
+            &tally,
+            &[
+                ("sites", "PATCH"),
+                ("sites", "POST"),
+                ("sites", "POST secret/rotate"),
+                ("meetings", "POST moment"),
+                ("meetings", "DELETE"),
+                ("users", "POST"),
+                ("webhooks", "POST retry"),
+                ("webhooks", "POST recover"),
+            ],
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
