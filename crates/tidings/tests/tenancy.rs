@@ -3,10 +3,13 @@
 //!
 //! The matrix: for each key level (and the operator key as the baseline), on a fresh copy of
 //! the standard tree, every resource and method is tried against every object, and the
-//! answer is compared with what a model of the tree says the key may do. Every refused
-//! request is checked to have changed nothing stored. A property test throws generated JSON
-//! at every collection: never a 5xx, never a change on a 4xx. The failed-authentication
-//! limit is tested on a served socket, where requests have a client address.
+//! answer is compared with what a model of the tree says the key may do, the fields that
+//! express the authority of the levels above (`suspended`, `package`, parents) included.
+//! Every refused request is checked to have changed nothing stored. The matrix runs again
+//! for keys under a suspended level: reads as before, every change 403. A property test
+//! throws generated JSON at every collection: never a 5xx, never a change on a 4xx, and some
+//! requests succeed. The failed-authentication limit is tested on a served socket, where
+//! requests have a client address, and on a manual clock for its window.
 
 mod tenancy_support;
 
