@@ -1591,3 +1591,116 @@ fn keys_of_a_deleted_level_stop_working() {
         assert_eq!(answer["error"]["code"], "unauthorized");
     }
 }
+
+#[test]
+fn a_suspended_company_reads_but_cannot_change_or_lift_its_suspension() {
+    let s = TestServer::start();
+    let t = Tree::build(&s);
+    let key_for = |level: &str, id: &str| {
+        let a = s.post("/v1/api-keys", &json!({"level": level, "id": id}));
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        a.body["key"].as_str().unwrap().to_owned()
+    };
+    let company_key = key_for("company", &t.company.id);
+    let dealer_key = key_for("dealer", &t.dealer.id);
+    let company = format!("/v1/companies/{}", t.company.id);
+    let json = Some("application/json");
+
+    // Its own authority fields are not the company's to change.
+    for body in [
+        json!({"suspended": true}),
+        json!({"package": null}),
+        json!({"dealer": {"id": t.dealer.id}, "suspended": true}),
+    ] {
+        let (status, _, answer) = send(
+            &s,
+            Method::PATCH,
+            &company,
+            &company_key,
+            json,
+            &body.to_string(),
+        );
+        assert_eq!(status, 403, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], "forbidden");
+    }
+    let (status, _, answer) = send(
+        &s,
+        Method::PATCH,
+        &company,
+        &dealer_key,
+        json,
+        r#"{"suspended": true}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+
+    // Suspended: reads answer, changes do not, and nothing changed.
+    let before = s.get_ok(&company);
+    let sites = s.get_ok("/v1/sites?limit=1000");
+    for path in [
+        company.clone(),
+        format!("/v1/sites/{}", t.site_a.id),
+        format!("{company}/secret"),
+    ] {
+        assert_eq!(
+            send(&s, Method::GET, &path, &company_key, None, "").0,
+            200,
+            "{path}"
+        );
+    }
+    let site = json!({"name": "New", "company": {"id": t.company.id}}).to_string();
+    for (method, path, body) in [
+        (
+            Method::PATCH,
+            company.clone(),
+            r#"{"suspended": false}"#.to_owned(),
+        ),
+        (
+            Method::PATCH,
+            company.clone(),
+            r#"{"name": "Renamed"}"#.to_owned(),
+        ),
+        (Method::POST, "/v1/sites".to_owned(), site),
+        (
+            Method::POST,
+            format!("/v1/meetings/{}/start", t.direct_meeting),
+            String::new(),
+        ),
+        (
+            Method::POST,
+            format!("{company}/secret/rotate"),
+            String::new(),
+        ),
+    ] {
+        let (status, _, answer) = send(&s, method.clone(), &path, &company_key, json, &body);
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("suspended"),
+            "{answer}"
+        );
+    }
+    assert_eq!(s.get_ok(&company), before);
+    assert_eq!(s.get_ok("/v1/sites?limit=1000"), sites);
+
+    // Lifted by its dealer, the company's key changes again.
+    let (status, _, answer) = send(
+        &s,
+        Method::PATCH,
+        &company,
+        &dealer_key,
+        json,
+        r#"{"suspended": false}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let (status, _, answer) = send(
+        &s,
+        Method::PATCH,
+        &company,
+        &company_key,
+        json,
+        r#"{"name": "Renamed"}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+}
