@@ -155,12 +155,13 @@ impl Hierarchy {
         body: Value,
     ) -> Result<Applied, ChangeError> {
         operator_only_for_packages(who, kind)?;
-        let input = Input::parse(kind, body).map_err(ChangeError::Invalid)?;
+        let mut input = Input::parse(kind, body).map_err(ChangeError::Invalid)?;
         input
             .validate(self.rules.url_rules)
             .map_err(ChangeError::Invalid)?;
         let now = self.clock.now();
         let mut tx = self.store.write().await?;
+        ensure_active(tx.as_mut(), who).await?;
         check_references(tx.as_mut(), who, &input, None).await?;
         check_consistency(tx.as_mut(), &input).await?;
         let users = load_agents(tx.as_mut(), &input).await?;
@@ -208,6 +209,7 @@ impl Hierarchy {
         id: &str,
     ) -> Result<String, ChangeError> {
         let level = self.level_id(who, kind, id).await?;
+        self.may_change(who).await?;
         let now = self.clock.now();
         let new = secrets::generate();
         let until = crate::domain::Millis(now.0 + secrets::ROTATION_OVERLAP_MS);
@@ -229,6 +231,17 @@ impl Hierarchy {
             .await?
             .id()
             .clone())
+    }
+
+    /// Refuses a change by a key whose level, or a level above it, is suspended: such a key
+    /// reads but changes nothing. Every change goes through this rule (entity changes here;
+    /// retries and recoveries call it from their handlers).
+    pub async fn may_change(&self, who: &Principal) -> Result<(), ChangeError> {
+        if who.is_operator() {
+            return Ok(());
+        }
+        let mut tx = self.store.read().await?;
+        ensure_active(tx.as_mut(), who).await
     }
 
     /// Whether the level `level_id` lies in the principal's subtree (for webhooks, e-mails).
@@ -265,9 +278,10 @@ impl Hierarchy {
         let mut tx = self.store.write().await?;
         let current = get_visible(tx.as_mut(), who, kind, id, true).await?;
         operator_only_for_packages(who, kind)?;
+        ensure_active(tx.as_mut(), who).await?;
         let mut form = Input::of(&current).to_json();
         merge_patch(&mut form, &patch);
-        let input = Input::parse(kind, form).map_err(ChangeError::Invalid)?;
+        let mut input = Input::parse(kind, form).map_err(ChangeError::Invalid)?;
         input
             .validate(self.rules.url_rules)
             .map_err(ChangeError::Invalid)?;
@@ -280,11 +294,7 @@ impl Hierarchy {
             &self.context(),
             &|id| find_user(&users, id),
         );
-        if who.own_level() == Some(current.id()) && entity.up() != current.up() {
-            return Err(ChangeError::Forbidden(
-                "a key cannot move its own level".into(),
-            ));
-        }
+        ensure_authority(tx.as_mut(), who, &current, &entity).await?;
         if entity.up() != current.up() && entity.kind().level().is_some() {
             // Moving a level would carry its sites, users and meetings across subtrees, where
             // their own references (a meeting's company, a user's owner) no longer agree.
@@ -324,6 +334,7 @@ impl Hierarchy {
         let mut tx = self.store.write().await?;
         let current = get_visible(tx.as_mut(), who, kind, id, true).await?;
         operator_only_for_packages(who, kind)?;
+        ensure_active(tx.as_mut(), who).await?;
         if who.own_level() == Some(current.id()) {
             return Err(ChangeError::Forbidden(
                 "a key cannot delete its own level".into(),
@@ -358,6 +369,7 @@ impl Hierarchy {
         else {
             unreachable!("get_kind checked the kind")
         };
+        ensure_active(tx.as_mut(), who).await?;
         match moment {
             Moment::Start | Moment::Restart => meeting.started_at = Some(now),
             Moment::End => {
@@ -560,6 +572,74 @@ async fn ensure_within(
             entity.kind()
         )))
     }
+}
+
+/// A key whose level, or a level above it, is suspended reads but changes nothing.
+async fn ensure_active(tx: &mut dyn Tx, who: &Principal) -> Result<(), ChangeError> {
+    let Some(own) = who.own_level() else {
+        return Ok(());
+    };
+    let mut next = Some(own.clone());
+    let mut depth = 0;
+    while let Some(id) = next {
+        let Some(level) = tx.get(&id).await? else {
+            return Err(ChangeError::Forbidden(format!(
+                "this key's level {id} no longer exists"
+            )));
+        };
+        if level.is_suspended_level() {
+            let whose = if &id == own {
+                "this key's level".to_owned()
+            } else {
+                format!("{} {id}, above this key's level,", level.kind())
+            };
+            return Err(ChangeError::Forbidden(format!(
+                "{whose} is suspended: its keys may read but not change anything"
+            )));
+        }
+        next = level.up().cloned();
+        depth += 1;
+        if depth > 8 {
+            return Err(StoreError::Corrupt(format!("{own} has a cycle above it")).into());
+        }
+    }
+    Ok(())
+}
+
+/// The fields that express the authority of the levels above an entity (its suspension,
+/// package, parent: [`Entity::authority`]) change only by the operator or a key of a level
+/// strictly above it; a key cannot lift its own level's suspension or give it a package.
+async fn ensure_authority(
+    tx: &mut dyn Tx,
+    who: &Principal,
+    current: &Entity,
+    changed: &Entity,
+) -> Result<(), ChangeError> {
+    let before = current.authority();
+    let Some((field, _)) = changed
+        .authority()
+        .into_iter()
+        .zip(before)
+        .find_map(|(after, before)| (after != before).then_some(after))
+    else {
+        return Ok(());
+    };
+    if who.is_operator() {
+        return Ok(());
+    }
+    let above: Vec<EntityId> = ancestors(tx, current)
+        .await?
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    if who.is_above(current.id(), &above) {
+        return Ok(());
+    }
+    Err(ChangeError::Forbidden(format!(
+        "`{field}` of {} {} is set by a level above it or the operator; this key cannot change it",
+        current.kind(),
+        current.id()
+    )))
 }
 
 fn operator_only_for_packages(who: &Principal, kind: Kind) -> Result<(), ChangeError> {

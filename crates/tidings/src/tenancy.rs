@@ -30,6 +30,18 @@ impl Principal {
         }
     }
 
+    /// Whether this principal is the operator or a key whose level lies strictly above the
+    /// entity `id` whose chain of levels above it is `above`. Only such a principal changes
+    /// the fields that express the authority of the levels above an entity
+    /// ([`crate::domain::entities::Entity::authority`]): a key cannot lift its own level's
+    /// suspension, attach a package to it, or move it.
+    pub fn is_above(&self, id: &EntityId, above: &[EntityId]) -> bool {
+        match self {
+            Principal::Operator => true,
+            Principal::Tenant { id: own, .. } => own != id && above.contains(own),
+        }
+    }
+
     /// The tenant's own level id, if a tenant.
     pub fn own_level(&self) -> Option<&EntityId> {
         match self {
@@ -64,5 +76,19 @@ mod tests {
             "not a sibling's subtree"
         );
         assert!(Principal::Operator.sees(&id(6), &[id(5), id(1)]));
+    }
+
+    #[test]
+    fn only_a_level_strictly_above_or_the_operator_is_above() {
+        let dealer = Principal::Tenant {
+            level: Level::Dealer,
+            id: id(2),
+        };
+        assert!(dealer.is_above(&id(3), &[id(2), id(1)]), "its company");
+        assert!(dealer.is_above(&id(4), &[id(3), id(2), id(1)]), "its site");
+        assert!(!dealer.is_above(&id(2), &[id(1)]), "not its own level");
+        assert!(!dealer.is_above(&id(1), &[]), "not the level above");
+        assert!(!dealer.is_above(&id(6), &[id(5), id(1)]), "not a sibling's");
+        assert!(Principal::Operator.is_above(&id(1), &[]));
     }
 }

@@ -10,8 +10,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{
-    assert_envelope, assert_routed, contact, direct_meeting_body, personal_meeting_body, seed,
-    shape_diff, site_body, user_body, Level, TestServer, Tree,
+    assert_envelope, assert_routed, contact, direct_meeting_body, key_diff, personal_meeting_body,
+    seed, seed_data, shape_diff, site_body, user_body, Level, TestServer, Tree,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -298,7 +298,7 @@ fn assert_seed_shape(s: &TestServer, example: &str, subject: &str, skip: &[&str]
         }
         assert_envelope(&w);
         assert_eq!(w["payload"]["data"]["id"], subject, "{w:#}");
-        let diff = shape_diff(&seed["data"], &w["payload"]["data"]);
+        let diff = shape_diff(&seed_data(example), &w["payload"]["data"]);
         assert!(
             diff.is_empty(),
             "{t} of {subject} differs from the seed's {example} example:\n  {}\ndata: {:#}",
@@ -431,13 +431,147 @@ fn payloads_have_the_seeds_envelope_and_shapes() {
     }
 }
 
+/// Asserts that `got` (a GET answer or a webhook's data) has every key of `expected`, `null`
+/// allowed where nothing was set.
+fn assert_keys(what: &str, expected: &Value, got: &Value) {
+    let diff = key_diff(expected, got);
+    assert!(
+        diff.is_empty(),
+        "{what} lacks keys of the seed's example:\n  {}\ndata: {got:#}",
+        diff.join("\n  ")
+    );
+}
+
+#[test]
+fn sparse_entities_carry_every_key_of_the_seeds_examples() {
+    let s = TestServer::start();
+    let t = Tree::build(&s);
+    // Only the required fields: no phone or language, no photo, no logo, no texts, no
+    // package, no webhook_url or notification_contact.
+    let bare = |name: &str| json!({"first_name": name, "last_name": "L", "email": format!("{name}@tidings.test")});
+    let reseller = id_of(&s.create("resellers", &json!({"name": "R", "contact": bare("r")})));
+    let dealer = id_of(&s.create(
+        "dealers",
+        &json!({"name": "D", "contact": bare("d"), "reseller": {"id": t.reseller.id}}),
+    ));
+    let company = id_of(&s.create(
+        "companies",
+        &json!({"name": "C", "contact": bare("c"), "dealer": {"id": dealer}}),
+    ));
+    let site = id_of(&s.create("sites", &json!({"name": "S", "company": {"id": company}})));
+    let user = id_of(&s.create(
+        "users",
+        &json!({"first_name": "U", "last_name": "L", "email": "u@tidings.test",
+                "entity": {"type": "company", "id": company}}),
+    ));
+    let dealer_user = id_of(&s.create(
+        "users",
+        &json!({"first_name": "V", "last_name": "L", "email": "v@tidings.test",
+                "entity": {"type": "dealer", "id": dealer}, "sites": []}),
+    ));
+    // A site lists its users: one linked to it, shown after the site changes.
+    s.patch_ok(
+        &format!("/v1/users/{user}"),
+        &json!({"sites": [{"id": site}]}),
+    );
+    s.patch_ok(&format!("/v1/sites/{site}"), &json!({"name": "S2"}));
+    let direct = id_of(&s.create(
+        "meetings",
+        &json!({"company": {"id": company}, "created_by": {"id": user}}),
+    ));
+    // Participants given with one field each: an agent by its user, a visitor by a phone.
+    let personal = id_of(&s.create(
+        "meetings",
+        &json!({"company": {"id": company}, "site": {"id": site}, "created_by": {"id": user},
+                "participants": [{"user": user}, {"phone": "+31612312312"}]}),
+    ));
+
+    let mut reseller_example = seed_data("dealer");
+    reseller_example.as_object_mut().unwrap().remove("reseller");
+    let cases = [
+        ("resellers", &reseller, reseller_example),
+        ("dealers", &dealer, seed_data("dealer")),
+        ("companies", &company, seed_data("company")),
+        ("sites", &site, seed_data("site")),
+        ("users", &user, seed_data("user")),
+        ("users", &dealer_user, seed_data("user")),
+        ("meetings", &direct, seed_data("meeting_direct")),
+        ("meetings", &personal, seed_data("meeting_personal")),
+    ];
+    for (collection, id, example) in &cases {
+        let got = s.get_ok(&format!("/v1/{collection}/{id}"));
+        assert_keys(&format!("GET {collection}/{id}"), example, &got);
+        let webhooks = s.webhooks_of(id);
+        if *collection != "resellers" {
+            assert!(!webhooks.is_empty(), "{collection} {id} reached someone");
+        }
+        for w in webhooks {
+            assert_keys(
+                &format!("{} of {id}", w["type"]),
+                example,
+                &w["payload"]["data"],
+            );
+        }
+    }
+
+    // What was not given is null (or the seed's default), not left out.
+    let company_view = s.get_ok(&format!("/v1/companies/{company}"));
+    assert_eq!(company_view["contact"]["phone"], Value::Null);
+    assert_eq!(company_view["contact"]["language"], Value::Null);
+    assert_eq!(company_view["package"], Value::Null);
+    assert_eq!(company_view["webhook_url"], Value::Null);
+    assert_eq!(company_view["notification_contact"], Value::Null);
+    assert_eq!(company_view["suspended"], false);
+    let site_view = s.get_ok(&format!("/v1/sites/{site}"));
+    for key in [
+        "logo",
+        "videochat_font_type",
+        "videochat_text_color",
+        "email_invite_text",
+        "email_cancel_text",
+        "email_hardwaretest_text",
+        "webhook_url",
+        "notification_contact",
+    ] {
+        assert_eq!(site_view.get(key), Some(&Value::Null), "site {key}");
+    }
+    assert_eq!(site_view["email_enable_hardwaretest"], false);
+    let user_view = s.get_ok(&format!("/v1/users/{user}"));
+    assert_eq!(user_view.get("photo"), Some(&Value::Null));
+    assert_eq!(user_view["entity"].get("package"), Some(&Value::Null));
+    let meeting = s.get_ok(&format!("/v1/meetings/{personal}"));
+    assert_eq!(meeting.get("subject"), Some(&Value::Null));
+    assert_eq!(meeting.get("invitation"), Some(&Value::Null));
+    let visitor = &meeting["participants"][1];
+    for key in ["name", "user", "email"] {
+        assert_eq!(visitor.get(key), Some(&Value::Null), "visitor {key}");
+    }
+    assert_eq!(meeting["participants"][0].get("phone"), Some(&Value::Null));
+}
+
 #[test]
 fn the_shape_comparison_catches_a_missing_or_extra_key() {
-    // The shape check must be able to fail: a seed example against itself with one key
-    // removed, one added, one retyped, and a participant of a shape the seed lacks.
+    // The shape check must be able to fail: a seed example (its participants completed with
+    // `null` for the keys other participants show) with one key removed, one added, one
+    // retyped, and a participant without a key another one has.
     let seed = seed("meeting_personal")["data"].clone();
-    assert_eq!(shape_diff(&seed, &seed), Vec::<String>::new());
-    let mut v = seed.clone();
+    let mut full = seed.clone();
+    for p in full["participants"].as_array_mut().unwrap() {
+        for key in ["name", "user", "email", "phone"] {
+            p.as_object_mut().unwrap().entry(key).or_insert(Value::Null);
+        }
+    }
+    assert_eq!(shape_diff(&seed, &full), Vec::<String>::new());
+    assert_eq!(
+        shape_diff(&seed, &seed),
+        [
+            "data.participants[0].phone: missing",
+            "data.participants[1].user: missing",
+            "data.participants[2].user: missing"
+        ],
+        "the seed's own participants each lack a key another one shows"
+    );
+    let mut v = full.clone();
     v.as_object_mut().unwrap().remove("subject");
     v["company"]["contact"]["extra"] = json!(1);
     v["duration"] = json!("0");
@@ -451,8 +585,7 @@ fn the_shape_comparison_catches_a_missing_or_extra_key() {
     assert!(diff.contains(&"data.company.contact.extra: not in the seed".to_owned()));
     assert!(diff.contains(&"data.duration: a string, the seed has a number".to_owned()));
     assert!(
-        diff.iter()
-            .any(|d| d.starts_with("data.participants[1]: fits no element of the seed")),
+        diff.contains(&"data.participants[1].email: missing".to_owned()),
         "{diff:#?}"
     );
 }
@@ -610,7 +743,11 @@ fn a_webhook_keeps_the_url_its_level_had_when_it_was_created() {
         &format!("/v1/companies/{}", c.id),
         &json!({"webhook_url": null}),
     );
-    assert!(cleared.get("webhook_url").is_none(), "{cleared:#}");
+    assert_eq!(
+        cleared.get("webhook_url"),
+        Some(&Value::Null),
+        "{cleared:#}"
+    );
     let company_count = s.webhooks(&[("level_id", &c.id)]).len();
     let last = touch_user("away");
     assert_routed("cleared", &last, "USER_CHANGED", &[d, r]);
@@ -1258,4 +1395,312 @@ fn health_readiness_metrics_and_openapi() {
     let a = s.get("/v1/nothing-here");
     assert_eq!(a.status, 404);
     assert_eq!(a.body["error"]["code"], "not_found");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request and answer details
+
+/// A request with chosen headers; answers status, headers and the body as JSON.
+fn send(
+    s: &TestServer,
+    method: Method,
+    path: &str,
+    key: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let client = reqwest::blocking::Client::new();
+    let mut req = client
+        .request(method, s.url(path))
+        .bearer_auth(key)
+        .body(body.to_owned());
+    if let Some(t) = content_type {
+        req = req.header("content-type", t);
+    }
+    let r = req.send().unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[test]
+fn a_body_that_is_not_declared_json_answers_415_and_changes_nothing() {
+    let s = TestServer::start();
+    let t = Tree::build(&s);
+    let dealer = json!({"name": "D415", "contact": contact("D", "d415@tidings.test"),
+                        "reseller": {"id": t.reseller.id}})
+    .to_string();
+    let before = s.get_ok("/v1/dealers?limit=1000");
+    let bodies = [
+        (Method::POST, "/v1/dealers".to_owned(), dealer.clone()),
+        (
+            Method::PATCH,
+            format!("/v1/dealers/{}", t.dealer.id),
+            r#"{"name": "Changed"}"#.to_owned(),
+        ),
+        (
+            Method::POST,
+            "/v1/api-keys".to_owned(),
+            json!({"level": "dealer", "id": t.dealer.id}).to_string(),
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/recover".to_owned(),
+            json!({"level_id": t.dealer.id, "since": "2000-01-01T00:00:00.000Z"}).to_string(),
+        ),
+    ];
+    for (method, path, body) in &bodies {
+        for content_type in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("application/jsonx"),
+        ] {
+            let (status, _, answer) = send(
+                &s,
+                method.clone(),
+                path,
+                common::ADMIN_KEY,
+                content_type,
+                body,
+            );
+            assert_eq!(status, 415, "{method} {path} {content_type:?}: {answer}");
+            assert_eq!(
+                answer["error"]["code"], "unsupported_media_type",
+                "{answer}"
+            );
+            assert!(
+                answer["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("application/json")),
+                "{answer}"
+            );
+        }
+    }
+    assert_eq!(s.get_ok("/v1/dealers?limit=1000"), before);
+    // JSON with parameters or a +json type is JSON.
+    for content_type in [
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/merge-patch+json",
+    ] {
+        let (status, _, answer) = send(
+            &s,
+            Method::PATCH,
+            &format!("/v1/dealers/{}", t.dealer.id),
+            common::ADMIN_KEY,
+            Some(content_type),
+            &json!({"name": format!("Dealer {content_type}")}).to_string(),
+        );
+        assert_eq!(status, 200, "{content_type}: {answer}");
+    }
+}
+
+#[test]
+fn secrets_and_new_keys_are_answered_with_no_store() {
+    let s = TestServer::start();
+    let t = Tree::build(&s);
+    let company = format!("/v1/companies/{}", t.company.id);
+    for (method, path, body) in [
+        (Method::GET, format!("{company}/secret"), None),
+        (Method::POST, format!("{company}/secret/rotate"), None),
+        (
+            Method::POST,
+            "/v1/api-keys".to_owned(),
+            Some(json!({"level": "company", "id": t.company.id}).to_string()),
+        ),
+    ] {
+        let (status, headers, answer) = send(
+            &s,
+            method.clone(),
+            &path,
+            common::ADMIN_KEY,
+            body.as_ref().map(|_| "application/json"),
+            body.as_deref().unwrap_or(""),
+        );
+        assert!(status == 200 || status == 201, "{method} {path}: {answer}");
+        assert_eq!(headers["cache-control"], "no-store", "{method} {path}");
+    }
+}
+
+#[test]
+fn webhook_urls_are_stored_normalised_and_ambiguous_ones_refused() {
+    let s = TestServer::start();
+    let t = Tree::build(&s);
+    let path = format!("/v1/companies/{}", t.company.id);
+    let before = s.get_ok(&path);
+    for bad in [
+        " https://hooks.example/x",
+        "https://hooks.example/x ",
+        "https://hooks.example\\x",
+        "https://hooks.example/\tx",
+    ] {
+        let a = s.patch(&path, &json!({ "webhook_url": bad }));
+        assert_eq!(a.status, 422, "{bad:?}: {:?}", a.body);
+        assert_eq!(a.body["error"]["field"], "webhook_url", "{:?}", a.body);
+    }
+    assert_eq!(s.get_ok(&path), before, "refused URLs changed nothing");
+    let changed = s.patch_ok(
+        &path,
+        &json!({"webhook_url": "HTTPS://Hooks.EXAMPLE:443/a/../hook"}),
+    );
+    assert_eq!(changed["webhook_url"], "https://hooks.example/hook");
+    assert_eq!(s.get_ok(&path)["webhook_url"], "https://hooks.example/hook");
+    // The next webhook to the company goes to the normalised URL.
+    let user = id_of(&s.create("users", &user_body("Normal", "company", &t.company.id, &[])));
+    let to_company: Vec<Value> = s
+        .webhooks_of(&user)
+        .into_iter()
+        .filter(|w| w["level"]["id"] == t.company.id.as_str())
+        .collect();
+    assert_eq!(to_company.len(), 1);
+    assert_eq!(to_company[0]["url"], "https://hooks.example/hook");
+    // Naming the same URL again is no change.
+    let n = s.webhooks(&[]).len();
+    s.patch_ok(&path, &json!({"webhook_url": "https://hooks.example/hook"}));
+    assert_eq!(s.webhooks(&[]).len(), n, "a no-op PATCH emits nothing");
+}
+
+#[test]
+fn keys_of_a_deleted_level_stop_working() {
+    let s = TestServer::start();
+    let t = Tree::build(&s);
+    let company = id_of(&s.create(
+        "companies",
+        &json!({"name": "Short-lived", "contact": contact("S", "short@tidings.test"),
+                "dealer": {"id": t.dealer.id}}),
+    ));
+    let made = s.post("/v1/api-keys", &json!({"level": "company", "id": company}));
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let key = made.body["key"].as_str().unwrap().to_owned();
+    let path = format!("/v1/companies/{company}");
+    assert_eq!(send(&s, Method::GET, &path, &key, None, "").0, 200);
+    s.delete_ok(&path);
+    for (method, p) in [
+        (Method::GET, path.clone()),
+        (Method::GET, "/v1/webhooks".to_owned()),
+        (Method::GET, "/v1/packages".to_owned()),
+    ] {
+        let (status, _, answer) = send(&s, method, &p, &key, None, "");
+        assert_eq!(status, 401, "{p}: {answer}");
+        assert_eq!(answer["error"]["code"], "unauthorized");
+    }
+}
+
+#[test]
+fn a_suspended_company_reads_but_cannot_change_or_lift_its_suspension() {
+    let s = TestServer::start();
+    let t = Tree::build(&s);
+    let key_for = |level: &str, id: &str| {
+        let a = s.post("/v1/api-keys", &json!({"level": level, "id": id}));
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        a.body["key"].as_str().unwrap().to_owned()
+    };
+    let company_key = key_for("company", &t.company.id);
+    let dealer_key = key_for("dealer", &t.dealer.id);
+    let company = format!("/v1/companies/{}", t.company.id);
+    let json = Some("application/json");
+
+    // Its own authority fields are not the company's to change.
+    for body in [
+        json!({"suspended": true}),
+        json!({"package": null}),
+        json!({"dealer": {"id": t.dealer.id}, "suspended": true}),
+    ] {
+        let (status, _, answer) = send(
+            &s,
+            Method::PATCH,
+            &company,
+            &company_key,
+            json,
+            &body.to_string(),
+        );
+        assert_eq!(status, 403, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], "forbidden");
+    }
+    let (status, _, answer) = send(
+        &s,
+        Method::PATCH,
+        &company,
+        &dealer_key,
+        json,
+        r#"{"suspended": true}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+
+    // Suspended: reads answer, changes do not, and nothing changed.
+    let before = s.get_ok(&company);
+    let sites = s.get_ok("/v1/sites?limit=1000");
+    for path in [
+        company.clone(),
+        format!("/v1/sites/{}", t.site_a.id),
+        format!("{company}/secret"),
+    ] {
+        assert_eq!(
+            send(&s, Method::GET, &path, &company_key, None, "").0,
+            200,
+            "{path}"
+        );
+    }
+    let site = json!({"name": "New", "company": {"id": t.company.id}}).to_string();
+    for (method, path, body) in [
+        (
+            Method::PATCH,
+            company.clone(),
+            r#"{"suspended": false}"#.to_owned(),
+        ),
+        (
+            Method::PATCH,
+            company.clone(),
+            r#"{"name": "Renamed"}"#.to_owned(),
+        ),
+        (Method::POST, "/v1/sites".to_owned(), site),
+        (
+            Method::POST,
+            format!("/v1/meetings/{}/start", t.direct_meeting),
+            String::new(),
+        ),
+        (
+            Method::POST,
+            format!("{company}/secret/rotate"),
+            String::new(),
+        ),
+    ] {
+        let (status, _, answer) = send(&s, method.clone(), &path, &company_key, json, &body);
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("suspended"),
+            "{answer}"
+        );
+    }
+    assert_eq!(s.get_ok(&company), before);
+    assert_eq!(s.get_ok("/v1/sites?limit=1000"), sites);
+
+    // Lifted by its dealer, the company's key changes again.
+    let (status, _, answer) = send(
+        &s,
+        Method::PATCH,
+        &company,
+        &dealer_key,
+        json,
+        r#"{"suspended": false}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let (status, _, answer) = send(
+        &s,
+        Method::PATCH,
+        &company,
+        &company_key,
+        json,
+        r#"{"name": "Renamed"}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
 }

@@ -4,9 +4,9 @@
 //! Thin: parse the request, call the hierarchy, shape the answer.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
@@ -58,6 +58,51 @@ pub fn routes() -> Router<AppState> {
     router.route("/v1/meetings/{id}/{moment}", post(moment))
 }
 
+/// A request body declared as JSON: `Content-Type: application/json` (or a `+json` type
+/// such as `application/merge-patch+json`, any parameters). Anything else, a missing type
+/// included, answers 415 before the body is read.
+pub struct JsonBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if !declared.is_some_and(is_json) {
+            let said = declared.map_or_else(
+                || "no Content-Type".to_owned(),
+                |t| format!("Content-Type `{t}`"),
+            );
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "the body must be JSON sent with `Content-Type: application/json`, not {said}"
+                ),
+            )
+            .into_response());
+        }
+        Bytes::from_request(req, state)
+            .await
+            .map(JsonBody)
+            .map_err(IntoResponse::into_response)
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
 /// Parses a JSON body, answering 400 with the parser's reason when it is not JSON.
 pub fn json_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
@@ -80,7 +125,7 @@ async fn create(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     kind: Kind,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = json_body(&body)?;
     let applied = s.hierarchy.create(&who, kind, body).await?;
@@ -151,7 +196,7 @@ async fn change(
     Extension(who): Extension<Principal>,
     kind: Kind,
     Path(id): Path<String>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let body = json_body(&body)?;
     let applied = s.hierarchy.patch(&who, kind, &id, body).await?;
@@ -192,15 +237,17 @@ pub struct SecretBody {
     pub secret: String,
 }
 
+/// Answers that carry a secret or a key are never to be stored by a cache.
+pub const NO_STORE: [(header::HeaderName, &str); 1] = [(header::CACHE_CONTROL, "no-store")];
+
 async fn secret(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     kind: Kind,
     Path(id): Path<String>,
-) -> Result<Json<SecretBody>, ApiError> {
-    Ok(Json(SecretBody {
-        secret: s.hierarchy.secret(&who, kind, &id).await?,
-    }))
+) -> Result<impl IntoResponse, ApiError> {
+    let secret = s.hierarchy.secret(&who, kind, &id).await?;
+    Ok((NO_STORE, Json(SecretBody { secret })))
 }
 
 async fn rotate(
@@ -208,8 +255,7 @@ async fn rotate(
     Extension(who): Extension<Principal>,
     kind: Kind,
     Path(id): Path<String>,
-) -> Result<Json<SecretBody>, ApiError> {
-    Ok(Json(SecretBody {
-        secret: s.hierarchy.rotate_secret(&who, kind, &id).await?,
-    }))
+) -> Result<impl IntoResponse, ApiError> {
+    let secret = s.hierarchy.rotate_secret(&who, kind, &id).await?;
+    Ok((NO_STORE, Json(SecretBody { secret })))
 }

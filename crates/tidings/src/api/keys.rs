@@ -1,14 +1,15 @@
 //! `/v1/api-keys`: the operator makes keys scoped to one level, lists and revokes them.
 //! The key itself is returned once, at creation; only its hash is kept.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{generate_key, hash_key};
+use super::entities::{JsonBody, NO_STORE};
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::{EntityId, Level, Millis};
@@ -73,8 +74,8 @@ fn operator(who: &Principal) -> Result<(), ApiError> {
 async fn create(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-    body: Bytes,
-) -> Result<(StatusCode, Json<KeyView>), ApiError> {
+    JsonBody(body): JsonBody,
+) -> Result<impl IntoResponse, ApiError> {
     operator(&who)?;
     let req: NewKey = super::entities::parse_body(&body)?;
     crate::domain::validate::text("label", &req.label, crate::domain::validate::MAX_TEXT)
@@ -104,7 +105,11 @@ async fn create(
     };
     s.hierarchy.store().insert_api_key(&record).await?;
     tracing::info!(key = %record.id, level = ?record.scope, "API key created");
-    Ok((StatusCode::CREATED, Json(view(&record, Some(key)))))
+    Ok((
+        StatusCode::CREATED,
+        NO_STORE,
+        Json(view(&record, Some(key))),
+    ))
 }
 
 async fn list(

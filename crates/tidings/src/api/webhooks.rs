@@ -1,6 +1,5 @@
 //! `/v1/webhooks`: what was sent where, and what the receivers answered.
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -8,7 +7,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::entities::Page;
+use super::entities::{JsonBody, Page};
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::{payload, EntityId, EventType, Level, Millis};
@@ -231,6 +230,7 @@ async fn retry(
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
     let not_found = || ApiError::not_found(format!("webhook {id} not found"));
     let wid = visible_webhook(&s, &who, &id).await?.0.id;
+    s.hierarchy.may_change(&who).await?;
     match s.hierarchy.store().retry(&wid, s.hierarchy.now()).await? {
         RetryOutcome::NotFound => return Err(not_found()),
         RetryOutcome::InFlight => {
@@ -267,7 +267,7 @@ pub struct RecoverRequest {
 async fn recover(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: RecoverRequest = super::entities::parse_body(&body)?;
     if !s.hierarchy.sees_level(&who, &req.level_id).await? {
@@ -276,6 +276,7 @@ async fn recover(
             req.level_id
         )));
     }
+    s.hierarchy.may_change(&who).await?;
     let n = s
         .hierarchy
         .store()

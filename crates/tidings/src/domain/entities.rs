@@ -28,9 +28,10 @@ pub struct Contact {
     pub first_name: String,
     pub last_name: String,
     pub email: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `null` when not given: a receiver finds every key the seed's example shows.
+    #[serde(default)]
     pub phone: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub language: Option<String>,
 }
 
@@ -104,14 +105,15 @@ impl Ref {
     }
 }
 
-/// The settings every level shares: where its webhooks go and who hears of failures.
+/// The settings every level shares: where its webhooks go (stored in its normalised form)
+/// and who hears of failures.
 fn validate_level_settings(
-    webhook_url: &Option<String>,
+    webhook_url: &mut Option<String>,
     notification_contact: &Option<NotificationContact>,
     rules: UrlRules,
 ) -> Result<(), FieldError> {
     if let Some(url) = webhook_url {
-        validate::webhook_url("webhook_url", url, rules)?;
+        *url = validate::webhook_url("webhook_url", url, rules)?;
     }
     if let Some(nc) = notification_contact {
         validate::email("notification_contact.email", &nc.email)?;
@@ -215,17 +217,19 @@ impl User {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Participant {
     pub username: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Every key any of the seed's participants shows is on every participant (`null` when
+    /// not set): an agent has no phone, a visitor no user.
+    #[serde(default)]
     pub name: Option<String>,
     #[schema(value_type = String)]
     pub id: EntityId,
     /// The user id of an agent participant.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub user: Option<EntityId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub email: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub phone: Option<String>,
     pub initial_participant: bool,
     pub sessions: Vec<String>,
@@ -368,6 +372,44 @@ impl Entity {
                 e.notification_contact.as_ref(),
             )),
             _ => None,
+        }
+    }
+
+    /// The fields that express the authority of the levels above this entity, by name: its
+    /// suspension, its package and its place in the hierarchy. Only the operator or a key
+    /// of a level strictly above the entity changes them (`docs/api.md`).
+    pub fn authority(&self) -> Vec<(&'static str, String)> {
+        let id = |i: &EntityId| i.to_string();
+        let suspended = |s: bool| ("suspended", s.to_string());
+        match self {
+            Entity::Reseller(e) => vec![suspended(e.suspended)],
+            Entity::Dealer(e) => vec![suspended(e.suspended), ("reseller", id(&e.reseller))],
+            Entity::Company(e) => vec![
+                suspended(e.suspended),
+                ("package", e.package.as_ref().map(id).unwrap_or_default()),
+                ("dealer", id(&e.dealer)),
+            ],
+            Entity::Site(e) => vec![("company", id(&e.company))],
+            Entity::User(e) => vec![
+                suspended(e.suspended),
+                ("entity", format!("{} {}", e.owner.level, e.owner.id)),
+            ],
+            Entity::Meeting(e) => vec![
+                ("company", id(&e.company)),
+                ("site", e.site.as_ref().map(id).unwrap_or_default()),
+            ],
+            Entity::Package(_) => vec![],
+        }
+    }
+
+    /// Whether this level is suspended (sites, users as levels, meetings and packages never
+    /// are).
+    pub fn is_suspended_level(&self) -> bool {
+        match self {
+            Entity::Reseller(e) => e.suspended,
+            Entity::Dealer(e) => e.suspended,
+            Entity::Company(e) => e.suspended,
+            _ => false,
         }
     }
 
@@ -675,23 +717,24 @@ impl Input {
         v.expect("inputs always serialize")
     }
 
-    /// Checks every field's value (the references are checked against the store separately).
-    pub fn validate(&self, rules: UrlRules) -> Result<(), FieldError> {
+    /// Checks every field's value and puts the `webhook_url` in its normalised form (the
+    /// references are checked against the store separately).
+    pub fn validate(&mut self, rules: UrlRules) -> Result<(), FieldError> {
         match self {
             Input::Reseller(i) => {
                 validate::name("name", &i.name)?;
                 i.contact.validate("contact")?;
-                validate_level_settings(&i.webhook_url, &i.notification_contact, rules)
+                validate_level_settings(&mut i.webhook_url, &i.notification_contact, rules)
             }
             Input::Dealer(i) => {
                 validate::name("name", &i.name)?;
                 i.contact.validate("contact")?;
-                validate_level_settings(&i.webhook_url, &i.notification_contact, rules)
+                validate_level_settings(&mut i.webhook_url, &i.notification_contact, rules)
             }
             Input::Company(i) => {
                 validate::name("name", &i.name)?;
                 i.contact.validate("contact")?;
-                validate_level_settings(&i.webhook_url, &i.notification_contact, rules)
+                validate_level_settings(&mut i.webhook_url, &i.notification_contact, rules)
             }
             Input::Site(i) => {
                 validate::name("name", &i.name)?;
@@ -707,7 +750,7 @@ impl Input {
                     &i.email_hardwaretest_text,
                     MAX_LONG_TEXT,
                 )?;
-                validate_level_settings(&i.webhook_url, &i.notification_contact, rules)
+                validate_level_settings(&mut i.webhook_url, &i.notification_contact, rules)
             }
             Input::User(i) => {
                 validate::name("first_name", &i.first_name)?;
@@ -1028,9 +1071,7 @@ pub struct ResellerView {
     pub id: EntityId,
     pub name: String,
     pub contact: Contact,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub notification_contact: Option<NotificationContact>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
     pub suspended: bool,
 }
@@ -1041,10 +1082,8 @@ pub struct DealerView {
     pub id: EntityId,
     pub name: String,
     pub contact: Contact,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub notification_contact: Option<NotificationContact>,
     pub reseller: LevelSummary,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
     pub suspended: bool,
 }
@@ -1055,12 +1094,9 @@ pub struct CompanyView {
     pub id: EntityId,
     pub name: String,
     pub contact: Contact,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub package: Option<Package>,
     pub dealer: LevelSummary,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub notification_contact: Option<NotificationContact>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
     pub suspended: bool,
 }
@@ -1073,9 +1109,19 @@ pub struct OwnerView {
     #[schema(value_type = String)]
     pub id: EntityId,
     pub name: String,
-    /// The owner's package, in the full user view only (the seed's site view omits it).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The owning company's package; `null` for a company without one, a dealer or a
+    /// reseller.
     pub package: Option<Package>,
+}
+
+/// The owning entity as a site's user list embeds it: the seed's site example has no package.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct SiteOwnerView {
+    #[serde(rename = "type")]
+    pub level: Level,
+    #[schema(value_type = String)]
+    pub id: EntityId,
+    pub name: String,
 }
 
 /// A user as a site embeds it (no photo, sites, status or package).
@@ -1091,7 +1137,7 @@ pub struct SiteUserView {
     pub role: String,
     #[schema(value_type = String)]
     pub created_at: Millis,
-    pub entity: OwnerView,
+    pub entity: SiteOwnerView,
     pub suspended: bool,
 }
 
@@ -1100,24 +1146,16 @@ pub struct SiteView {
     #[schema(value_type = String)]
     pub id: EntityId,
     pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub logo: Option<String>,
     pub company: LevelSummary,
     pub users: Vec<SiteUserView>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub videochat_font_type: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub videochat_text_color: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub email_invite_text: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub email_cancel_text: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub email_hardwaretest_text: Option<String>,
     pub email_enable_hardwaretest: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub notification_contact: Option<NotificationContact>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
 }
 
@@ -1129,7 +1167,6 @@ pub struct UserView {
     pub last_name: String,
     pub name: String,
     pub email: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub photo: Option<String>,
     pub locale: String,
     pub role: String,
@@ -1164,10 +1201,13 @@ pub struct MeetingView {
     pub created_by: NameRef,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub site: Option<NameRef>,
+    /// Personal meetings only; `null` there when not set.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub subject: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub invitation: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub invitation: Option<Option<String>>,
     pub participants: Vec<Participant>,
 }
 
@@ -1276,9 +1316,10 @@ impl User {
             locale: self.locale.clone(),
             role: self.role.clone(),
             created_at: self.created_at,
-            entity: OwnerView {
-                package: None,
-                ..owner
+            entity: SiteOwnerView {
+                level: owner.level,
+                id: owner.id,
+                name: owner.name,
             },
             suspended: self.suspended,
         }
@@ -1308,16 +1349,8 @@ impl Meeting {
                 id: s.id.clone(),
                 name: s.name.clone(),
             }),
-            subject: if personal {
-                Some(self.subject.clone().unwrap_or_default())
-            } else {
-                None
-            },
-            invitation: if personal {
-                Some(self.invitation.clone().unwrap_or_default())
-            } else {
-                None
-            },
+            subject: personal.then(|| self.subject.clone()),
+            invitation: personal.then(|| self.invitation.clone()),
             participants: self.participants.clone(),
         }
     }

@@ -159,12 +159,26 @@ pub fn colour(field: &str, value: &str) -> Result<(), FieldError> {
 }
 
 /// A webhook URL: absolute, `https://` (or `http://` when allowed), with a host, no
-/// credentials and no fragment.
-pub fn webhook_url(field: &str, value: &str, rules: UrlRules) -> Result<(), FieldError> {
+/// credentials and no fragment. Answers its normalised form (the `url` crate's
+/// serialization), which is what is stored and what webhooks are sent to. Spaces, control
+/// characters and backslashes, which a URL parser silently drops or turns into `/`, are
+/// refused: the URL stored must be the URL the client meant.
+pub fn webhook_url(field: &str, value: &str, rules: UrlRules) -> Result<String, FieldError> {
     if value.len() > MAX_URL {
         return Err(FieldError::new(
             field,
             format!("must be at most {MAX_URL} characters"),
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '\\')
+    {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "must not contain {c:?} (spaces, control characters and backslashes are refused)"
+            ),
         ));
     }
     let url = url::Url::parse(value)
@@ -195,7 +209,7 @@ pub fn webhook_url(field: &str, value: &str, rules: UrlRules) -> Result<(), Fiel
     if url.fragment().is_some() {
         return Err(FieldError::new(field, "must not contain a #fragment"));
     }
-    Ok(())
+    Ok(url.into())
 }
 
 #[cfg(test)]
@@ -219,6 +233,30 @@ mod tests {
         assert!(webhook_url("webhook_url", "ftp://myserver.com/", dev).is_err());
         assert!(webhook_url("webhook_url", "not a url", dev).is_err());
         assert!(webhook_url("webhook_url", "https://user:pw@myserver.com/", strict).is_err());
+    }
+
+    #[test]
+    fn webhook_urls_are_stored_normalised_and_ambiguous_ones_refused() {
+        let rules = UrlRules::default();
+        let url = |v: &str| webhook_url("webhook_url", v, rules);
+        assert_eq!(
+            url("HTTPS://MyServer.COM:443/send/../hook?x=1").unwrap(),
+            "https://myserver.com/hook?x=1"
+        );
+        assert_eq!(
+            url("https://myserver.com").unwrap(),
+            "https://myserver.com/"
+        );
+        for bad in [
+            " https://myserver.com/hook",
+            "https://myserver.com/hook ",
+            "https://myserver.com\\hook",
+            "https://myserver.com/ho\tok",
+            "https://my server.com/",
+        ] {
+            let err = url(bad).unwrap_err();
+            assert_eq!(err.field, "webhook_url", "{bad:?}");
+        }
     }
 
     #[test]

@@ -64,6 +64,14 @@ impl Tidings {
     /// Default settings except: a fresh database and key file, [`OPERATOR_KEY`], and no
     /// SSRF exemptions (a delivery attempt, if any were made, fails at connect time).
     pub async fn start_with(change: impl FnOnce(&mut Settings)) -> (Tidings, Background) {
+        Tidings::start_on_clock(change, tidings::clock::SystemClock).await
+    }
+
+    /// [`Tidings::start_with`] on `clock`.
+    pub async fn start_on_clock(
+        change: impl FnOnce(&mut Settings),
+        clock: impl tidings::clock::Clock,
+    ) -> (Tidings, Background) {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings {
             database_url: format!("sqlite://{}", dir.path().join("tidings.db").display()),
@@ -73,7 +81,7 @@ impl Tidings {
             ..Settings::default()
         };
         change(&mut settings);
-        let clock = std::sync::Arc::new(tidings::clock::SystemClock);
+        let clock = std::sync::Arc::new(clock);
         let App {
             state,
             dispatcher,
