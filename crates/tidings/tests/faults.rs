@@ -7,8 +7,6 @@
 //! the test cuts (every proxied connection dropped, new ones closed at once) and restores.
 
 mod common;
-#[path = "stores/mod.rs"]
-mod stores;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -361,7 +359,7 @@ fn postgres_cut_answers_503_quickly_and_recovers_losing_nothing() {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(stores::fresh_postgres_database())
+            .block_on(common::stores::fresh_postgres_database())
     })
     .join()
     .unwrap();
@@ -442,7 +440,7 @@ fn postgres_cut_under_writes_answers_only_201_or_503() {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(stores::fresh_postgres_database())
+            .block_on(common::stores::fresh_postgres_database())
     })
     .join()
     .unwrap();

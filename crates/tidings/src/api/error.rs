@@ -138,3 +138,70 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(e: StoreError) -> (StatusCode, Option<String>, &'static str) {
+        let e = ApiError::from(e);
+        let code = e.code;
+        let r = e.into_response();
+        let retry = r
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        (r.status(), retry, code)
+    }
+
+    #[test]
+    fn an_unreachable_store_answers_503_with_retry_after() {
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        ] {
+            assert_eq!(
+                answer(StoreError::Database(e)),
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("5".into()),
+                    "store_unavailable"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_store_answers_503_disk_full() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        );
+        assert_eq!(
+            answer(StoreError::Sqlite(full)),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("5".into()),
+                "disk_full"
+            )
+        );
+        assert_eq!(
+            answer(StoreError::Commit("database or disk is full".into(), Fault::Full)).2,
+            "disk_full"
+        );
+    }
+
+    #[test]
+    fn other_store_errors_stay_500_without_retry_after() {
+        assert_eq!(
+            answer(StoreError::Corrupt("bad row".into())),
+            (StatusCode::INTERNAL_SERVER_ERROR, None, "internal")
+        );
+        let constraint = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+            None,
+        );
+        assert_eq!(answer(StoreError::Sqlite(constraint)).2, "internal");
+    }
+}
