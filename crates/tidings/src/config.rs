@@ -61,7 +61,7 @@ pub struct Settings {
     /// API connections open at once; those beyond are answered 503 and closed
     /// (`TIDINGS_API_MAX_CONNECTIONS`).
     pub api_max_connections: usize,
-    /// How long a request waits for a database connection before it answers 503
+    /// How long a request waits for a PostgreSQL connection before it answers 503
     /// (`TIDINGS_STORE_TIMEOUT`).
     #[serde(with = "humantime_serde")]
     pub store_timeout: Duration,
@@ -140,6 +140,6 @@ the environment wins over the file):
   TIDINGS_API_HEADER_TIMEOUT  time to send request headers; idle keep-alive [10s]
   TIDINGS_API_REQUEST_TIMEOUT time from headers to answer, body included [30s]
   TIDINGS_API_MAX_CONNECTIONS API connections at once (more: 503)  [1024]
-  TIDINGS_STORE_TIMEOUT     wait for a database connection (then 503) [5s]
+  TIDINGS_STORE_TIMEOUT     wait for a PostgreSQL connection (then 503) [5s]
   TIDINGS_SQLITE_MAX_MIB    most the SQLite database may grow to [none]
   RUST_LOG                  log filter, e.g. info or tidings=debug [info]";

@@ -365,9 +365,14 @@ fn postgres_cut_answers_503_quickly_and_recovers_losing_nothing() {
     .unwrap();
     let mut url = url::Url::parse(&db).unwrap();
     url.set_port(Some(proxy.port)).unwrap();
+    // Retries every second: the dispatcher has work due while the store is away.
     let s = TestServer::start_env(&[
         ("TIDINGS_DATABASE_URL", url.as_str()),
         ("TIDINGS_STORE_TIMEOUT", "1s"),
+        (
+            "TIDINGS_RETRY_SCHEDULE",
+            "1s,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s",
+        ),
     ]);
     let t = Tree::build(&s);
     let mut acked = Vec::new();
@@ -415,6 +420,19 @@ fn postgres_cut_answers_503_quickly_and_recovers_losing_nothing() {
         "the store is unavailable",
     );
     assert_eq!(s.get("/healthz").status, 200, "the process is up");
+    // The dispatcher meets the cut store, says so and keeps trying.
+    let deadline = Instant::now() + PATIENCE;
+    while !s
+        .logs()
+        .contains("claiming due webhooks failed; retrying in 1s")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the dispatcher said nothing: {}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     proxy.restore();
     let deadline = Instant::now() + PATIENCE;
@@ -597,4 +615,80 @@ fn sqlite_full_answers_503_and_recovers_once_space_is_freed() {
         assert_eq!(a.status, 201, "{a:?}\n{}", s.logs());
     }
     assert_nothing_lost(&s, &t, &acked, "Full company");
+}
+
+/// Writers at once while SQLite fills up: every answer is 201 or 503 (never 500), and every 201
+/// has its webhooks afterwards.
+#[test]
+fn sqlite_full_under_concurrent_writes_answers_only_201_or_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tidings.db");
+    let url = format!("sqlite://{}", db.display());
+    let s = TestServer::start_on(
+        &db,
+        &[
+            ("TIDINGS_DATABASE_URL", url.as_str()),
+            ("TIDINGS_SQLITE_MAX_MIB", "4"),
+        ],
+    );
+    let t = Tree::build(&s);
+    let ballast = rusqlite::Connection::open(&db).unwrap();
+    ballast.busy_timeout(Duration::from_secs(30)).unwrap();
+    ballast
+        .execute_batch("CREATE TABLE ballast (b BLOB)")
+        .unwrap();
+    loop {
+        let pages: i64 = ballast
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        if pages >= 1024 - 40 {
+            break;
+        }
+        ballast
+            .execute("INSERT INTO ballast VALUES (zeroblob(3000))", [])
+            .unwrap();
+    }
+    let acked = Mutex::new(Vec::new());
+    let fulls = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for w in 0..6 {
+            let (s, t, acked, fulls) = (&s, &t, &acked, &fulls);
+            scope.spawn(move || {
+                let mut i = 0;
+                while fulls.load(Ordering::SeqCst) < 30 {
+                    let name = format!("Crowd company {w}-{i}");
+                    i += 1;
+                    let a = send(
+                        s,
+                        reqwest::Method::POST,
+                        "/v1/companies",
+                        Some(&company(t, &name)),
+                    );
+                    match a.status {
+                        201 => acked
+                            .lock()
+                            .unwrap()
+                            .push((name, a.body["id"].as_str().unwrap().to_owned())),
+                        503 => {
+                            assert_503("a write", &a, "disk_full", "the disk is full");
+                            fulls.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => panic!("{name}: {other} {a:?}\n{}", s.logs()),
+                    }
+                }
+            });
+        }
+    });
+    ballast.execute_batch("DROP TABLE ballast").unwrap();
+    drop(ballast);
+    let mut acked = acked.into_inner().unwrap();
+    let a = send(
+        &s,
+        reqwest::Method::POST,
+        "/v1/companies",
+        Some(&company(&t, "Crowd company after")),
+    );
+    assert_eq!(a.status, 201, "{a:?}\n{}", s.logs());
+    acked.push(("after".into(), a.body["id"].as_str().unwrap().to_owned()));
+    assert_nothing_lost(&s, &t, &acked, "Crowd company");
 }

@@ -187,7 +187,11 @@ mod tests {
             )
         );
         assert_eq!(
-            answer(StoreError::Commit("database or disk is full".into(), Fault::Full)).2,
+            answer(StoreError::Commit(
+                "database or disk is full".into(),
+                Fault::Full
+            ))
+            .2,
             "disk_full"
         );
     }
