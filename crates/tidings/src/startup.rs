@@ -191,6 +191,7 @@ async fn accept_loop(
 ) {
     let cap = settings.api_max_connections.max(1);
     let open = Arc::new(Semaphore::new(cap));
+    let refusing = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(settings.api_header_timeout);
@@ -219,7 +220,14 @@ async fn accept_loop(
                     "TIDINGS_API_MAX_CONNECTIONS connections are open: answering new ones 503 and closing them"
                 );
             }
-            tokio::spawn(refuse(stream));
+            // Answering takes a descriptor for up to a second: under a flood, only so many
+            // at once; the rest are closed unanswered.
+            if let Ok(answering) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse(stream).await;
+                    drop(answering);
+                });
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -252,6 +260,9 @@ async fn accept_loop(
     // Every permit back: every connection has finished.
     let _ = open.acquire_many(cap as u32).await;
 }
+
+/// Connections over the cap answered at once; more are closed without an answer.
+const REFUSALS_AT_ONCE: usize = 64;
 
 /// Answers a connection over the cap 503 and closes it.
 async fn refuse(mut stream: tokio::net::TcpStream) {
