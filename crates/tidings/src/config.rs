@@ -50,6 +50,24 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Attempts in flight at once to one destination (`TIDINGS_PER_DESTINATION`).
     pub per_destination: usize,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open (`TIDINGS_API_HEADER_TIMEOUT`).
+    #[serde(with = "humantime_serde")]
+    pub api_header_timeout: Duration,
+    /// How long a request may take from its headers to its answer, body included
+    /// (`TIDINGS_API_REQUEST_TIMEOUT`).
+    #[serde(with = "humantime_serde")]
+    pub api_request_timeout: Duration,
+    /// API connections open at once; those beyond are answered 503 and closed
+    /// (`TIDINGS_API_MAX_CONNECTIONS`).
+    pub api_max_connections: usize,
+    /// How long a request waits for a PostgreSQL connection before it answers 503
+    /// (`TIDINGS_STORE_TIMEOUT`).
+    #[serde(with = "humantime_serde")]
+    pub store_timeout: Duration,
+    /// The most the SQLite database may grow to, in MiB; writes beyond answer 503 "the disk
+    /// is full" (`TIDINGS_SQLITE_MAX_MIB`; none: as far as the disk allows).
+    pub sqlite_max_mib: Option<u64>,
 }
 
 impl Default for Settings {
@@ -71,6 +89,11 @@ impl Default for Settings {
             secret_key_file: PathBuf::from("tidings.key"),
             max_in_flight: 512,
             per_destination: 32,
+            api_header_timeout: Duration::from_secs(10),
+            api_request_timeout: Duration::from_secs(30),
+            api_max_connections: 1024,
+            store_timeout: Duration::from_secs(5),
+            sqlite_max_mib: None,
         }
     }
 }
@@ -114,4 +137,9 @@ the environment wins over the file):
   TIDINGS_SECRET_KEY_FILE   where that key is kept (made on first start) [tidings.key]
   TIDINGS_MAX_IN_FLIGHT     delivery attempts in flight at once  [512]
   TIDINGS_PER_DESTINATION   attempts in flight to one destination [32]
+  TIDINGS_API_HEADER_TIMEOUT  time to send request headers; idle keep-alive [10s]
+  TIDINGS_API_REQUEST_TIMEOUT time from headers to answer, body included [30s]
+  TIDINGS_API_MAX_CONNECTIONS API connections at once (more: 503)  [1024]
+  TIDINGS_STORE_TIMEOUT     wait for a PostgreSQL connection (then 503) [5s]
+  TIDINGS_SQLITE_MAX_MIB    most the SQLite database may grow to [none]
   RUST_LOG                  log filter, e.g. info or tidings=debug [info]";

@@ -12,6 +12,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -71,6 +72,9 @@ pub struct Metrics {
     emails_queued: Counter,
     emails_sent: Counter,
     emails_failed: Counter,
+    connections_open: Gauge,
+    connections_refused: Counter,
+    requests_timed_out: Counter,
     gauges: Mutex<Gauges>,
     /// [`CHEAP_READ`] and [`COST_RATIO`] (other values in tests).
     reuse_from: Duration,
@@ -153,8 +157,29 @@ impl Metrics {
             "Failed SMTP sends of failure e-mails (each is retried later)",
             emails_failed.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "api_connections_open",
+            "API connections open now",
+            connections_open.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "api_connections_refused",
+            "API connections answered 503 and closed because TIDINGS_API_MAX_CONNECTIONS were open",
+            connections_refused.clone(),
+        );
+        let requests_timed_out = Counter::default();
+        registry.register(
+            "api_requests_timed_out",
+            "API requests answered 408 because they took longer than TIDINGS_API_REQUEST_TIMEOUT (a body sent too slowly, usually)",
+            requests_timed_out.clone(),
+        );
         Metrics {
             registry,
+            connections_open,
+            connections_refused,
+            requests_timed_out,
             events_created,
             webhooks_created,
             webhooks_handed_off,
@@ -182,6 +207,25 @@ impl Metrics {
         self.webhooks_recorded
             .get_or_create(&StatusLabel { status })
             .inc();
+    }
+
+    /// An API connection opened (`true`) or closed.
+    pub fn connection(&self, opened: bool) {
+        if opened {
+            self.connections_open.inc();
+        } else {
+            self.connections_open.dec();
+        }
+    }
+
+    /// Counts one API connection refused at the cap.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// Counts one API request that timed out.
+    pub fn request_timed_out(&self) {
+        self.requests_timed_out.inc();
     }
 
     /// Counts one failed write of a batch of finished attempts.

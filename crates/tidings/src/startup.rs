@@ -3,13 +3,21 @@
 //! Shutdown is explicit: on SIGINT/SIGTERM the listener stops taking requests, in-flight
 //! requests finish, the dispatcher stops claiming and records the attempts in flight;
 //! anything not yet delivered stays in the store for the next start.
+//!
+//! The API's accept loop bounds what clients can hold: a request's headers must arrive
+//! within `TIDINGS_API_HEADER_TIMEOUT` (an idle keep-alive connection is closed after it
+//! too), the whole request within `TIDINGS_API_REQUEST_TIMEOUT`, and at most
+//! `TIDINGS_API_MAX_CONNECTIONS` connections are open at once; one beyond is answered 503
+//! and closed at once.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tidings_egress::{AddressPolicy, Egress, EgressConfig};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
@@ -33,7 +41,7 @@ pub struct App {
 
 /// Opens the store (creating and migrating it), the secret key and the outbound client.
 pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
-    let store = store::open(&settings.database_url)
+    let store = store::open_with(&settings.database_url, &store_options(settings))
         .await
         .with_context(|| format!("opening the store at {}", redact(&settings.database_url)))?;
     if store.backend() == "sqlite" {
@@ -93,6 +101,14 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result
     })
 }
 
+fn store_options(settings: &Settings) -> store::StoreOptions {
+    store::StoreOptions {
+        acquire_timeout: Some(settings.store_timeout),
+        // SQLite's default page: 4 KiB.
+        sqlite_max_pages: settings.sqlite_max_mib.map(|mib| mib * 256),
+    }
+}
+
 fn egress_config(settings: &Settings) -> anyhow::Result<EgressConfig> {
     let policy =
         AddressPolicy::parse_allow_list(&settings.ssrf_allow).context("TIDINGS_SSRF_ALLOW")?;
@@ -146,13 +162,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // A line on stdout that scripts and tests can wait for.
     println!("tidings listening on http://{addr}");
     let signal_stop = stop.clone();
-    let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            signal_stop.cancel();
-        })
-        .await?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal_stop.cancel();
+    });
+    let metrics = state.metrics.clone();
+    let app = api::router_with(
+        state,
+        api::Limits {
+            request_timeout: settings.api_request_timeout,
+        },
+    );
+    accept_loop(listener, app, &settings, metrics, stop.clone()).await;
     stop.cancel();
     let _ = dispatching.await;
     let _ = mailing.await;
@@ -160,9 +181,113 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves `app` on `listener` until `stop`, then lets open requests finish.
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let cap = settings.api_max_connections.max(1);
+    let open = Arc::new(Semaphore::new(cap));
+    let refusing = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(settings.api_header_timeout);
+    // When the last refusal was logged: one line per burst, not one per connection.
+    let mut refusals_logged: Option<Instant> = None;
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, usually: wait instead of spinning.
+                    tracing::error!(error = %e, "accepting an API connection failed; retrying in 100ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            metrics.connection_refused();
+            if refusals_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                refusals_logged = Some(Instant::now());
+                tracing::warn!(
+                    max = cap,
+                    %peer,
+                    "TIDINGS_API_MAX_CONNECTIONS connections are open: answering new ones 503 and closing them"
+                );
+            }
+            // Answering takes a descriptor for up to a second: under a flood, only so many
+            // at once; the rest are closed unanswered.
+            if let Ok(answering) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse(stream).await;
+                    drop(answering);
+                });
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            tower::ServiceExt::oneshot(app.clone(), req)
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let stop = stop.clone();
+        let metrics = metrics.clone();
+        metrics.connection(true);
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "API connection ended with an error");
+            }
+            metrics.connection(false);
+            drop(permit);
+        });
+    }
+    // Every permit back: every connection has finished.
+    let _ = open.acquire_many(cap as u32).await;
+}
+
+/// Connections over the cap answered at once; more are closed without an answer.
+const REFUSALS_AT_ONCE: usize = 64;
+
+/// Answers a connection over the cap 503 and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = r#"{"error":{"code":"overloaded","message":"too many connections are open; try again shortly"}}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        api::error::RETRY_AFTER_SECS,
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        // Closing with the request unread would reset the connection, and the client might
+        // lose the answer: read what it sent until it closes (within the second).
+        let mut sink = [0u8; 1024];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
 /// Applies migrations and exits (`tidings migrate`).
 pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
-    let store = store::open(&settings.database_url).await?;
+    let store = store::open_with(&settings.database_url, &store_options(&settings)).await?;
     tracing::info!(store = store.backend(), "migrations applied");
     println!("migrations applied to {}", redact(&settings.database_url));
     Ok(())

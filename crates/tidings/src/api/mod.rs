@@ -10,9 +10,10 @@ pub mod openapi;
 pub mod webhooks;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -32,7 +33,27 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
 }
 
+/// The API's HTTP limits (see `config.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From a request's headers to its answer, body included.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 pub fn router(state: AppState) -> Router {
+    router_with(state, Limits::default())
+}
+
+/// [`router`] with other limits.
+pub fn router_with(state: AppState, limits: Limits) -> Router {
     // Everything under /v1 but the OpenAPI document needs a key.
     let authenticated = Router::new()
         .merge(entities::routes())
@@ -56,6 +77,12 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(detached))
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            move |State(s): State<AppState>, req, next| {
+                request_timeout(s.metrics, limits.request_timeout, req, next)
+            },
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -86,14 +113,46 @@ async fn detached(request: axum::extract::Request, next: axum::middleware::Next)
 
 async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
     s.hierarchy.store().ping().await.map_err(|e| {
-        tracing::warn!(error = %e, "not ready: store does not answer");
+        tracing::warn!(error = %e, "not ready: the store does not answer");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            format!("store does not answer: {e}"),
+            format!("the store is unavailable: {e}"),
         )
     })?;
     Ok("ready")
+}
+
+/// Bounds a request from its headers to its answer: a client that sends its body too slowly
+/// (or a handler stuck) gets 408 and the connection is closed, instead of holding it forever.
+async fn request_timeout(
+    metrics: Arc<Metrics>,
+    limit: Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics.request_timed_out();
+            tracing::warn!(%method, path = uri.path(), timeout = ?limit, "request timed out; closing its connection");
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request was not received and answered within {}",
+                    humantime::format_duration(limit)
+                ),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {

@@ -23,7 +23,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row as _, Transaction};
 use tokio::sync::{watch, Mutex, Notify, OwnedMutexGuard};
 
-use super::{Result, StoreError};
+use super::{Fault, Result, StoreError};
 use crate::domain::entities::Entity;
 use crate::domain::EntityId;
 
@@ -327,19 +327,19 @@ fn run(db: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 /// What a batch's members wait on: its commit's outcome.
-type Outcome = Option<Result<(), String>>;
+type Outcome = Option<Result<(), (String, Fault)>>;
 type Batch = watch::Sender<Outcome>;
 
 impl Writer {
     /// Commits the open batch, if any, tells its members, and returns the outcome.
-    fn commit_batch(&mut self) -> std::result::Result<(), String> {
+    fn commit_batch(&mut self) -> std::result::Result<(), (String, Fault)> {
         let Some(batch) = self.batch.take() else {
             return Ok(());
         };
         let began = Instant::now();
-        let outcome = run(&self.db, "COMMIT").map_err(|e| e.to_string());
+        let outcome = run(&self.db, "COMMIT").map_err(|e| (e.to_string(), super::sqlite_fault(&e)));
         if let Err(e) = &outcome {
-            tracing::error!(error = %e, "committing a batch of SQLite transactions failed");
+            tracing::error!(error = %e.0, "committing a batch of SQLite transactions failed");
             // Its members' entities are not in the database after all.
             self.entities.clear();
             // A failed COMMIT may leave the transaction open; end it for the next batch.
@@ -367,7 +367,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 impl LiteWriter {
     /// Opens the writer on the (already created and migrated) database file and starts its
     /// flusher.
-    pub fn open(path: PathBuf) -> Result<Self> {
+    pub fn open(path: PathBuf, max_pages: Option<u64>) -> Result<Self> {
         // Normally done by the store before its first connection (no-op then).
         super::sqlite_lib::install();
         let db = rusqlite::Connection::open(&path)?;
@@ -393,6 +393,9 @@ impl LiteWriter {
             "PRAGMA wal_autocheckpoint = 16384",
         ] {
             db.execute_batch(pragma)?;
+        }
+        if let Some(pages) = max_pages {
+            db.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
         }
         db.set_prepared_statement_cache_capacity(64);
         let conn = Arc::new(Mutex::new(Writer {
@@ -618,7 +621,7 @@ impl Exec for LiteTx {
         if self.solo {
             let outcome = w.commit_batch();
             self.w = None;
-            return outcome.map_err(StoreError::Commit);
+            return outcome.map_err(|(m, f)| StoreError::Commit(m, f));
         }
         let mut done = w
             .batch
@@ -632,11 +635,11 @@ impl Exec for LiteTx {
         let outcome = done
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| StoreError::Commit("the writer was closed".into()))?
+            .map_err(|_| StoreError::Commit("the writer was closed".into(), Fault::Other))?
             .clone();
         outcome
             .expect("waited for an outcome")
-            .map_err(StoreError::Commit)
+            .map_err(|(m, f)| StoreError::Commit(m, f))
     }
 }
 
@@ -691,7 +694,7 @@ mod tests {
         // SQLite's process-wide settings go in before any thread of this test binary uses it.
         super::super::sqlite_lib::install();
         rusqlite::Connection::open(&path).unwrap();
-        let writer = LiteWriter::open(path).unwrap();
+        let writer = LiteWriter::open(path, None).unwrap();
         let mut tx = writer.begin(true).await.unwrap();
         let rows = tx
             .fetch(

@@ -28,7 +28,7 @@ pub enum StoreError {
     #[error("SQLite error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("commit failed: {0}")]
-    Commit(String),
+    Commit(String, Fault),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored record is corrupt: {0}")]
@@ -45,6 +45,75 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What a store error means for the request that met it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The database cannot be reached (down, restarting, the network cut, no connection
+    /// free in time): nothing was written; the same request may succeed shortly.
+    Unavailable,
+    /// The database has no room left (the disk, or `TIDINGS_SQLITE_MAX_MIB`): nothing was
+    /// written; it succeeds once space is freed.
+    Full,
+    /// Anything else: a bug or a damaged database.
+    Other,
+}
+
+impl StoreError {
+    /// Whether the error is passing (unavailable, full) or ours.
+    pub fn fault(&self) -> Fault {
+        match self {
+            StoreError::Database(e) => sqlx_fault(e),
+            StoreError::Sqlite(e) => sqlite_fault(e),
+            StoreError::Commit(_, fault) => *fault,
+            StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => sqlx_fault(e),
+            _ => Fault::Other,
+        }
+    }
+}
+
+pub(crate) fn sqlx_fault(e: &sqlx::Error) -> Fault {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed
+        // A connection cut in the middle of a message.
+        | sqlx::Error::Protocol(_) => Fault::Unavailable,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            match code.as_ref() {
+                // PostgreSQL: disk_full; SQLite: SQLITE_FULL.
+                "53100" | "13" => Fault::Full,
+                // connection_exception, insufficient_resources (too many connections, out
+                // of memory), the server shutting down or starting up.
+                c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => {
+                    Fault::Unavailable
+                }
+                _ => Fault::Other,
+            }
+        }
+        _ => Fault::Other,
+    }
+}
+
+pub(crate) fn sqlite_fault(e: &rusqlite::Error) -> Fault {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => Fault::Full,
+        _ => Fault::Other,
+    }
+}
+
+/// How the store waits and grows.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// How long to wait for a database connection before giving up (PostgreSQL); `None`:
+    /// sqlx's default.
+    pub acquire_timeout: Option<std::time::Duration>,
+    /// SQLite's `max_page_count` on the writing connections.
+    pub sqlite_max_pages: Option<u64>,
+}
 
 /// An event to record, with the subject's data as it is now (serialized JSON).
 #[derive(Debug, Clone)]
@@ -319,5 +388,12 @@ pub trait Tx: Send {
 
 /// Opens the store named by a database URL, creating and migrating it as needed.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
-    Ok(std::sync::Arc::new(SqlStore::open(url).await?))
+    open_with(url, &StoreOptions::default()).await
+}
+
+/// [`open`] with options.
+pub async fn open_with(url: &str, options: &StoreOptions) -> Result<std::sync::Arc<dyn Store>> {
+    Ok(std::sync::Arc::new(
+        SqlStore::open_with(url, options).await?,
+    ))
 }

@@ -23,7 +23,7 @@ use sqlx::{AnyPool, Row as _};
 use super::exec::{sqlite_path, Exec, LiteWriter, Param, Row, SQLITE_PRAGMAS};
 use super::{
     Attempt, Claimed, Counts, Lease, NewEvent, NewWebhook, Next, QueueStats, Recorded, Result,
-    RetryOutcome, Store, StoreError, Tx, Webhook, WebhookFilter, WebhookStatus,
+    RetryOutcome, Store, StoreError, StoreOptions, Tx, Webhook, WebhookFilter, WebhookStatus,
 };
 use crate::delivery::secrets::SealedSecrets;
 use crate::domain::entities::Entity;
@@ -95,6 +95,11 @@ fn own_sqlite_file(path: &std::path::Path) -> Result<std::fs::File> {
 impl SqlStore {
     /// Opens (creating if needed) and migrates the database at `url`.
     pub async fn open(url: &str) -> Result<Self> {
+        SqlStore::open_with(url, &StoreOptions::default()).await
+    }
+
+    /// [`SqlStore::open`] with options.
+    pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let store = if url.starts_with("sqlite:") {
             // Before the first connection: SQLite takes a page cache only before it starts.
@@ -114,10 +119,12 @@ impl SqlStore {
             };
             let path = sqlite_path(&url)?;
             let owner = own_sqlite_file(&path)?;
-            let writer = sqlite_pool(1).connect(&url).await?;
+            let writer = sqlite_pool(1, options.sqlite_max_pages)
+                .connect(&url)
+                .await?;
             SQLITE_MIGRATIONS.run(&writer).await?;
-            let reader = sqlite_pool(4).connect(&url).await?;
-            let lite = Some(LiteWriter::open(path)?);
+            let reader = sqlite_pool(4, None).connect(&url).await?;
+            let lite = Some(LiteWriter::open(path, options.sqlite_max_pages)?);
             SqlStore {
                 backend: Backend::Sqlite,
                 url,
@@ -127,10 +134,11 @@ impl SqlStore {
                 _owner: Some(owner),
             }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let pool = AnyPoolOptions::new()
-                .max_connections(16)
-                .connect(url)
-                .await?;
+            let mut pool = AnyPoolOptions::new().max_connections(16);
+            if let Some(t) = options.acquire_timeout {
+                pool = pool.acquire_timeout(t);
+            }
+            let pool = pool.connect(url).await?;
             POSTGRES_MIGRATIONS.run(&pool).await?;
             SqlStore {
                 backend: Backend::Postgres,
@@ -147,14 +155,19 @@ impl SqlStore {
     }
 }
 
-fn sqlite_pool(size: u32) -> AnyPoolOptions {
+fn sqlite_pool(size: u32, max_pages: Option<u64>) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(size)
         .min_connections(1)
-        .after_connect(|conn, _| {
+        .after_connect(move |conn, _| {
             Box::pin(async move {
                 for pragma in SQLITE_PRAGMAS {
                     sqlx::query(pragma).execute(&mut *conn).await?;
+                }
+                if let Some(pages) = max_pages {
+                    sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+                        .execute(&mut *conn)
+                        .await?;
                 }
                 Ok(())
             })

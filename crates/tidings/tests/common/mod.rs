@@ -9,7 +9,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 #[path = "../stores/mod.rs"]
-mod stores;
+pub mod stores;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader};
