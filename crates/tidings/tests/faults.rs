@@ -297,7 +297,7 @@ struct Sent {
 
 fn company(t: &Tree, name: &str) -> Value {
     json!({"name": name, "contact": common::contact("C", "c@tidings.test"),
-           "dealer": {"id": t.dealer.id}, "webhook_url": common::hook_url(name)})
+           "dealer": {"id": t.dealer.id}, "webhook_url": common::hook_url(&name.replace(' ', "-"))})
 }
 
 /// Every company `acked` (name → id) is stored, and has its COMPANY_CREATED webhooks to the

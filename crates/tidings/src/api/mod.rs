@@ -87,15 +87,40 @@ pub fn router_with(state: AppState, limits: Limits) -> Router {
         .with_state(state)
 }
 
-/// Runs each request's handler in a task of its own, so that a client hanging up cannot
-/// cancel it halfway. Hyper drops a request's future when its connection closes; a change
-/// dropped there could stop between its commit and the hand-off of its webhooks (which
-/// would then wait for their lease) or inside a database round trip (leaving a pooled
-/// connection mid-transaction). Detached, every change runs to its commit or its rollback,
-/// and what follows a commit always happens; only the answer is lost. What a client that
-/// hung up can rely on is stated in docs/contract.md.
+/// Reads each request's body, then runs its handler in a task of its own, so that a client
+/// hanging up cannot cancel a change halfway. Hyper drops a request's future when its
+/// connection closes (and the request timeout drops it when it runs out); a change dropped
+/// there could stop between its commit and the hand-off of its webhooks (which would then
+/// wait for their lease) or inside a database round trip (leaving a pooled connection
+/// mid-transaction). Detached, every change runs to its commit or its rollback, and what
+/// follows a commit always happens; only the answer is lost. The body is read before, where
+/// being cancelled is harmless: a slow body stays bound by the request timeout, and a
+/// detached handler never waits on its client. What a client that hung up can rely on is
+/// stated in docs/contract.md.
 async fn detached(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use http_body_util::BodyExt;
     use tracing::Instrument;
+    let (parts, body) = request.into_parts();
+    let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request body is over {MAX_BODY} bytes"),
+            )
+            .into_response()
+        }
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("the request body could not be read: {e}"),
+            )
+            .into_response()
+        }
+    };
+    let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(body));
     let handler = tokio::spawn(next.run(request).in_current_span());
     match handler.await {
         Ok(response) => response,
