@@ -394,3 +394,42 @@ async fn health_is_kept_as_attempts_are_recorded_and_read_for_many_levels_at_onc
         assert_eq!(health[&a].last_success_at, Some(t1), "{}", s.name);
     }
 }
+
+#[tokio::test]
+async fn a_webhook_held_back_for_a_retry_goes_as_soon_as_an_early_retry_succeeds() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let (level, meeting) = (id(), id());
+        let (first, _) = event(store, &level, &meeting, true, false, None).await;
+        let (second, _) = event(store, &level, &meeting, true, false, None).await;
+        assert_eq!(claim_ids(store, "a", T0).await, [first.clone()].into());
+        let hour_later = Millis(T0.0 + 3_600_000);
+        store
+            .record(
+                "a",
+                &[record(&first, 1, 500, T0, Next::RetryAt(hour_later))],
+                T0,
+            )
+            .await
+            .unwrap();
+        // Retried by hand (the API's retry), long before its hour.
+        let t1 = Millis(T0.0 + 1_000);
+        store.retry(&first, t1).await.unwrap();
+        assert_eq!(
+            claim_ids(store, "b", t1).await,
+            [first.clone()].into(),
+            "{}",
+            s.name
+        );
+        store
+            .record("b", &[record(&first, 2, 200, t1, Next::Succeeded)], t1)
+            .await
+            .unwrap();
+        assert_eq!(
+            claim_ids(store, "c", t1).await,
+            [second].into(),
+            "{}: due at once, not in an hour",
+            s.name
+        );
+    }
+}

@@ -533,6 +533,26 @@ impl Store for SqlStore {
                     )
                     .await?;
                 }
+                // Finished after a retry: what was held back until that retry is due now
+                // (the retry may have come early, through the API).
+                Next::Succeeded | Next::Failed if *ordered && r.attempt.number > 1 => {
+                    let seq = self.backend.seq();
+                    tx.execute(
+                        &format!(
+                            "UPDATE webhooks SET due_at = $1 WHERE level_id = $2 AND subject_id = $3 \
+                             AND ordered = 1 AND due_at IS NOT NULL AND due_at > $1 \
+                             AND claimed_by IS NULL AND attempts = 0 \
+                             AND {seq} > (SELECT h.{seq} FROM webhooks h WHERE h.id = $4)"
+                        ),
+                        &[
+                            now.0.into(),
+                            level_id.as_str().into(),
+                            subject.as_str().into(),
+                            r.webhook_id.as_str().into(),
+                        ],
+                    )
+                    .await?;
+                }
                 Next::Gone => {
                     let reason = crate::domain::endpoint::gone_reason(r.attempt.started_at);
                     if endpoints::disable(tx.as_mut(), level_id, &reason, now).await? {
