@@ -8,7 +8,15 @@
 //! routing rules say it must have caused.
 
 mod common;
-mod support;
+/// The HTTPS receiver and its certificates, without the in-process app (which would load the
+/// store helpers a second time beside `common`'s).
+#[allow(dead_code)]
+mod support {
+    #[path = "../support/receiver.rs"]
+    pub mod receiver;
+    #[path = "../support/tls.rs"]
+    pub mod tls;
+}
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc;

@@ -384,7 +384,10 @@ async fn health_is_kept_as_attempts_are_recorded_and_read_for_many_levels_at_onc
         );
         // A day later the counters have aged out; the last times stay.
         let later = Millis(T0.0 + 25 * 3_600_000);
-        let health = store.endpoint_health(&[a.clone()], later).await.unwrap();
+        let health = store
+            .endpoint_health(std::slice::from_ref(&a), later)
+            .await
+            .unwrap();
         assert_eq!(
             (health[&a].successes_24h, health[&a].failures_24h),
             (0, 0),
