@@ -538,6 +538,10 @@ async fn gone_disables_the_endpoint_and_recover_sends_what_was_kept(database_url
     );
     body_has(&mails[0].body, &format!("Reason:  {reason}\n"));
     body_has(&mails[0].body, &format!("level {reseller} was disabled"));
+    let listed = t.emails(&format!("level_id={reseller}")).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["disabled_reason"], reason.as_str());
+    assert_eq!(listed[0]["webhook_ids"], json!([]));
 
     let second = t
         .level("dealers", Some(("reseller", &reseller)), None, None)
