@@ -246,8 +246,9 @@ impl Hierarchy {
         let before = self.store.endpoint(&level_id).await?;
         let after = before.patched(level, &body).map_err(ChangeError::Invalid)?;
         if after != before {
+            let set_enabled = after.enabled != before.enabled;
             self.store
-                .put_endpoint(&level_id, &after, self.clock.now())
+                .put_endpoint(&level_id, &after, set_enabled, self.clock.now())
                 .await?;
             tracing::info!(level = %level_id, enabled = after.enabled, ordered = after.ordered, success = after.success.as_str(), "endpoint settings changed");
         }

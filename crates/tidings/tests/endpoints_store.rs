@@ -257,7 +257,19 @@ async fn gone_disables_the_endpoint_its_pending_webhooks_and_queues_one_email() 
         let on = e
             .patched(Level::Company, &serde_json::json!({"enabled": true}))
             .unwrap();
-        store.put_endpoint(&level, &on, t2).await.unwrap();
+        // A change of other settings leaves `enabled` as the store has it.
+        let ordered_only = e
+            .patched(Level::Company, &serde_json::json!({"ordered": true}))
+            .unwrap();
+        let stale = Endpoint {
+            enabled: true,
+            ..ordered_only
+        };
+        store.put_endpoint(&level, &stale, false, t2).await.unwrap();
+        let still = store.endpoint(&level).await.unwrap();
+        assert!(still.ordered && !still.enabled, "{}", s.name);
+        assert_eq!(still.disabled_reason, e.disabled_reason, "{}", s.name);
+        store.put_endpoint(&level, &on, true, t2).await.unwrap();
         assert_eq!(
             store.recover(&level, T0, t2).await.unwrap(),
             3,
@@ -281,7 +293,10 @@ async fn settings_round_trip_and_new_webhooks_of_a_disabled_endpoint_are_kept_di
             disabled_reason: None,
             success: SuccessRule::Any2xx,
         };
-        store.put_endpoint(&level, &settings, T0).await.unwrap();
+        store
+            .put_endpoint(&level, &settings, true, T0)
+            .await
+            .unwrap();
         assert_eq!(
             store.endpoint(&level).await.unwrap(),
             settings,
@@ -322,7 +337,7 @@ async fn settings_round_trip_and_new_webhooks_of_a_disabled_endpoint_are_kept_di
         let off = settings
             .patched(Level::Company, &serde_json::json!({"enabled": false}))
             .unwrap();
-        store.put_endpoint(&level, &off, T0).await.unwrap();
+        store.put_endpoint(&level, &off, true, T0).await.unwrap();
         let mut tx = store.write().await.unwrap();
         assert!(tx.enable_endpoint(&level, T0).await.unwrap(), "{}", s.name);
         assert!(!tx.enable_endpoint(&level, T0).await.unwrap(), "{}", s.name);

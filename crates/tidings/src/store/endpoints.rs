@@ -44,12 +44,15 @@ pub trait EndpointStore: Send + Sync {
     /// A level's endpoint settings (the defaults when none are stored).
     async fn endpoint(&self, level_id: &EntityId) -> Result<Endpoint>;
 
-    /// Stores a level's settings. Disabling an enabled endpoint turns its pending webhooks
-    /// that are not in flight into `disabled` ones, in the same transaction.
+    /// Stores a level's settings. `enabled` and `disabled_reason` are written only with
+    /// `set_enabled` (so a change of other settings never undoes a concurrent 410's
+    /// disabling). Disabling an enabled endpoint turns its pending webhooks that are not in
+    /// flight into `disabled` ones, in the same transaction.
     async fn put_endpoint(
         &self,
         level_id: &EntityId,
         endpoint: &Endpoint,
+        set_enabled: bool,
         now: Millis,
     ) -> Result<()>;
 
@@ -253,9 +256,15 @@ impl EndpointStore for SqlStore {
         }
     }
 
-    async fn put_endpoint(&self, level_id: &EntityId, e: &Endpoint, now: Millis) -> Result<()> {
+    async fn put_endpoint(
+        &self,
+        level_id: &EntityId,
+        e: &Endpoint,
+        set_enabled: bool,
+        now: Millis,
+    ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        if !e.enabled {
+        if set_enabled && !e.enabled {
             let reason = e.disabled_reason.as_deref().unwrap_or("disabled");
             disable(tx.as_mut(), level_id, reason, now).await?;
         }
@@ -264,9 +273,12 @@ impl EndpointStore for SqlStore {
             "INSERT INTO endpoints (level_id, event_types, ordered, enabled, disabled_reason, \
              disabled_at, success, updated_at) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7) \
              ON CONFLICT (level_id) DO UPDATE SET event_types = excluded.event_types, \
-             ordered = excluded.ordered, enabled = excluded.enabled, \
-             disabled_reason = excluded.disabled_reason, \
-             disabled_at = CASE WHEN excluded.enabled = 1 THEN NULL ELSE endpoints.disabled_at END, \
+             ordered = excluded.ordered, \
+             enabled = CASE WHEN $8 = 1 THEN excluded.enabled ELSE endpoints.enabled END, \
+             disabled_reason = CASE WHEN $8 = 1 THEN excluded.disabled_reason \
+             ELSE endpoints.disabled_reason END, \
+             disabled_at = CASE WHEN $8 = 1 AND excluded.enabled = 1 THEN NULL \
+             ELSE endpoints.disabled_at END, \
              success = excluded.success, updated_at = excluded.updated_at",
             &[
                 level_id.as_str().into(),
@@ -276,6 +288,7 @@ impl EndpointStore for SqlStore {
                 e.disabled_reason.as_deref().into(),
                 e.success.as_str().into(),
                 now.0.into(),
+                i64::from(set_enabled).into(),
             ],
         )
         .await?;
