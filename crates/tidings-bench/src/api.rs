@@ -59,6 +59,21 @@ impl Api {
         Ok(v)
     }
 
+    async fn patch(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let r = self
+            .client
+            .patch(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("PATCH {path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let r = self
             .client
@@ -223,6 +238,7 @@ pub async fn build_hierarchy(
     sink: &Sink,
     shape: Shape,
     failing: Failing,
+    ordered: bool,
 ) -> anyhow::Result<Hierarchy> {
     let ports = sink.ports().len();
     let failing_ports = if failing == Failing::None {
@@ -270,7 +286,7 @@ pub async fn build_hierarchy(
             )
             .await?;
         let rid = id(&reseller)?;
-        register(api, sink, "resellers", &rid, &rpath).await?;
+        register(api, sink, "resellers", &rid, &rpath, ordered).await?;
         count(&mut levels, rfail);
         for d in 0..shape.dealers {
             let (url, dpath, dfail) = url_for(2, sub);
@@ -281,7 +297,7 @@ pub async fn build_hierarchy(
                 )
                 .await?;
             let did = id(&dealer)?;
-            register(api, sink, "dealers", &did, &dpath).await?;
+            register(api, sink, "dealers", &did, &dpath, ordered).await?;
             count(&mut levels, dfail);
             for c in 0..shape.companies {
                 let (url, cpath, cfail) = url_for(1, sub);
@@ -292,7 +308,7 @@ pub async fn build_hierarchy(
                     )
                     .await?;
                 let cid = id(&company)?;
-                register(api, sink, "companies", &cid, &cpath).await?;
+                register(api, sink, "companies", &cid, &cpath, ordered).await?;
                 count(&mut levels, cfail);
                 let user = api
                     .post(
@@ -312,7 +328,7 @@ pub async fn build_hierarchy(
                         )
                         .await?;
                     let sid = id(&site)?;
-                    register(api, sink, "sites", &sid, &spath).await?;
+                    register(api, sink, "sites", &sid, &spath, ordered).await?;
                     count(&mut levels, sfail);
                     let meeting = api
                         .post(
@@ -349,7 +365,16 @@ async fn register(
     collection: &str,
     id: &str,
     path: &str,
+    ordered: bool,
 ) -> anyhow::Result<()> {
+    if ordered {
+        // Every level's webhooks about one meeting go one at a time, in order.
+        api.patch(
+            &format!("/v1/{collection}/{id}/endpoint"),
+            json!({"ordered": true}),
+        )
+        .await?;
+    }
     let v = api.get(&format!("/v1/{collection}/{id}/secret")).await?;
     let secret = v
         .get("secret")

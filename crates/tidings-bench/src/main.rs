@@ -84,6 +84,10 @@ struct Cli {
     /// Keep the SQLite files of the runs.
     #[arg(long)]
     keep: bool,
+    /// Make every level's endpoint `ordered` (webhooks about one meeting one at a time, in
+    /// order): run b with and without it to see what ordered delivery costs.
+    #[arg(long)]
+    ordered: bool,
 }
 
 fn plan(cli: &Cli) -> anyhow::Result<Vec<(String, StoreKind)>> {
@@ -147,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
         drain_timeout: cli.drain_timeout,
         keep: cli.keep,
         dispatch_events: cli.dispatch_events,
+        ordered: cli.ordered,
     };
     std::fs::create_dir_all(&opts.out_dir)?;
     let machine = report::Machine::read();
@@ -168,7 +173,11 @@ async fn main() -> anyhow::Result<()> {
         };
         match result {
             Ok(r) => {
-                let path = opts.out_dir.join(format!("{sc}-{}.json", store.as_str()));
+                // An ordered run's report sits beside the unordered one, not over it.
+                let ordered = if opts.ordered { "-ordered" } else { "" };
+                let path = opts
+                    .out_dir
+                    .join(format!("{sc}-{}{ordered}.json", store.as_str()));
                 std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
                 println!("  report: {}", path.display());
                 reports.push(r);

@@ -45,6 +45,9 @@ pub struct Options {
     pub keep: bool,
     /// Events of scenario b's dispatcher-only phase (4 webhooks each).
     pub dispatch_events: u64,
+    /// Every level's endpoint `ordered`: the cost of ordered delivery (compare b with and
+    /// without).
+    pub ordered: bool,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -98,7 +101,7 @@ impl Run {
         let tidings = Tidings::start(&cfg, name).await?;
         let api = Api::new(&tidings.base_url, opts.api_concurrency)?;
         let started = Instant::now();
-        let hierarchy = api::build_hierarchy(&api, &sink, opts.shape, failing)
+        let hierarchy = api::build_hierarchy(&api, &sink, opts.shape, failing, opts.ordered)
             .await
             .context("building the hierarchy")?;
         // The setup's own webhooks (DEALER_CREATED, MEETING_CREATED, ...) go out first:
@@ -333,6 +336,7 @@ impl Run {
             "RUST_LOG": self.opts.rust_log,
             "shape": self.opts.shape,
             "levels_with_webhook_url": self.hierarchy.levels,
+            "every_level_ordered": self.opts.ordered,
             "failing_levels": self.hierarchy.failing_levels,
             "meetings": self.hierarchy.meetings.len(),
             "tidings_pid": self.tidings().pid,

@@ -30,7 +30,9 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Only HTTP 200 counts as success (docs/contract.md#success); 201, 204 and redirects are failures.
+    /// Only HTTP 200 counts as success (docs/contract.md#success); 201, 204 and redirects are failures. A
+    /// level may choose any 2xx instead: Tidings' dispatcher applies the level's rule to
+    /// `status`.
     pub fn is_success(&self) -> bool {
         self.status == Some(200) && self.error.is_none()
     }

@@ -13,11 +13,12 @@ use serde_json::Value;
 use crate::clock::Clock;
 use crate::delivery::secrets::{self, SecretBox};
 use crate::delivery::Handoff;
+use crate::domain::endpoint::Endpoint;
 use crate::domain::entities::{merge_patch, BuildContext, Entity, Input, User};
-use crate::domain::routing::{recipients, Ancestor};
+use crate::domain::routing::{recipients, route, Ancestor};
 use crate::domain::validate::{FieldError, UrlRules};
 use crate::domain::{Action, EntityId, EventType, Kind};
-use crate::store::{NewEvent, NewWebhook, Store, StoreError, Tx};
+use crate::store::{Health, NewEvent, NewWebhook, Store, StoreError, Tx};
 use crate::tenancy::Principal;
 use crate::views::view;
 
@@ -97,6 +98,15 @@ pub struct Applied {
     /// How many of them went straight to this instance's dispatcher (the rest wait for a
     /// claim).
     pub handed_off: usize,
+}
+
+/// A level's endpoint settings with its health, as the API shows them.
+#[derive(Debug, Clone)]
+pub struct LevelEndpoint {
+    pub level: crate::domain::Level,
+    pub level_id: EntityId,
+    pub settings: Endpoint,
+    pub health: Health,
 }
 
 /// The settings the hierarchy needs from configuration.
@@ -220,6 +230,67 @@ impl Hierarchy {
         Ok(new.to_string())
     }
 
+    /// A level's endpoint settings and health.
+    pub async fn endpoint(
+        &self,
+        who: &Principal,
+        kind: Kind,
+        id: &str,
+    ) -> Result<LevelEndpoint, ChangeError> {
+        let level_id = self.level_id(who, kind, id).await?;
+        self.endpoint_of(kind, level_id).await
+    }
+
+    /// Changes a level's endpoint settings (a partial update; see [`Endpoint::patched`]).
+    /// Disabling stops the level's pending webhooks; enabling lets `recover` send them.
+    pub async fn patch_endpoint(
+        &self,
+        who: &Principal,
+        kind: Kind,
+        id: &str,
+        body: Value,
+    ) -> Result<LevelEndpoint, ChangeError> {
+        let level_id = self.level_id(who, kind, id).await?;
+        let level = kind.level().ok_or_else(|| ChangeError::NotFound {
+            kind,
+            id: id.to_owned(),
+        })?;
+        let before = self.store.endpoint(&level_id).await?;
+        let after = before.patched(level, &body).map_err(ChangeError::Invalid)?;
+        if after != before {
+            let set_enabled = after.enabled != before.enabled;
+            self.store
+                .put_endpoint(&level_id, &after, set_enabled, self.clock.now())
+                .await?;
+            tracing::info!(level = %level_id, enabled = after.enabled, ordered = after.ordered, success = after.success.as_str(), "endpoint settings changed");
+        }
+        self.endpoint_of(kind, level_id).await
+    }
+
+    async fn endpoint_of(
+        &self,
+        kind: Kind,
+        level_id: EntityId,
+    ) -> Result<LevelEndpoint, ChangeError> {
+        let level = kind.level().ok_or_else(|| ChangeError::NotFound {
+            kind,
+            id: level_id.to_string(),
+        })?;
+        let settings = self.store.endpoint(&level_id).await?;
+        let health = self
+            .store
+            .endpoint_health(std::slice::from_ref(&level_id), self.clock.now())
+            .await?
+            .remove(&level_id)
+            .unwrap_or_default();
+        Ok(LevelEndpoint {
+            level,
+            level_id,
+            settings,
+            health,
+        })
+    }
+
     async fn level_id(
         &self,
         who: &Principal,
@@ -311,6 +382,14 @@ impl Hierarchy {
             }
         }
         ensure_within(tx.as_mut(), who, &entity).await?;
+        if let (Some((_, Some(url), _)), Some((_, before, _))) =
+            (entity.level_settings(), current.level_settings())
+        {
+            // A new webhook URL enables a disabled endpoint again.
+            if before != Some(url) && tx.enable_endpoint(entity.id(), now).await? {
+                tracing::info!(level = %entity.id(), "new webhook_url: endpoint enabled again");
+            }
+        }
         if entity == current {
             let view = view(tx.as_mut(), &current).await?;
             return Ok(Applied {
@@ -438,19 +517,35 @@ impl Hierarchy {
         };
         let event_type = moment.or_else(|| EventType::for_action(entity.kind(), action));
         let mut queued = 0;
+        let mut waiting = 0;
         let mut handing = None;
         if let Some(event_type) = event_type {
             let now = self.clock.now();
             let ancestors = ancestors(tx.as_mut(), entity).await?;
-            let webhooks: Vec<NewWebhook> = recipients(event_type, &ancestors)
+            // The receiving levels' endpoint settings: filters, ordering, disabled.
+            let levels: Vec<EntityId> = recipients(event_type, &ancestors)
                 .into_iter()
-                .map(|r| NewWebhook {
-                    id: EntityId::generate(now),
-                    level: r.level,
-                    level_id: r.id,
-                    url: r.url,
-                })
+                .map(|r| r.id)
                 .collect();
+            let settings = if levels.is_empty() {
+                Vec::new()
+            } else {
+                tx.endpoints(&levels.iter().collect::<Vec<_>>()).await?
+            };
+            let webhooks: Vec<NewWebhook> = route(event_type, &ancestors, |id| {
+                settings.iter().find(|(l, _)| l == id).map(|(_, e)| e)
+            })
+            .into_iter()
+            .map(|r| NewWebhook {
+                id: EntityId::generate(now),
+                level: r.recipient.level,
+                level_id: r.recipient.id,
+                url: r.recipient.url,
+                ordered: r.ordered,
+                disabled: r.disabled,
+            })
+            .collect();
+            let sendable = webhooks.iter().filter(|w| !w.disabled).count();
             let event = NewEvent {
                 id: EntityId::generate(now),
                 event_type,
@@ -459,22 +554,23 @@ impl Hierarchy {
                 created_at: now,
             };
             // Claimed as they are written when the dispatcher has room (see `Handoff`).
-            let reservation = self.handoff.reserve(webhooks.len(), now);
+            let reservation = self.handoff.reserve(sendable, now);
             let claimed = tx
                 .add_event(&event, &webhooks, reservation.as_ref().map(|r| r.lease()))
                 .await?;
+            // Written due rather than handed off: ordered ones behind an unfinished older one.
+            waiting = sendable - claimed.len().min(sendable);
             handing = reservation.map(|r| (r, claimed));
             queued = webhooks.len();
         }
         tx.commit().await?;
         let mut handed_off = 0;
-        match handing {
-            Some((reservation, claimed)) => {
-                handed_off = claimed.len();
-                reservation.send(claimed);
-            }
-            None if queued > 0 => self.handoff.wake(),
-            None => {}
+        if let Some((reservation, claimed)) = handing {
+            handed_off = claimed.len();
+            reservation.send(claimed);
+        }
+        if waiting > 0 {
+            self.handoff.wake();
         }
         if let Some(t) = event_type {
             // One line per event at debug: at thousands of events a second, the metrics

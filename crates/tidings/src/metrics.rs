@@ -111,13 +111,13 @@ impl Metrics {
         let attempts = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "attempts",
-            "Delivery attempts by outcome (succeeded, http_status, timeout, connect, tls, refused, dns, invalid_url, transport, no_secret)",
+            "Delivery attempts by outcome (succeeded, gone, http_status, timeout, connect, tls, refused, dns, invalid_url, transport, no_secret)",
             attempts.clone(),
         );
         let webhooks_recorded = Family::<StatusLabel, Counter>::default();
         registry.register(
             "webhooks_recorded",
-            "Attempts this process recorded in the store (counted after the commit), by the webhook's status after them: succeeded, pending (a retry is scheduled), failed",
+            "Attempts this process recorded in the store (counted after the commit), by the webhook's status after them: succeeded, pending (a retry is scheduled), failed, disabled (the receiver answered 410 Gone)",
             webhooks_recorded.clone(),
         );
         let record_failures = Counter::default();
@@ -203,6 +203,7 @@ impl Metrics {
             Next::Succeeded => "succeeded",
             Next::RetryAt(_) => "pending",
             Next::Failed => "failed",
+            Next::Gone => "disabled",
         };
         self.webhooks_recorded
             .get_or_create(&StatusLabel { status })
@@ -378,6 +379,8 @@ pub(crate) mod tests {
             level: Level::Site,
             level_id: EntityId::generate(now),
             url: "https://example.com/hook".into(),
+            ordered: false,
+            disabled: false,
         };
         let id = hook.id.clone();
         let mut tx = store.write().await.unwrap();

@@ -8,6 +8,7 @@ mod support_smtp;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use serde_json::{json, Value};
 use support_smtp::{eventually, free_port, settings, FailingReceiver, SmtpServer, Tidings};
 
 /// Long enough for many mailer rounds (20 ms apart): what has not happened by then would not.
@@ -491,4 +492,156 @@ async fn two_instances_on_postgres_send_each_email_once() {
     assert_eq!(mailed, failed);
     a.stop().await;
     b.stop().await;
+}
+
+/// A 410 Gone answer disables the reseller's endpoint and e-mails its contact; webhooks for
+/// new events are kept as `disabled` (not sent); enabling it and `recover` deliver them; a
+/// new `webhook_url` enables it too.
+async fn gone_disables_the_endpoint_and_recover_sends_what_was_kept(database_url: Option<String>) {
+    use support_smtp::SwitchingReceiver;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let smtp = SmtpServer::start(port, &dir.path().join("maildir")).await;
+    let receiver = SwitchingReceiver::start(410).await;
+    let t = Tidings::start(&settings(dir.path(), database_url.as_deref(), Some(port))).await;
+    let reseller = t
+        .level(
+            "resellers",
+            None,
+            Some(&receiver.url),
+            Some("ops@reseller.example"),
+        )
+        .await;
+    let endpoint_path = format!("/v1/resellers/{reseller}/endpoint");
+    let first = t
+        .level("dealers", Some(("reseller", &reseller)), None, None)
+        .await;
+
+    let endpoint = eventually("the endpoint disabled", || async {
+        let e = t.get(&endpoint_path).await;
+        (e["enabled"] == false).then_some(e)
+    })
+    .await;
+    let reason = endpoint["disabled_reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.starts_with("the receiver answered 410 Gone at "),
+        "{reason}"
+    );
+    let mails = smtp.wait_for(1).await;
+    assert_eq!(mails[0].to, "ops@reseller.example");
+    assert_eq!(
+        mails[0].subject,
+        format!(
+            "[Tidings] Endpoint {} disabled: it answered 410 Gone",
+            receiver.url
+        )
+    );
+    body_has(&mails[0].body, &format!("Reason:  {reason}\n"));
+    body_has(&mails[0].body, &format!("level {reseller} was disabled"));
+    let listed = t.emails(&format!("level_id={reseller}")).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["disabled_reason"], reason.as_str());
+    assert_eq!(listed[0]["webhook_ids"], json!([]));
+
+    let second = t
+        .level("dealers", Some(("reseller", &reseller)), None, None)
+        .await;
+    let kept = eventually("both webhooks kept as disabled", || async {
+        let list = t
+            .get(&format!("/v1/webhooks?level_id={reseller}&status=disabled"))
+            .await;
+        let data = list["data"].as_array().unwrap().clone();
+        (data.len() == 2).then_some(data)
+    })
+    .await;
+    let subjects: BTreeSet<String> = kept
+        .iter()
+        .map(|w| w["subject_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(subjects, BTreeSet::from([first.clone(), second.clone()]));
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(receiver.bodies().len(), 1, "nothing sent while disabled");
+    assert_eq!(smtp.messages().len(), 1, "one e-mail");
+    let metrics = t.metrics().await;
+    let line = "tidings_webhooks{type=\"DEALER_CREATED\",status=\"disabled\"} 2";
+    assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+
+    let recover = json!({"level_id": reseller, "since": "2020-01-01T00:00:00.000Z"});
+    let (status, answer) = t
+        .call(
+            reqwest::Method::POST,
+            "/v1/webhooks/recover",
+            Some(recover.clone()),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 409, "{answer}");
+    assert_eq!(answer["error"]["code"], "endpoint_disabled");
+
+    receiver.answer(200);
+    let (status, endpoint) = t
+        .call(
+            reqwest::Method::PATCH,
+            &endpoint_path,
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 200, "{endpoint}");
+    assert_eq!(
+        (
+            endpoint["enabled"].clone(),
+            endpoint["disabled_reason"].clone()
+        ),
+        (json!(true), Value::Null)
+    );
+    let answer = t.post("/v1/webhooks/recover", recover).await;
+    assert_eq!(answer["recovered"], 2);
+    eventually("both delivered", || async {
+        let list = t
+            .get(&format!(
+                "/v1/webhooks?level_id={reseller}&status=succeeded"
+            ))
+            .await;
+        (list["data"].as_array().unwrap().len() == 2).then_some(())
+    })
+    .await;
+    let sent: Vec<String> = receiver.bodies()[1..]
+        .iter()
+        .map(|b| b["data"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        sent.into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([first, second])
+    );
+
+    // Gone again; this time a new webhook URL enables it.
+    receiver.answer(410);
+    t.level("dealers", Some(("reseller", &reseller)), None, None)
+        .await;
+    eventually("disabled again", || async {
+        (t.get(&endpoint_path).await["enabled"] == false).then_some(())
+    })
+    .await;
+    let (status, _) = t
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/resellers/{reseller}"),
+            Some(json!({"webhook_url": format!("{}?v=2", receiver.url)})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 200);
+    assert_eq!(t.get(&endpoint_path).await["enabled"], true);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn gone_disables_the_endpoint_emails_and_recover_sends_what_was_kept() {
+    gone_disables_the_endpoint_and_recover_sends_what_was_kept(None).await;
+}
+
+#[tokio::test]
+async fn gone_disables_the_endpoint_emails_and_recover_sends_what_was_kept_on_postgres() {
+    gone_disables_the_endpoint_and_recover_sends_what_was_kept(Some(
+        stores::fresh_postgres_database().await,
+    ))
+    .await;
 }

@@ -266,3 +266,76 @@ async fn a_killed_instance_loses_nothing_and_duplicates_only_its_in_flight_work(
         "duplicates ({duplicates}) can only be attempts the killed instance had in flight (at most {VICTIM_IN_FLIGHT})"
     );
 }
+
+/// Two instances share an ordered level: the changes to one dealer, made through both
+/// instances in turn, reach a slow receiver one at a time in the order they were made
+/// (never two in flight), each once; another dealer's changes go alongside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_keep_an_ordered_levels_webhooks_about_one_subject_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("scale test CA");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let receiver = Receiver::start(&ca.loopback_identity()).await;
+    // Slow answers: without ordering, several would be in flight at once and arrive in any
+    // order.
+    receiver.on(
+        "/hook",
+        support::receiver::Reply::ok().after(Duration::from_millis(30)),
+    );
+    let db = stores::fresh_postgres_database().await;
+    let instances: Vec<Instance> = (0..2)
+        .map(|_| Instance::start(&db, dir.path(), &ca_file, 256))
+        .collect();
+    let bases: Vec<String> = instances.iter().map(|i| i.base.clone()).collect();
+    let c = client();
+    let reseller = post(
+        &c,
+        format!("{}/v1/resellers", bases[0]),
+        json!({"name": "R", "contact": contact(), "webhook_url": receiver.url("/hook")}),
+    )
+    .await;
+    let rid = reseller["id"].as_str().unwrap().to_owned();
+    let r = c
+        .patch(format!("{}/v1/resellers/{rid}/endpoint", bases[1]))
+        .json(&json!({"ordered": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut dealers = Vec::new();
+    for name in ["D0", "E0"] {
+        let d = post(
+            &c,
+            format!("{}/v1/dealers", bases[0]),
+            json!({"name": name, "contact": contact(), "reseller": {"id": rid}}),
+        )
+        .await;
+        dealers.push(d["id"].as_str().unwrap().to_owned());
+    }
+    let changes = 12;
+    for i in 1..=changes {
+        for (d, prefix) in dealers.iter().zip(["D", "E"]) {
+            let r = c
+                .patch(format!("{}/v1/dealers/{d}", bases[i % 2]))
+                .json(&json!({"name": format!("{prefix}{i}")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    }
+    wait_all_succeeded(&bases[0], &rid, 2 * (changes + 1)).await;
+
+    for (d, prefix) in dealers.iter().zip(["D", "E"]) {
+        let names: Vec<String> = receiver
+            .requests()
+            .iter()
+            .map(|r| r.json())
+            .filter(|b| b["data"]["id"] == d.as_str())
+            .map(|b| b["data"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        let want: Vec<String> = (0..=changes).map(|i| format!("{prefix}{i}")).collect();
+        assert_eq!(names, want, "in creation order, each once");
+    }
+}

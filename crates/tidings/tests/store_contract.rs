@@ -73,6 +73,8 @@ async fn queue(store: &dyn Store, n: usize, at: Millis) -> (EntityId, Vec<Entity
             level: Level::Reseller,
             level_id: r.id().clone(),
             url: "https://r.example/hook".into(),
+            ordered: false,
+            disabled: false,
         };
         ids.push(w.id.clone());
         tx.add_event(&event, &[w], None).await.unwrap();
@@ -171,6 +173,8 @@ async fn an_uncommitted_change_leaves_no_entity_event_or_webhook() {
                 level: Level::Reseller,
                 level_id: r.id().clone(),
                 url: "https://r.example/hook".into(),
+                ordered: false,
+                disabled: false,
             };
             tx.add_event(&event, &[w], None).await.unwrap();
             // dropped without commit
@@ -354,6 +358,8 @@ async fn webhooks_written_claimed_are_as_if_claimed() {
                 level: Level::Reseller,
                 level_id: r.id().clone(),
                 url: "https://r.example/hook".into(),
+                ordered: false,
+                disabled: false,
             },
             // A level without a stored secret: its webhook comes back without secrets.
             NewWebhook {
@@ -361,6 +367,8 @@ async fn webhooks_written_claimed_are_as_if_claimed() {
                 level: Level::Reseller,
                 level_id: other.id().clone(),
                 url: "https://o.example/hook".into(),
+                ordered: false,
+                disabled: false,
             },
         ];
         let lease = Lease {
@@ -844,6 +852,8 @@ async fn concurrent_changes_commit_and_a_failed_one_takes_nothing_with_it() {
                     level: Level::Reseller,
                     level_id: reseller_id.clone(),
                     url: "https://r.example/hook".into(),
+                    ordered: false,
+                    disabled: false,
                 };
                 let added = tx.add_event(&event, std::slice::from_ref(&w), None).await;
                 match fate {

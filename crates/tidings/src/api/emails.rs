@@ -45,6 +45,9 @@ pub struct EmailView {
     pub next_attempt_at: Option<Millis>,
     #[schema(value_type = Option<String>)]
     pub sent_at: Option<Millis>,
+    /// On an e-mail saying the level's endpoint was disabled (it covers no webhooks): why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
 }
 
 impl From<Email> for EmailView {
@@ -62,6 +65,7 @@ impl From<Email> for EmailView {
             created: e.created_at,
             next_attempt_at: e.due_at,
             sent_at: e.sent_at,
+            disabled_reason: e.disabled_reason,
         }
     }
 }

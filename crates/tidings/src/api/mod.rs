@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod emails;
+pub mod endpoints;
 pub mod entities;
 pub mod error;
 pub mod keys;
@@ -58,6 +59,7 @@ pub fn router_with(state: AppState, limits: Limits) -> Router {
     let authenticated = Router::new()
         .merge(entities::routes())
         .merge(webhooks::routes())
+        .merge(endpoints::routes())
         .merge(emails::routes())
         .merge(keys::routes())
         .route_layer(axum::middleware::from_fn_with_state(

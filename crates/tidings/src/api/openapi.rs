@@ -9,6 +9,7 @@ use utoipa::openapi::{
 };
 
 use super::emails::EmailView;
+use super::endpoints::{EndpointPatch, EndpointView, HealthView};
 use super::entities::SecretBody;
 use super::entities::COLLECTIONS;
 use super::error::ErrorBody;
@@ -237,14 +238,18 @@ pub fn document() -> OpenApi {
         OperationBuilder::new()
             .tag("webhooks")
             .summary(Some(
-                "Re-send every failed webhook of a level created since a time",
+                "Re-send every failed or disabled webhook of a level created since a time",
             ))
             .request_body(body(
                 "RecoverRequest",
                 "{\"level_id\": ..., \"since\": \"2020-07-15T12:33:14.000Z\"}",
             ))
             .response("202", ok("{\"recovered\": count}", None))
-            .response("404", error("Level not found")),
+            .response("404", error("Level not found"))
+            .response(
+                "409",
+                error("The level's endpoint is disabled: enable it first"),
+            ),
     );
     for (name, kind) in COLLECTIONS.into_iter().filter(|(_, k)| k.level().is_some()) {
         paths.add_path_operation(
@@ -268,6 +273,38 @@ pub fn document() -> OpenApi {
                 .parameter(id_param())
                 .response("200", ok("The new secret", Some("SecretBody")))
                 .response("404", error("Not found")),
+        );
+        paths.add_path_operation(
+            format!("/v1/{name}/{{id}}/endpoint"),
+            vec![HttpMethod::Get],
+            OperationBuilder::new()
+                .tag(name)
+                .summary(Some(format!(
+                    "The {kind}'s endpoint settings and delivery health"
+                )))
+                .parameter(id_param())
+                .response("200", ok("The endpoint", Some("EndpointView")))
+                .response("404", error("Not found")),
+        );
+        paths.add_path_operation(
+            format!("/v1/{name}/{{id}}/endpoint"),
+            vec![HttpMethod::Patch],
+            OperationBuilder::new()
+                .tag(name)
+                .summary(Some(format!(
+                    "Change the {kind}'s endpoint settings: event_types, ordered, enabled, success"
+                )))
+                .parameter(id_param())
+                .request_body(body(
+                    "EndpointPatch",
+                    "{\"event_types\": [\"MEETING_ENDED\"], \"ordered\": true, \"success\": \"2xx\"}",
+                ))
+                .response("200", ok("The endpoint as changed", Some("EndpointView")))
+                .response("404", error("Not found"))
+                .response(
+                    "422",
+                    error("A field is invalid (the error names it), e.g. a type the level never receives"),
+                ),
         );
     }
     paths.add_path_operation(
@@ -329,6 +366,9 @@ pub fn document() -> OpenApi {
         .schema_from::<SecretBody>()
         .schema_from::<NewKey>()
         .schema_from::<KeyView>()
+        .schema_from::<EndpointView>()
+        .schema_from::<EndpointPatch>()
+        .schema_from::<HealthView>()
         .security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),

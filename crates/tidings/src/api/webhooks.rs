@@ -255,7 +255,8 @@ async fn retry(
     ))
 }
 
-/// `POST /v1/webhooks/recover` body: which level, and failed webhooks created since when.
+/// `POST /v1/webhooks/recover` body: which level, and failed (or disabled) webhooks created
+/// since when.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecoverRequest {
@@ -277,6 +278,16 @@ async fn recover(
         )));
     }
     s.hierarchy.may_change(&who).await?;
+    if !super::endpoints::enabled(&s, &req.level_id).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "endpoint_disabled",
+            format!(
+                "the endpoint of level {} is disabled; enable it (PATCH its endpoint with {{\"enabled\": true}}, or set a new webhook_url) first",
+                req.level_id
+            ),
+        ));
+    }
     let n = s
         .hierarchy
         .store()
@@ -285,7 +296,7 @@ async fn recover(
     if n > 0 {
         s.hierarchy.wake_dispatcher();
     }
-    tracing::info!(level = %req.level_id, since = %req.since.to_rfc3339(), count = n, "failed webhooks queued again");
+    tracing::info!(level = %req.level_id, since = %req.since.to_rfc3339(), count = n, "failed and disabled webhooks queued again");
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "recovered": n })),

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::handoff::Handoff;
 use super::secrets::{SecretBox, Signer};
 use crate::clock::Clock;
+use crate::domain::endpoint::{SuccessRule, GONE};
 use crate::domain::{payload, EntityId, Millis};
 use crate::metrics::Metrics;
 use crate::schedule::RetrySchedule;
@@ -432,35 +433,38 @@ impl Attempting {
             self.metrics.first_attempt_lag(started.0 - w.created_at.0);
         }
         let body = payload::body(&w.id, w.created_at, number, w.event_type, &w.data);
-        let (status_code, error, excerpt, duration_ms, outcome_label) =
+        let (status_code, error, excerpt, duration_ms, verdict) =
             match self.sign(&claimed, started, &body) {
                 Err(reason) => {
                     self.metrics.attempt("no_secret", Duration::ZERO);
-                    (None, Some(reason), String::new(), 0, "no_secret")
+                    let verdict = Verdict::Failed("no_secret");
+                    (None, Some(reason), String::new(), 0, verdict)
                 }
                 Ok(headers) => {
                     let outcome = self.egress.post(&w.url, &headers, Bytes::from(body)).await;
-                    let label = outcome_label(&outcome);
+                    let verdict = Verdict::of(&outcome, claimed.success);
                     let ms = outcome.duration.as_millis() as i64;
-                    self.metrics.attempt(label, outcome.duration);
-                    (
-                        outcome.status,
-                        outcome.error.map(|e| e.to_string()),
-                        outcome.body_excerpt,
-                        ms,
-                        label,
-                    )
+                    self.metrics.attempt(verdict.label(), outcome.duration);
+                    let error = match (verdict, outcome.error) {
+                        (Verdict::Succeeded, _) => None,
+                        (_, Some(tidings_egress::AttemptError::Status(code)))
+                            if claimed.success == SuccessRule::Any2xx =>
+                        {
+                            Some(format!("HTTP {code}: only 2xx counts as success"))
+                        }
+                        (_, e) => e.map(|e| e.to_string()),
+                    };
+                    (outcome.status, error, outcome.body_excerpt, ms, verdict)
                 }
             };
-        let succeeded = outcome_label == "succeeded";
         let finished = self.clock.now();
-        let next = if succeeded {
-            Next::Succeeded
-        } else {
-            match self.schedule.delay_after(number) {
+        let next = match verdict {
+            Verdict::Succeeded => Next::Succeeded,
+            Verdict::Gone => Next::Gone,
+            Verdict::Failed(_) => match self.schedule.delay_after(number) {
                 Some(d) if number < self.schedule.max_attempts() => Next::RetryAt(finished.plus(d)),
                 _ => Next::Failed,
-            }
+            },
         };
         match &error {
             None => tracing::debug!(webhook = %w.id, attempt = number, "delivered"),
@@ -513,6 +517,38 @@ impl Attempting {
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+
+/// What an attempt's outcome means for its webhook: the one place that decides success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The receiver answered a status the level's success rule accepts.
+    Succeeded,
+    /// The receiver answered `410 Gone`: the level's endpoint is disabled.
+    Gone,
+    /// Anything else, by the attempts metric's label.
+    Failed(&'static str),
+}
+
+impl Verdict {
+    fn of(o: &tidings_egress::Outcome, rule: SuccessRule) -> Verdict {
+        use tidings_egress::AttemptError as E;
+        // The client reports any status but 200 as an error; the level's rule decides.
+        let answered = matches!(o.error, None | Some(E::Status(_)));
+        match o.status {
+            Some(code) if answered && rule.accepts(code) => Verdict::Succeeded,
+            Some(GONE) if answered => Verdict::Gone,
+            _ => Verdict::Failed(outcome_label(o)),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Verdict::Succeeded => "succeeded",
+            Verdict::Gone => "gone",
+            Verdict::Failed(label) => label,
+        }
+    }
+}
 
 fn outcome_label(o: &tidings_egress::Outcome) -> &'static str {
     use tidings_egress::AttemptError as E;
@@ -697,6 +733,54 @@ mod tests {
         );
         drop(tx);
         recorder.await.unwrap();
+    }
+
+    #[test]
+    fn the_levels_success_rule_decides_and_410_disables() {
+        use tidings_egress::{AttemptError, Outcome};
+        let answer = |code: u16| Outcome {
+            status: Some(code),
+            error: (code != 200).then_some(AttemptError::Status(code)),
+            body_excerpt: String::new(),
+            duration: Duration::ZERO,
+        };
+        for (code, under_200, under_2xx) in [
+            (200, Verdict::Succeeded, Verdict::Succeeded),
+            (204, Verdict::Failed("http_status"), Verdict::Succeeded),
+            (202, Verdict::Failed("http_status"), Verdict::Succeeded),
+            (
+                301,
+                Verdict::Failed("http_status"),
+                Verdict::Failed("http_status"),
+            ),
+            (410, Verdict::Gone, Verdict::Gone),
+            (
+                500,
+                Verdict::Failed("http_status"),
+                Verdict::Failed("http_status"),
+            ),
+        ] {
+            assert_eq!(
+                Verdict::of(&answer(code), SuccessRule::Ok200),
+                under_200,
+                "{code}"
+            );
+            assert_eq!(
+                Verdict::of(&answer(code), SuccessRule::Any2xx),
+                under_2xx,
+                "{code}"
+            );
+        }
+        let timeout = Outcome {
+            status: None,
+            error: Some(AttemptError::Timeout),
+            body_excerpt: String::new(),
+            duration: Duration::ZERO,
+        };
+        assert_eq!(
+            Verdict::of(&timeout, SuccessRule::Any2xx),
+            Verdict::Failed("timeout")
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! Nothing in here does I/O or reads a clock; callers pass time and loaded data in.
 
+pub mod endpoint;
 pub mod entities;
 pub mod event;
 pub mod ids;

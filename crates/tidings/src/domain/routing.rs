@@ -4,6 +4,7 @@
 //! It never sends anything to the subject's own level, never user events to sites, and never
 //! a direct meeting's events to a site (a direct meeting has no site in its chain).
 
+use super::endpoint::Endpoint;
 use super::event::{EventType, Level};
 use super::ids::EntityId;
 
@@ -37,6 +38,41 @@ pub fn recipients(event: EventType, ancestors: &[Ancestor]) -> Vec<Recipient> {
                 level: a.level,
                 id: a.id.clone(),
                 url: url.clone(),
+            })
+        })
+        .collect()
+}
+
+/// A webhook to create, with what the receiving level's endpoint settings make of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    pub recipient: Recipient,
+    /// Attempted only after older webhooks to the level about the same subject finished.
+    pub ordered: bool,
+    /// Kept with status `disabled` (the level's endpoint is disabled): never sent on its own.
+    pub disabled: bool,
+}
+
+/// [`recipients`], then each level's endpoint settings (`None`: the defaults): levels that
+/// do not want this event type are left out; the rest say whether they are ordered and
+/// whether their endpoint is disabled.
+pub fn route<'a>(
+    event: EventType,
+    ancestors: &[Ancestor],
+    endpoint: impl Fn(&EntityId) -> Option<&'a Endpoint>,
+) -> Vec<Routed> {
+    recipients(event, ancestors)
+        .into_iter()
+        .filter_map(|recipient| {
+            let (ordered, disabled) = match endpoint(&recipient.id) {
+                Some(e) if !e.wants(event) => return None,
+                Some(e) => (e.ordered, !e.enabled),
+                None => (false, false),
+            };
+            Some(Routed {
+                recipient,
+                ordered,
+                disabled,
             })
         })
         .collect()
@@ -181,6 +217,68 @@ mod tests {
         assert_eq!(
             got.iter().map(|r| r.level).collect::<Vec<_>>(),
             vec![Site, Reseller]
+        );
+    }
+
+    #[test]
+    fn a_level_that_wants_only_meeting_ended_gets_only_that() {
+        let above = chain(&[Site, Company, Dealer, Reseller], &Level::ALL);
+        let company = above[1].id.clone();
+        let only_ended = Endpoint {
+            event_types: Some(vec![EventType::MeetingEnded]),
+            ..Endpoint::default()
+        };
+        let settings = |id: &EntityId| (id == &company).then_some(&only_ended);
+        for event in EventType::ALL
+            .into_iter()
+            .filter(|t| t.subject() == Kind::Meeting)
+        {
+            let got: Vec<Level> = route(event, &above, settings)
+                .into_iter()
+                .map(|r| r.recipient.level)
+                .collect();
+            let want = if event == EventType::MeetingEnded {
+                vec![Site, Company, Dealer, Reseller]
+            } else {
+                vec![Site, Dealer, Reseller]
+            };
+            assert_eq!(got, want, "{event}");
+        }
+    }
+
+    #[test]
+    fn ordered_and_disabled_come_from_each_levels_endpoint() {
+        let above = chain(&[Company, Dealer, Reseller], &Level::ALL);
+        let ordered = Endpoint {
+            ordered: true,
+            ..Endpoint::default()
+        };
+        let disabled = Endpoint {
+            enabled: false,
+            disabled_reason: Some("HTTP 410 Gone".into()),
+            ..Endpoint::default()
+        };
+        let (company, dealer) = (above[0].id.clone(), above[1].id.clone());
+        let got = route(EventType::UserChanged, &above, |id| {
+            if id == &company {
+                Some(&ordered)
+            } else if id == &dealer {
+                Some(&disabled)
+            } else {
+                None
+            }
+        });
+        let flags: Vec<(Level, bool, bool)> = got
+            .iter()
+            .map(|r| (r.recipient.level, r.ordered, r.disabled))
+            .collect();
+        assert_eq!(
+            flags,
+            vec![
+                (Company, true, false),
+                (Dealer, false, true),
+                (Reseller, false, false)
+            ]
         );
     }
 }

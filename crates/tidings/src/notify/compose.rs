@@ -126,6 +126,34 @@ pub fn compose(url: &str, webhooks: &[FailedWebhook]) -> Composed {
     Composed { subject, body: b }
 }
 
+/// `[Tidings] Endpoint URL disabled: it answered 410 Gone`.
+pub fn disabled_subject(url: &str) -> String {
+    let url = shorten(&one_line(url), SUBJECT_URL_MAX);
+    format!("[Tidings] Endpoint {url} disabled: it answered 410 Gone")
+}
+
+/// The e-mail saying a level's endpoint was disabled, why, and how to enable it again.
+pub fn disabled(url: &str, level_id: &EntityId, reason: &str) -> Composed {
+    let body = format!(
+        "The webhook endpoint of level {level_id} was disabled.\n\n\
+         URL:     {url}\n\
+         Reason:  {}\n\n\
+         Tidings sends nothing to this level while its endpoint is disabled. Webhooks that were\n\
+         waiting, and those for new events, are kept with status `disabled`\n\
+         (GET /v1/webhooks?status=disabled&level_id={level_id}).\n\n\
+         What to do: set a new webhook_url on the level, or fix the receiver and enable the\n\
+         endpoint again with PATCH .../{level_id}/endpoint {{\"enabled\": true}}; then send the kept\n\
+         webhooks with POST /v1/webhooks/recover.\n\n\
+         -- \nTidings endpoint notification. You receive it as the notification contact of this\n\
+         level or of a level above it.\n",
+        one_line(reason)
+    );
+    Composed {
+        subject: disabled_subject(url),
+        body,
+    }
+}
+
 /// `#2 at 2020-07-15T12:33:14.000Z (120 ms): HTTP 500, body: ...` or the transport error.
 fn attempt_line(a: &Attempt) -> String {
     let what = match a.status_code {
@@ -305,5 +333,24 @@ mod tests {
                 .body
                 .contains(&format!("- {}  SITE_CHANGED  entity ", id(n))));
         }
+    }
+
+    #[test]
+    fn a_disabled_endpoint_mail_says_why_and_how_to_enable_it() {
+        let c = disabled(
+            URL,
+            &id(7),
+            "the receiver answered 410 Gone at 2026-01-01T00:00:00.000Z",
+        );
+        assert_eq!(
+            c.subject,
+            "[Tidings] Endpoint https://x.example/hook disabled: it answered 410 Gone"
+        );
+        assert!(c
+            .body
+            .contains("Reason:  the receiver answered 410 Gone at 2026-01-01T00:00:00.000Z\n"));
+        assert!(c.body.contains(&format!("level {} was disabled", id(7))));
+        assert!(c.body.contains("{\"enabled\": true}"));
+        assert!(c.body.contains("POST /v1/webhooks/recover"));
     }
 }

@@ -242,7 +242,10 @@ impl Mailer {
             }
             return Ok(());
         };
-        let composed = compose::compose(&email.url, &webhooks);
+        let composed = match &email.disabled_reason {
+            Some(reason) => compose::disabled(&email.url, &email.level_id, reason),
+            None => compose::compose(&email.url, &webhooks),
+        };
         let result = match self.message(&recipient, &composed) {
             // The whole exchange is bounded, so it always ends within the claim's lease.
             Ok(message) => {

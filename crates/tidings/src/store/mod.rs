@@ -5,6 +5,7 @@
 //! [`Tx`] and become visible together at commit, or not at all (the transactional outbox).
 //! It never decides who receives what; that is the domain's job.
 
+mod endpoints;
 mod exec;
 mod keys;
 mod notifications;
@@ -14,9 +15,11 @@ pub mod sqlite_lib;
 use async_trait::async_trait;
 
 use crate::delivery::secrets::SealedSecrets;
+use crate::domain::endpoint::{Endpoint, SuccessRule};
 use crate::domain::entities::Entity;
 use crate::domain::{EntityId, EventType, Kind, Level, Millis};
 
+pub use endpoints::{EndpointStore, Health};
 pub use keys::{ApiKeyRecord, KeyStore};
 pub use notifications::*;
 pub use sql::SqlStore;
@@ -133,6 +136,11 @@ pub struct NewWebhook {
     pub level: Level,
     pub level_id: EntityId,
     pub url: String,
+    /// Attempted only after older webhooks to the level about the same subject finished.
+    pub ordered: bool,
+    /// Written with status `disabled` (the level's endpoint is disabled): never sent until
+    /// recovered.
+    pub disabled: bool,
 }
 
 /// A claim taken as webhooks are written: they go straight to `owner`'s dispatcher, and are
@@ -169,6 +177,8 @@ pub enum WebhookStatus {
     Pending,
     Succeeded,
     Failed,
+    /// Kept while the level's endpoint is disabled; sent by `recover` once it is enabled.
+    Disabled,
 }
 
 impl WebhookStatus {
@@ -177,6 +187,7 @@ impl WebhookStatus {
             WebhookStatus::Pending => "pending",
             WebhookStatus::Succeeded => "succeeded",
             WebhookStatus::Failed => "failed",
+            WebhookStatus::Disabled => "disabled",
         }
     }
 
@@ -185,8 +196,9 @@ impl WebhookStatus {
             "pending" => Ok(WebhookStatus::Pending),
             "succeeded" => Ok(WebhookStatus::Succeeded),
             "failed" => Ok(WebhookStatus::Failed),
+            "disabled" => Ok(WebhookStatus::Disabled),
             other => Err(format!(
-                "unknown webhook status `{other}` (pending, succeeded, failed)"
+                "unknown webhook status `{other}` (pending, succeeded, failed, disabled)"
             )),
         }
     }
@@ -232,6 +244,8 @@ pub struct Claimed {
     pub webhook: Webhook,
     /// The receiving level's sealed signing secrets (`None` if the level has none stored).
     pub secrets: Option<SealedSecrets>,
+    /// Which answers count as success for the receiving level.
+    pub success: SuccessRule,
 }
 
 /// What happens to a webhook after an attempt.
@@ -242,6 +256,9 @@ pub enum Next {
     RetryAt(Millis),
     /// Failed its last attempt: the webhook is `failed` and a notification is queued.
     Failed,
+    /// The receiver answered `410 Gone`: the webhook is `disabled`, and so is its level's
+    /// endpoint (its pending webhooks too), and its notification contact is e-mailed.
+    Gone,
 }
 
 /// One finished attempt to record.
@@ -272,7 +289,7 @@ pub struct QueueStats {
 
 /// The store: reads, the write transaction, and the delivery queue.
 #[async_trait]
-pub trait Store: NotificationStore + KeyStore + Send + Sync + 'static {
+pub trait Store: NotificationStore + KeyStore + EndpointStore + Send + Sync + 'static {
     /// Which database this is (`sqlite` or `postgres`), for logs and readiness.
     fn backend(&self) -> &'static str;
 
@@ -327,7 +344,8 @@ pub trait Store: NotificationStore + KeyStore + Send + Sync + 'static {
     /// Makes one webhook due now (a failed one gets one more attempt).
     async fn retry(&self, id: &EntityId, now: Millis) -> Result<RetryOutcome>;
 
-    /// Makes every failed webhook of a level created since `since` due now; returns how many.
+    /// Makes every failed or disabled webhook of a level created since `since` due now;
+    /// returns how many.
     async fn recover(&self, level_id: &EntityId, since: Millis, now: Millis) -> Result<u64>;
 
     async fn queue_stats(&self, now: Millis) -> Result<QueueStats>;
@@ -372,13 +390,21 @@ pub trait Tx: Send {
 
     /// Records an event and its webhooks (the outbox rows), all due now; or, with a `lease`,
     /// claimed by its owner until it ends, and returned as claimed (with the levels' secrets),
-    /// in `webhooks`' order. Without a lease it returns nothing.
+    /// in `webhooks`' order. Without a lease it returns nothing. Disabled webhooks are
+    /// written `disabled` and never claimed; an ordered webhook behind an unfinished older
+    /// one to its level about the subject is written due, not claimed.
     async fn add_event(
         &mut self,
         event: &NewEvent,
         webhooks: &[NewWebhook],
         lease: Option<&Lease>,
     ) -> Result<Vec<Claimed>>;
+
+    /// The endpoint settings of these levels (levels without stored settings are absent).
+    async fn endpoints(&mut self, level_ids: &[&EntityId]) -> Result<Vec<(EntityId, Endpoint)>>;
+
+    /// Enables a level's endpoint again (its `webhook_url` changed); true if it was disabled.
+    async fn enable_endpoint(&mut self, level_id: &EntityId, now: Millis) -> Result<bool>;
 
     /// Stores a new level's sealed signing secret.
     async fn put_secret(&mut self, level_id: &EntityId, sealed: &str, now: Millis) -> Result<()>;

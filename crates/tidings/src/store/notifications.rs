@@ -77,6 +77,8 @@ pub struct Email {
     /// When the next send attempt is due, while queued.
     pub due_at: Option<Millis>,
     pub sent_at: Option<Millis>,
+    /// Set on an e-mail saying the level's endpoint was disabled (it covers no webhooks).
+    pub disabled_reason: Option<String>,
 }
 
 /// Which e-mails to list; `after` is the pagination cursor.
@@ -159,7 +161,7 @@ pub trait NotificationStore: Send + Sync {
 const ASSIGN_LOCK: i64 = 0x7469_6469_6e67_0004;
 
 const EMAIL_COLUMNS: &str = "id, level_id, url, recipient, status, subject, attempts, last_error, \
-     created_at, scheduled_at, due_at, sent_at";
+     created_at, scheduled_at, due_at, sent_at, disabled_reason";
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
@@ -186,7 +188,36 @@ fn email_from_row(row: &AnyRow) -> Result<Email> {
         scheduled_at: Millis(row.try_get("scheduled_at")?),
         due_at: row.try_get::<Option<i64>, _>("due_at")?.map(Millis),
         sent_at: row.try_get::<Option<i64>, _>("sent_at")?.map(Millis),
+        disabled_reason: row.try_get("disabled_reason")?,
     })
+}
+
+/// Queues the e-mail saying a level's endpoint (last used with `url`) was disabled, due at
+/// once, closed to failures (they go into e-mails of their own), in the caller's transaction.
+pub(super) async fn queue_disabled_email(
+    tx: &mut dyn super::exec::Exec,
+    level_id: &EntityId,
+    url: &str,
+    reason: &str,
+    now: Millis,
+) -> Result<()> {
+    let subject = compose::disabled_subject(url);
+    tx.execute(
+        "INSERT INTO emails (id, level_id, url, recipient, status, subject, webhook_count, \
+         scheduled_at, due_at, claimed_by, closed_at, attempts, last_error, created_at, \
+         updated_at, sent_at, disabled_reason) \
+         VALUES ($1, $2, $3, NULL, 'queued', $4, 0, $5, $5, NULL, $5, 0, NULL, $5, $5, NULL, $6)",
+        &[
+            EntityId::generate(now).as_str().into(),
+            level_id.as_str().into(),
+            url.into(),
+            subject.as_str().into(),
+            now.0.into(),
+            reason.into(),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 impl SqlStore {
@@ -304,7 +335,8 @@ impl NotificationStore for SqlStore {
             }
             let row = sqlx::query(
                 "SELECT id, scheduled_at, status, closed_at FROM emails \
-                 WHERE level_id = $1 AND url = $2 ORDER BY scheduled_at DESC, id DESC LIMIT 1",
+                 WHERE level_id = $1 AND url = $2 AND disabled_reason IS NULL \
+                 ORDER BY scheduled_at DESC, id DESC LIMIT 1",
             )
             .bind(f.key.level_id.as_str())
             .bind(f.key.url.as_str())

@@ -20,12 +20,14 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row as _};
 
+use super::endpoints::{self, Outcome, ENDPOINT_COLUMNS};
 use super::exec::{sqlite_path, Exec, LiteWriter, Param, Row, SQLITE_PRAGMAS};
 use super::{
     Attempt, Claimed, Counts, Lease, NewEvent, NewWebhook, Next, QueueStats, Recorded, Result,
     RetryOutcome, Store, StoreError, StoreOptions, Tx, Webhook, WebhookFilter, WebhookStatus,
 };
 use crate::delivery::secrets::SealedSecrets;
+use crate::domain::endpoint::{Endpoint, SuccessRule};
 use crate::domain::entities::Entity;
 use crate::domain::{EntityId, EventType, Kind, Level, Millis};
 
@@ -45,6 +47,15 @@ impl Backend {
         match self {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// The column that orders webhooks by creation: the rowid on SQLite (one writer hands
+    /// them out in insertion order), a sequence on PostgreSQL.
+    pub(super) fn seq(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "rowid",
+            Backend::Postgres => "seq",
         }
     }
 }
@@ -212,6 +223,13 @@ fn webhook_from_row(row: &Row) -> Result<Webhook> {
         attempts: row.int(9)? as u32,
         due_at: row.opt_int(10)?.map(Millis),
         data: row.text(11)?.to_owned(),
+    })
+}
+
+/// A level's success rule from its stored text (`None`: no settings stored, the default).
+fn success_from(text: Option<&str>) -> Result<SuccessRule> {
+    text.map_or(Ok(SuccessRule::default()), |t| {
+        SuccessRule::from_str(t).map_err(corrupt)
     })
 }
 
@@ -421,6 +439,9 @@ impl Store for SqlStore {
         // last); only rows this owner still holds are updated, and returned.
         let mut kept: Vec<&Recorded> = Vec::with_capacity(results.len());
         let mut positions = Vec::with_capacity(results.len());
+        // What the returned rows say of each kept webhook: level, URL, ordered, subject.
+        let mut rows: HashMap<String, (EntityId, String, bool, String)> =
+            HashMap::with_capacity(results.len());
         let mut first = 0;
         for chunk in statement_chunks(results) {
             let n = first;
@@ -438,10 +459,17 @@ impl Store for SqlStore {
                         )
                     })
                     .collect();
+                // A retry of a webhook whose endpoint was disabled meanwhile waits as
+                // `disabled` instead.
+                let held = "v.column2 = 'pending' AND EXISTS (SELECT 1 FROM endpoints en \
+                            WHERE en.level_id = webhooks.level_id AND en.enabled = 0)";
                 format!(
-                    "UPDATE webhooks SET status = v.column2, attempts = v.column3, due_at = v.column4, \
+                    "UPDATE webhooks SET status = CASE WHEN {held} THEN 'disabled' ELSE v.column2 END, \
+                     attempts = v.column3, due_at = CASE WHEN {held} THEN NULL ELSE v.column4 END, \
                      claimed_by = NULL, updated_at = $1 FROM (VALUES {}) AS v \
-                     WHERE webhooks.id = v.column1 AND webhooks.claimed_by = ${} RETURNING webhooks.id",
+                     WHERE webhooks.id = v.column1 AND webhooks.claimed_by = ${} \
+                     RETURNING webhooks.id, webhooks.level_id, webhooks.url, webhooks.ordered, \
+                     webhooks.subject_id",
                     rows.join(", "),
                     2 + n * 4
                 )
@@ -452,6 +480,7 @@ impl Store for SqlStore {
                     Next::Succeeded => (WebhookStatus::Succeeded, None),
                     Next::RetryAt(t) => (WebhookStatus::Pending, Some(t.0)),
                     Next::Failed => (WebhookStatus::Failed, None),
+                    Next::Gone => (WebhookStatus::Disabled, None),
                 };
                 params.extend::<[Param; 4]>([
                     r.webhook_id.as_str().into(),
@@ -461,14 +490,19 @@ impl Store for SqlStore {
                 ]);
             }
             params.push(owner.into());
-            let updated: HashSet<String> = tx
-                .fetch(&sql, &params)
-                .await?
-                .iter()
-                .map(|row| row.text(0).map(str::to_owned))
-                .collect::<Result<_>>()?;
+            for row in tx.fetch(&sql, &params).await? {
+                rows.insert(
+                    row.text(0)?.to_owned(),
+                    (
+                        parse_id(row.text(1)?)?,
+                        row.text(2)?.to_owned(),
+                        row.int(3)? != 0,
+                        row.text(4)?.to_owned(),
+                    ),
+                );
+            }
             for (i, r) in chunk.iter().enumerate() {
-                if updated.contains(r.webhook_id.as_str()) {
+                if rows.contains_key(r.webhook_id.as_str()) {
                     kept.push(r);
                     positions.push(n + i);
                 } else {
@@ -489,6 +523,79 @@ impl Store for SqlStore {
             )
             .await?;
         }
+        for r in &kept {
+            let (level_id, url, ordered, subject) = &rows[r.webhook_id.as_str()];
+            match r.next {
+                // The webhooks queued behind an ordered one that waits for a retry wait as
+                // long, so that claims do not keep reading past them meanwhile.
+                Next::RetryAt(t) if *ordered => {
+                    let seq = self.backend.seq();
+                    tx.execute(
+                        &format!(
+                            "UPDATE webhooks SET due_at = $1 WHERE level_id = $2 AND subject_id = $3 \
+                             AND ordered = 1 AND due_at IS NOT NULL AND due_at < $1 \
+                             AND claimed_by IS NULL \
+                             AND {seq} > (SELECT h.{seq} FROM webhooks h WHERE h.id = $4)"
+                        ),
+                        &[
+                            t.0.into(),
+                            level_id.as_str().into(),
+                            subject.as_str().into(),
+                            r.webhook_id.as_str().into(),
+                        ],
+                    )
+                    .await?;
+                }
+                // Finished after a retry: what was held back until that retry is due now
+                // (the retry may have come early, through the API).
+                Next::Succeeded | Next::Failed if *ordered && r.attempt.number > 1 => {
+                    let seq = self.backend.seq();
+                    tx.execute(
+                        &format!(
+                            "UPDATE webhooks SET due_at = $1 WHERE level_id = $2 AND subject_id = $3 \
+                             AND ordered = 1 AND due_at IS NOT NULL AND due_at > $1 \
+                             AND claimed_by IS NULL AND attempts = 0 \
+                             AND {seq} > (SELECT h.{seq} FROM webhooks h WHERE h.id = $4)"
+                        ),
+                        &[
+                            now.0.into(),
+                            level_id.as_str().into(),
+                            subject.as_str().into(),
+                            r.webhook_id.as_str().into(),
+                        ],
+                    )
+                    .await?;
+                }
+                Next::Gone => {
+                    let reason = crate::domain::endpoint::gone_reason(r.attempt.started_at);
+                    if endpoints::disable(tx.as_mut(), level_id, &reason, now).await? {
+                        tracing::warn!(level = %level_id, webhook = %r.webhook_id, "the receiver answered 410 Gone: endpoint disabled, its contact is e-mailed");
+                        crate::store::notifications::queue_disabled_email(
+                            tx.as_mut(),
+                            level_id,
+                            url,
+                            &reason,
+                            now,
+                        )
+                        .await?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let deltas = endpoints::health_deltas(kept.iter().map(|r| {
+            Outcome {
+                level_id: &rows[r.webhook_id.as_str()].0,
+                succeeded: r.next == Next::Succeeded,
+                at: r.attempt.started_at,
+                error: r
+                    .attempt
+                    .error
+                    .clone()
+                    .or_else(|| r.attempt.status_code.map(|c| format!("HTTP {c}"))),
+            }
+        }));
+        endpoints::record_health(tx.as_mut(), &deltas).await?;
         // The attempts themselves, many rows a statement.
         for chunk in statement_chunks(&kept) {
             static INSERTS: SqlBySize = SqlBySize::new();
@@ -562,7 +669,7 @@ impl Store for SqlStore {
     async fn recover(&self, level_id: &EntityId, since: Millis, now: Millis) -> Result<u64> {
         self.write_one(
             "UPDATE webhooks SET status = 'pending', due_at = $1, updated_at = $1 \
-             WHERE level_id = $2 AND status = 'failed' AND created_at >= $3",
+             WHERE level_id = $2 AND status IN ('failed', 'disabled') AND created_at >= $3",
             &[now.0.into(), level_id.as_str().into(), since.0.into()],
         )
         .await
@@ -665,7 +772,7 @@ impl SqlStore {
     }
 
     /// A read-only transaction on the reader pool.
-    async fn begin_read(&self) -> Result<Box<dyn Exec>> {
+    pub(super) async fn begin_read(&self) -> Result<Box<dyn Exec>> {
         Ok(Box::new(self.reader.begin().await?))
     }
 
@@ -718,11 +825,21 @@ impl SqlStore {
         let secret = |col: &str| {
             format!("(SELECT s.{col} FROM level_secrets s WHERE s.level_id = webhooks.level_id)")
         };
+        // An ordered webhook goes only when no older one to its level about its subject is
+        // unfinished (pending, in flight or waiting for a retry): the check sits in the claim
+        // itself, so it holds across restarts and instances. An unfinished webhook keeps its
+        // `due_at` until its attempt is recorded, so a claim that runs beside another one's
+        // attempt still sees it.
+        let seq = self.backend.seq();
         let sql = format!(
             "UPDATE webhooks SET due_at = $1, claimed_by = $2 WHERE id IN \
-             (SELECT id FROM webhooks WHERE due_at <= $3 ORDER BY due_at LIMIT $4{skip_locked}) \
+             (SELECT w.id FROM webhooks w WHERE w.due_at <= $3 AND (w.ordered = 0 OR NOT EXISTS \
+             (SELECT 1 FROM webhooks o WHERE o.level_id = w.level_id AND o.subject_id = w.subject_id \
+             AND o.ordered = 1 AND o.due_at IS NOT NULL AND o.{seq} < w.{seq})) \
+             ORDER BY w.due_at LIMIT $4{skip_locked}) \
              RETURNING id, event_id, type, subject_id, level, level_id, url, created_at, status, \
-             attempts, due_at, (SELECT e.data FROM events e WHERE e.id = webhooks.event_id), {}, {}, {}",
+             attempts, due_at, (SELECT e.data FROM events e WHERE e.id = webhooks.event_id), {}, {}, {}, \
+             (SELECT en.success FROM endpoints en WHERE en.level_id = webhooks.level_id)",
             secret("current"),
             secret("previous"),
             secret("previous_until"),
@@ -746,6 +863,7 @@ impl SqlStore {
                 Ok(Claimed {
                     webhook: webhook_from_row(r)?,
                     secrets: secrets_from_row(r, WEBHOOK_WIDTH)?,
+                    success: success_from(r.opt_text(WEBHOOK_WIDTH + 3)?)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -759,7 +877,7 @@ impl SqlStore {
 /// is prepared once and stays in the connection's statement cache (a text per size would
 /// prepare a new statement, parameters and all, for nearly every batch, and push the
 /// others out of the cache).
-fn statement_chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
+pub(super) fn statement_chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
     const LARGEST: usize = 64;
     let mut chunks = Vec::new();
     while !rows.is_empty() {
@@ -776,7 +894,7 @@ fn statement_chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
 }
 
 /// `($1, $2, …), ($k+1, …), …`: `rows` rows of `width` parameters, numbered in order.
-fn value_rows(rows: usize, width: usize) -> String {
+pub(super) fn value_rows(rows: usize, width: usize) -> String {
     (0..rows)
         .map(|i| {
             let p: Vec<String> = (1..=width).map(|k| format!("${}", i * width + k)).collect();
@@ -966,7 +1084,42 @@ impl Tx for SqlTx {
         webhooks: &[NewWebhook],
         lease: Option<&Lease>,
     ) -> Result<Vec<Claimed>> {
-        if self.signal_work && lease.is_none() && !webhooks.is_empty() {
+        // Each webhook's state as written: disabled (its endpoint is), claimed by the lease's
+        // owner (handed off), or due now. An ordered webhook is handed off only when no older
+        // one to its level about the subject is unfinished; otherwise the claim decides.
+        let blocked: HashSet<String> = match lease {
+            Some(_) if webhooks.iter().any(|w| w.ordered && !w.disabled) => {
+                let levels: Vec<&EntityId> = webhooks
+                    .iter()
+                    .filter(|w| w.ordered && !w.disabled)
+                    .map(|w| &w.level_id)
+                    .collect();
+                let list = (0..levels.len())
+                    .map(|i| format!("${}", i + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut params: Vec<Param> = vec![event.subject_id.as_str().into()];
+                params.extend(levels.iter().map(|l| Param::from(l.as_str())));
+                self.exec
+                    .fetch(
+                        &format!(
+                            "SELECT DISTINCT level_id FROM webhooks WHERE subject_id = $1 \
+                             AND ordered = 1 AND due_at IS NOT NULL AND level_id IN ({list})"
+                        ),
+                        &params,
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.text(0).map(str::to_owned))
+                    .collect::<Result<_>>()?
+            }
+            _ => HashSet::new(),
+        };
+        let claims = |w: &NewWebhook| {
+            lease.is_some() && !w.disabled && !(w.ordered && blocked.contains(w.level_id.as_str()))
+        };
+        let due_unclaimed = webhooks.iter().any(|w| !w.disabled && !claims(w));
+        if self.signal_work && due_unclaimed {
             // Delivered to listeners only if and when this transaction commits. Claimed
             // webhooks are this instance's own work: nobody else needs waking.
             self.exec
@@ -988,38 +1141,47 @@ impl Tx for SqlTx {
         if webhooks.is_empty() {
             return Ok(Vec::new());
         }
-        // One statement for all of the event's webhooks: eight parameters a row, then the
-        // due time and the claim's owner (NULL when unclaimed), shared by every row.
+        // One statement for all of the event's webhooks, twelve parameters a row.
         static INSERTS: SqlBySize = SqlBySize::new();
         let sql = INSERTS.get(webhooks.len(), |n| {
-            let due = n * 8 + 1;
-            let rows: Vec<String> = (0..n)
-                .map(|i| {
-                    let p = |k: usize| format!("${}", i * 8 + k);
-                    format!(
-                        "({}, {}, {}, {}, {}, {}, {}, {}, 'pending', 0, ${due}, ${}, {})",
-                        p(1),
-                        p(2),
-                        p(3),
-                        p(4),
-                        p(5),
-                        p(6),
-                        p(7),
-                        p(8),
-                        due + 1,
-                        p(8)
-                    )
-                })
-                .collect();
             format!(
-                "INSERT INTO webhooks (id, event_id, type, subject_id, level, level_id, url, created_at, status, \
-                 attempts, due_at, claimed_by, updated_at) VALUES {}",
-                rows.join(", ")
+                "INSERT INTO webhooks (id, event_id, type, subject_id, level, level_id, url, created_at, \
+                 status, due_at, claimed_by, ordered, attempts, updated_at) VALUES {}",
+                (0..n)
+                    .map(|i| {
+                        let p = |k: usize| format!("${}", i * 12 + k);
+                        format!(
+                            "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, 0, {})",
+                            p(1),
+                            p(2),
+                            p(3),
+                            p(4),
+                            p(5),
+                            p(6),
+                            p(7),
+                            p(8),
+                            p(9),
+                            p(10),
+                            p(11),
+                            p(12),
+                            p(8)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         });
-        let mut params: Vec<Param> = webhooks
+        let params: Vec<Param> = webhooks
             .iter()
             .flat_map(|w| {
+                let (status, due, owner) = if w.disabled {
+                    ("disabled", None, None)
+                } else if claims(w) {
+                    let l = lease.expect("claims only with a lease");
+                    ("pending", Some(l.until.0), Some(l.owner.as_str()))
+                } else {
+                    ("pending", Some(event.created_at.0), None)
+                };
                 [
                     w.id.as_str().into(),
                     event.id.as_str().into(),
@@ -1029,18 +1191,24 @@ impl Tx for SqlTx {
                     w.level_id.as_str().into(),
                     w.url.as_str().into(),
                     event.created_at.0.into(),
+                    status.into(),
+                    due.into(),
+                    owner.into(),
+                    i64::from(w.ordered).into(),
                 ]
             })
             .collect();
-        params.push(lease.map_or(event.created_at, |l| l.until).0.into());
-        params.push(lease.map(|l| l.owner.as_str()).into());
         self.exec.execute(&sql, &params).await?;
         let Some(lease) = lease else {
             return Ok(Vec::new());
         };
         // What the attempts need besides the rows just written: the levels' secrets.
+        let handed: Vec<&NewWebhook> = webhooks.iter().filter(|w| claims(w)).collect();
+        if handed.is_empty() {
+            return Ok(Vec::new());
+        }
         let levels: Vec<&EntityId> = {
-            let mut l: Vec<&EntityId> = webhooks.iter().map(|w| &w.level_id).collect();
+            let mut l: Vec<&EntityId> = handed.iter().map(|w| &w.level_id).collect();
             l.sort();
             l.dedup();
             l
@@ -1048,8 +1216,9 @@ impl Tx for SqlTx {
         static SELECTS: SqlBySize = SqlBySize::new();
         let sql = SELECTS.get(levels.len(), |n| {
             format!(
-                "SELECT level_id, current, previous, previous_until FROM level_secrets \
-                 WHERE level_id IN ({})",
+                "SELECT s.level_id, s.current, s.previous, s.previous_until, \
+                 (SELECT en.success FROM endpoints en WHERE en.level_id = s.level_id) \
+                 FROM level_secrets s WHERE s.level_id IN ({})",
                 (1..=n)
                     .map(|i| format!("${i}"))
                     .collect::<Vec<_>>()
@@ -1058,13 +1227,15 @@ impl Tx for SqlTx {
         });
         let params: Vec<Param> = levels.iter().map(|id| id.as_str().into()).collect();
         let mut secrets: HashMap<String, SealedSecrets> = HashMap::new();
+        let mut success: HashMap<String, SuccessRule> = HashMap::new();
         for row in self.exec.fetch(&sql, &params).await? {
             if let Some(s) = secrets_from_row(&row, 1)? {
                 secrets.insert(row.text(0)?.to_owned(), s);
             }
+            success.insert(row.text(0)?.to_owned(), success_from(row.opt_text(4)?)?);
         }
-        Ok(webhooks
-            .iter()
+        Ok(handed
+            .into_iter()
             .map(|w| Claimed {
                 webhook: Webhook {
                     id: w.id.clone(),
@@ -1081,8 +1252,47 @@ impl Tx for SqlTx {
                     data: event.data.clone(),
                 },
                 secrets: secrets.get(w.level_id.as_str()).cloned(),
+                success: success
+                    .get(w.level_id.as_str())
+                    .copied()
+                    .unwrap_or_default(),
             })
             .collect())
+    }
+
+    async fn endpoints(&mut self, level_ids: &[&EntityId]) -> Result<Vec<(EntityId, Endpoint)>> {
+        if level_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        static SELECTS: SqlBySize = SqlBySize::new();
+        let sql = SELECTS.get(level_ids.len(), |n| {
+            format!(
+                "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE level_id IN ({})",
+                (1..=n)
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
+        let params: Vec<Param> = level_ids.iter().map(|id| id.as_str().into()).collect();
+        self.exec
+            .fetch(&sql, &params)
+            .await?
+            .iter()
+            .map(endpoints::endpoint_from_row)
+            .collect()
+    }
+
+    async fn enable_endpoint(&mut self, level_id: &EntityId, now: Millis) -> Result<bool> {
+        let n = self
+            .exec
+            .execute(
+                "UPDATE endpoints SET enabled = 1, disabled_reason = NULL, disabled_at = NULL, \
+                 updated_at = $1 WHERE level_id = $2 AND enabled = 0",
+                &[now.0.into(), level_id.as_str().into()],
+            )
+            .await?;
+        Ok(n > 0)
     }
 
     async fn put_secret(&mut self, level_id: &EntityId, sealed: &str, now: Millis) -> Result<()> {

@@ -237,6 +237,61 @@ impl Drop for FailingReceiver {
     }
 }
 
+/// A webhook receiver answering every POST with the status it is set to, and keeping the
+/// bodies it got, in order.
+pub struct SwitchingReceiver {
+    pub url: String,
+    status: Arc<std::sync::atomic::AtomicU16>,
+    bodies: Arc<std::sync::Mutex<Vec<Value>>>,
+    task: JoinHandle<()>,
+}
+
+impl SwitchingReceiver {
+    pub async fn start(status: u16) -> SwitchingReceiver {
+        let code = Arc::new(std::sync::atomic::AtomicU16::new(status));
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, b) = (code.clone(), bodies.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |body: axum::body::Bytes| {
+                let (c, b) = (c.clone(), b.clone());
+                async move {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    b.lock().unwrap().push(v);
+                    StatusCode::from_u16(c.load(Ordering::SeqCst)).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        SwitchingReceiver {
+            url,
+            status: code,
+            bodies,
+            task,
+        }
+    }
+
+    /// Answers `status` from now on.
+    pub fn answer(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// The bodies received so far, in arrival order.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+impl Drop for SwitchingReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Settings for a test: a database at `database_url` (a SQLite file in `dir` when `None`),
 /// the key file in `dir`, http:// and 127.0.0.1 allowed, five attempts 10 ms apart.
 pub fn settings(dir: &Path, database_url: Option<&str>, smtp_port: Option<u16>) -> Settings {
@@ -336,6 +391,25 @@ impl Tidings {
         let v: Value = r.json().await.unwrap();
         assert!(status.is_success(), "GET {path}: {status} {v}");
         v
+    }
+
+    /// Any request; answers the status and the JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut r = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(OPERATOR_KEY);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     /// A level with an optional webhook URL and notification contact; `parent` is

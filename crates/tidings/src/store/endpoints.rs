@@ -1,0 +1,389 @@
+//! Endpoint settings and health in the store.
+//!
+//! Settings live in `endpoints` (a level without a row has the defaults). Health is kept up
+//! to date by the transaction that records attempts ([`record_health`]): one row per level
+//! with the last success and failure, and 24 hourly slots of counters per level, so reading
+//! health never scans attempts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+
+use async_trait::async_trait;
+
+use super::exec::{Exec, Param, Row};
+use super::sql::SqlStore;
+use super::{Result, StoreError};
+use crate::domain::endpoint::{Endpoint, SuccessRule};
+use crate::domain::{EntityId, Millis};
+
+/// A level's delivery health, kept as attempts are recorded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Health {
+    pub last_success_at: Option<Millis>,
+    pub last_failure_at: Option<Millis>,
+    /// What the last failed attempt got (status or transport error).
+    pub last_error: Option<String>,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: u64,
+    /// Attempts in the last 24 hours (the current hour and the 23 before it).
+    pub successes_24h: u64,
+    pub failures_24h: u64,
+}
+
+impl Health {
+    /// Successes over attempts in the last 24 hours; `None` without attempts.
+    pub fn success_ratio_24h(&self) -> Option<f64> {
+        let all = self.successes_24h + self.failures_24h;
+        (all > 0).then(|| self.successes_24h as f64 / all as f64)
+    }
+}
+
+/// Endpoint settings and health.
+#[async_trait]
+pub trait EndpointStore: Send + Sync {
+    /// A level's endpoint settings (the defaults when none are stored).
+    async fn endpoint(&self, level_id: &EntityId) -> Result<Endpoint>;
+
+    /// Stores a level's settings. `enabled` and `disabled_reason` are written only with
+    /// `set_enabled` (so a change of other settings never undoes a concurrent 410's
+    /// disabling). Disabling an enabled endpoint turns its pending webhooks that are not in
+    /// flight into `disabled` ones, in the same transaction.
+    async fn put_endpoint(
+        &self,
+        level_id: &EntityId,
+        endpoint: &Endpoint,
+        set_enabled: bool,
+        now: Millis,
+    ) -> Result<()>;
+
+    /// The health of many levels in one query; a level with no recorded attempt is absent.
+    async fn endpoint_health(
+        &self,
+        level_ids: &[EntityId],
+        now: Millis,
+    ) -> Result<HashMap<EntityId, Health>>;
+}
+
+const HOUR_MS: i64 = 3_600_000;
+/// Largest number of level ids in one health query.
+const HEALTH_CHUNK: usize = 500;
+
+pub(super) const ENDPOINT_COLUMNS: &str =
+    "level_id, event_types, ordered, enabled, disabled_reason, success";
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+/// An endpoint from the columns of [`ENDPOINT_COLUMNS`], starting at column 0.
+pub(super) fn endpoint_from_row(row: &Row) -> Result<(EntityId, Endpoint)> {
+    let id = EntityId::parse(row.text(0)?).map_err(corrupt)?;
+    let event_types = row
+        .opt_text(1)?
+        .map(Endpoint::parse_event_types_text)
+        .transpose()
+        .map_err(corrupt)?;
+    Ok((
+        id,
+        Endpoint {
+            event_types,
+            ordered: row.int(2)? != 0,
+            enabled: row.int(3)? != 0,
+            disabled_reason: row.opt_text(4)?.map(str::to_owned),
+            success: SuccessRule::from_str(row.text(5)?).map_err(corrupt)?,
+        },
+    ))
+}
+
+/// Disables a level's endpoint for `reason` if it is enabled, and turns its pending webhooks
+/// that are not in flight into `disabled` ones. Returns whether it was enabled.
+pub(super) async fn disable(
+    tx: &mut dyn Exec,
+    level_id: &EntityId,
+    reason: &str,
+    now: Millis,
+) -> Result<bool> {
+    let changed = tx
+        .fetch(
+            "INSERT INTO endpoints (level_id, enabled, disabled_reason, disabled_at, updated_at) \
+             VALUES ($1, 0, $2, $3, $3) ON CONFLICT (level_id) DO UPDATE SET enabled = 0, \
+             disabled_reason = excluded.disabled_reason, disabled_at = excluded.disabled_at, \
+             updated_at = excluded.updated_at WHERE endpoints.enabled = 1 RETURNING level_id",
+            &[level_id.as_str().into(), reason.into(), now.0.into()],
+        )
+        .await?;
+    if changed.is_empty() {
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE webhooks SET status = 'disabled', due_at = NULL, updated_at = $1 \
+         WHERE level_id = $2 AND status = 'pending' AND claimed_by IS NULL",
+        &[now.0.into(), level_id.as_str().into()],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// What one batch of recorded attempts changes in one level's health.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct HealthDelta {
+    pub last_success_at: Option<Millis>,
+    pub last_failure_at: Option<Millis>,
+    pub last_error: Option<String>,
+    /// Failures after the batch's last success (all of them when none succeeded).
+    pub trailing_failures: i64,
+    /// Successes and failures by hour (Unix milliseconds / one hour).
+    pub hours: BTreeMap<i64, (i64, i64)>,
+}
+
+/// One recorded attempt as health sees it: its level, whether it succeeded, when, and
+/// what it got when it failed.
+pub(super) struct Outcome<'a> {
+    pub level_id: &'a EntityId,
+    pub succeeded: bool,
+    pub at: Millis,
+    pub error: Option<String>,
+}
+
+/// Sums a batch's attempts per level, in the batch's order (levels sorted by id, so that
+/// concurrent recorders lock health rows in one order).
+pub(super) fn health_deltas<'a>(
+    outcomes: impl IntoIterator<Item = Outcome<'a>>,
+) -> BTreeMap<&'a EntityId, HealthDelta> {
+    let mut deltas: BTreeMap<&EntityId, HealthDelta> = BTreeMap::new();
+    for o in outcomes {
+        let d = deltas.entry(o.level_id).or_default();
+        let hour = d.hours.entry(o.at.0.div_euclid(HOUR_MS)).or_default();
+        if o.succeeded {
+            hour.0 += 1;
+            d.last_success_at = Some(d.last_success_at.map_or(o.at, |t| t.max(o.at)));
+            d.trailing_failures = 0;
+        } else {
+            hour.1 += 1;
+            if d.last_failure_at.is_none_or(|t| o.at >= t) {
+                d.last_failure_at = Some(o.at);
+                d.last_error = o.error;
+            }
+            d.trailing_failures += 1;
+        }
+    }
+    deltas
+}
+
+/// Adds a batch's health deltas in the record transaction: two statements per 64 levels.
+pub(super) async fn record_health(
+    tx: &mut dyn Exec,
+    deltas: &BTreeMap<&EntityId, HealthDelta>,
+) -> Result<()> {
+    let levels: Vec<(&&EntityId, &HealthDelta)> = deltas.iter().collect();
+    for chunk in super::sql::statement_chunks(&levels) {
+        let sql = format!(
+            "INSERT INTO endpoint_health (level_id, last_success_at, last_failure_at, last_error, \
+             consecutive_failures) VALUES {} ON CONFLICT (level_id) DO UPDATE SET \
+             last_success_at = COALESCE(excluded.last_success_at, endpoint_health.last_success_at), \
+             last_failure_at = COALESCE(excluded.last_failure_at, endpoint_health.last_failure_at), \
+             last_error = CASE WHEN excluded.last_failure_at IS NULL THEN endpoint_health.last_error \
+             ELSE excluded.last_error END, \
+             consecutive_failures = CASE WHEN excluded.last_success_at IS NULL \
+             THEN endpoint_health.consecutive_failures + excluded.consecutive_failures \
+             ELSE excluded.consecutive_failures END",
+            super::sql::value_rows(chunk.len(), 5)
+        );
+        let params: Vec<Param> = chunk
+            .iter()
+            .flat_map(|(id, d)| {
+                [
+                    id.as_str().into(),
+                    d.last_success_at.map(|t| t.0).into(),
+                    d.last_failure_at.map(|t| t.0).into(),
+                    d.last_error.as_deref().into(),
+                    d.trailing_failures.into(),
+                ]
+            })
+            .collect();
+        tx.execute(&sql, &params).await?;
+    }
+    let hours: Vec<(&EntityId, i64, i64, i64)> = deltas
+        .iter()
+        .flat_map(|(id, d)| d.hours.iter().map(move |(h, (s, f))| (*id, *h, *s, *f)))
+        .collect();
+    for chunk in super::sql::statement_chunks(&hours) {
+        // A slot holding an older hour is overwritten; one holding a newer hour is kept.
+        let sql = format!(
+            "INSERT INTO endpoint_hours (level_id, slot, hour, successes, failures) VALUES {} \
+             ON CONFLICT (level_id, slot) DO UPDATE SET \
+             successes = CASE WHEN endpoint_hours.hour = excluded.hour \
+             THEN endpoint_hours.successes + excluded.successes \
+             WHEN endpoint_hours.hour > excluded.hour THEN endpoint_hours.successes \
+             ELSE excluded.successes END, \
+             failures = CASE WHEN endpoint_hours.hour = excluded.hour \
+             THEN endpoint_hours.failures + excluded.failures \
+             WHEN endpoint_hours.hour > excluded.hour THEN endpoint_hours.failures \
+             ELSE excluded.failures END, \
+             hour = CASE WHEN endpoint_hours.hour > excluded.hour THEN endpoint_hours.hour \
+             ELSE excluded.hour END",
+            super::sql::value_rows(chunk.len(), 5)
+        );
+        let params: Vec<Param> = chunk
+            .iter()
+            .flat_map(|(id, h, s, f)| {
+                [
+                    id.as_str().into(),
+                    h.rem_euclid(24).into(),
+                    (*h).into(),
+                    (*s).into(),
+                    (*f).into(),
+                ]
+            })
+            .collect();
+        tx.execute(&sql, &params).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl EndpointStore for SqlStore {
+    async fn endpoint(&self, level_id: &EntityId) -> Result<Endpoint> {
+        let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE level_id = $1");
+        let rows = self
+            .begin_read()
+            .await?
+            .fetch(&sql, &[level_id.as_str().into()])
+            .await?;
+        match rows.first() {
+            Some(r) => Ok(endpoint_from_row(r)?.1),
+            None => Ok(Endpoint::default()),
+        }
+    }
+
+    async fn put_endpoint(
+        &self,
+        level_id: &EntityId,
+        e: &Endpoint,
+        set_enabled: bool,
+        now: Millis,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        if set_enabled && !e.enabled {
+            let reason = e.disabled_reason.as_deref().unwrap_or("disabled");
+            disable(tx.as_mut(), level_id, reason, now).await?;
+        }
+        let types = e.event_types_text();
+        tx.execute(
+            "INSERT INTO endpoints (level_id, event_types, ordered, enabled, disabled_reason, \
+             disabled_at, success, updated_at) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7) \
+             ON CONFLICT (level_id) DO UPDATE SET event_types = excluded.event_types, \
+             ordered = excluded.ordered, \
+             enabled = CASE WHEN $8 = 1 THEN excluded.enabled ELSE endpoints.enabled END, \
+             disabled_reason = CASE WHEN $8 = 1 THEN excluded.disabled_reason \
+             ELSE endpoints.disabled_reason END, \
+             disabled_at = CASE WHEN $8 = 1 AND excluded.enabled = 1 THEN NULL \
+             ELSE endpoints.disabled_at END, \
+             success = excluded.success, updated_at = excluded.updated_at",
+            &[
+                level_id.as_str().into(),
+                types.as_deref().into(),
+                i64::from(e.ordered).into(),
+                i64::from(e.enabled).into(),
+                e.disabled_reason.as_deref().into(),
+                e.success.as_str().into(),
+                now.0.into(),
+                i64::from(set_enabled).into(),
+            ],
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    async fn endpoint_health(
+        &self,
+        level_ids: &[EntityId],
+        now: Millis,
+    ) -> Result<HashMap<EntityId, Health>> {
+        let mut out = HashMap::new();
+        // The current hour and the 23 before it.
+        let oldest = now.0.div_euclid(HOUR_MS) - 23;
+        let mut tx = self.begin_read().await?;
+        for chunk in level_ids.chunks(HEALTH_CHUNK) {
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // One row per level and counted hour (a left join: none for a quiet day).
+            let sql = format!(
+                "SELECT h.level_id, h.last_success_at, h.last_failure_at, h.last_error, \
+                 h.consecutive_failures, x.successes, x.failures \
+                 FROM endpoint_health h LEFT JOIN endpoint_hours x \
+                 ON x.level_id = h.level_id AND x.hour >= $1 WHERE h.level_id IN ({list})"
+            );
+            let mut params: Vec<Param> = vec![oldest.into()];
+            params.extend(chunk.iter().map(|id| Param::from(id.as_str())));
+            for r in tx.fetch(&sql, &params).await? {
+                let health = out
+                    .entry(EntityId::parse(r.text(0)?).map_err(corrupt)?)
+                    .or_insert(Health {
+                        last_success_at: r.opt_int(1)?.map(Millis),
+                        last_failure_at: r.opt_int(2)?.map(Millis),
+                        last_error: r.opt_text(3)?.map(str::to_owned),
+                        consecutive_failures: r.int(4)?.max(0) as u64,
+                        successes_24h: 0,
+                        failures_24h: 0,
+                    });
+                health.successes_24h += r.opt_int(5)?.unwrap_or(0).max(0) as u64;
+                health.failures_24h += r.opt_int(6)?.unwrap_or(0).max(0) as u64;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> EntityId {
+        EntityId::parse(&format!("{n:024x}")).unwrap()
+    }
+
+    #[test]
+    fn a_batch_sums_per_level_and_hour_and_counts_failures_after_the_last_success() {
+        let (a, b) = (id(1), id(2));
+        let at = |ms: i64| Millis(10 * HOUR_MS + ms);
+        let o = |level, succeeded, ms, error: Option<&str>| Outcome {
+            level_id: level,
+            succeeded,
+            at: at(ms),
+            error: error.map(str::to_owned),
+        };
+        let deltas = health_deltas([
+            o(&a, false, 1, Some("HTTP 500")),
+            o(&a, true, 2, None),
+            o(&b, true, 3, None),
+            o(&a, false, 4, Some("timed out")),
+            o(&a, false, HOUR_MS + 5, Some("HTTP 503")),
+        ]);
+        let da = &deltas[&a];
+        assert_eq!(da.last_success_at, Some(at(2)));
+        assert_eq!(da.last_failure_at, Some(at(HOUR_MS + 5)));
+        assert_eq!(da.last_error.as_deref(), Some("HTTP 503"));
+        assert_eq!(da.trailing_failures, 2);
+        assert_eq!(
+            da.hours.iter().map(|(h, c)| (*h, *c)).collect::<Vec<_>>(),
+            vec![(10, (1, 2)), (11, (0, 1))]
+        );
+        let db = &deltas[&b];
+        assert_eq!((db.trailing_failures, db.last_failure_at), (0, None));
+        assert_eq!(deltas.keys().copied().collect::<Vec<_>>(), vec![&a, &b]);
+    }
+
+    #[test]
+    fn the_ratio_is_successes_over_attempts_and_absent_without_attempts() {
+        let h = Health {
+            successes_24h: 3,
+            failures_24h: 1,
+            ..Health::default()
+        };
+        assert_eq!(h.success_ratio_24h(), Some(0.75));
+        assert_eq!(Health::default().success_ratio_24h(), None);
+    }
+}
