@@ -56,7 +56,9 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(json_errors))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state.clone())
+        // The web console at `/`, with its own error pages and headers.
+        .merge(crate::console::routes(state).layer(TraceLayer::new_for_http()))
 }
 
 async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {

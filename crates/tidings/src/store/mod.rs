@@ -5,6 +5,7 @@
 //! [`Tx`] and become visible together at commit, or not at all (the transactional outbox).
 //! It never decides who receives what; that is the domain's job.
 
+mod console;
 mod exec;
 mod keys;
 mod notifications;
@@ -17,6 +18,7 @@ use crate::delivery::secrets::SealedSecrets;
 use crate::domain::entities::Entity;
 use crate::domain::{EntityId, EventType, Kind, Level, Millis};
 
+pub use console::{Bucket, ConsoleStore, LevelHealth};
 pub use keys::{ApiKeyRecord, KeyStore};
 pub use notifications::*;
 pub use sql::SqlStore;
@@ -203,7 +205,7 @@ pub struct QueueStats {
 
 /// The store: reads, the write transaction, and the delivery queue.
 #[async_trait]
-pub trait Store: NotificationStore + KeyStore + Send + Sync + 'static {
+pub trait Store: NotificationStore + KeyStore + ConsoleStore + Send + Sync + 'static {
     /// Which database this is (`sqlite` or `postgres`), for logs and readiness.
     fn backend(&self) -> &'static str;
 
