@@ -6,7 +6,8 @@ mod stores;
 use tidings::domain::entities::{Contact, Dealer, Entity, Reseller};
 use tidings::domain::{EntityId, EventType, Level, Millis};
 use tidings::store::{
-    Attempt, Bucket, NewEvent, NewWebhook, Next, Recorded, Store, WebhookFilter, WebhookStatus,
+    Attempt, Bucket, LastAttempt, NewEvent, NewWebhook, Next, Recorded, Store, WebhookFilter,
+    WebhookStatus,
 };
 
 const T0: Millis = Millis(1_700_000_000_000);
@@ -230,6 +231,28 @@ async fn console_aggregates_count_attempts_health_and_queue_per_level() {
             .await
             .unwrap();
         assert_eq!((qb.pending, qb.oldest_due), (0, None), "{}", s.name);
+
+        // The latest attempt of each webhook asked about that has one.
+        let mut last = store
+            .last_attempts(&[a_ids[0].clone(), a_ids[2].clone(), id()])
+            .await
+            .unwrap();
+        last.sort_by(|x, y| x.webhook_id.cmp(&y.webhook_id));
+        let mut expected = vec![
+            LastAttempt {
+                webhook_id: a_ids[0].clone(),
+                status_code: Some(200),
+                error: None,
+            },
+            LastAttempt {
+                webhook_id: a_ids[2].clone(),
+                status_code: Some(500),
+                error: Some("HTTP 500 a2".into()),
+            },
+        ];
+        expected.sort_by(|x, y| x.webhook_id.cmp(&y.webhook_id));
+        assert_eq!(last, expected, "{}", s.name);
+        assert!(store.last_attempts(&[]).await.unwrap().is_empty());
 
         // Newest first, within the given levels, with the API's filters and the cursor.
         let mut newest_a = a_ids.clone();

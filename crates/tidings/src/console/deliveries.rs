@@ -15,7 +15,7 @@ use super::layout::{self, field_error, Section};
 use super::tree::{self, Tree};
 use super::{FormError, Shared, Signed};
 use crate::domain::{EntityId, EventType, Millis};
-use crate::store::{Webhook, WebhookFilter, WebhookStatus};
+use crate::store::{LastAttempt, Webhook, WebhookFilter, WebhookStatus};
 
 /// Webhooks per page.
 const PAGE: u32 = 50;
@@ -91,15 +91,36 @@ impl Filters {
     }
 }
 
+/// The rows shown: each webhook with how its latest attempt ended.
+type Rows = Vec<(Webhook, Option<LastAttempt>)>;
+
 async fn load(
     c: &Shared,
     signed: &Signed,
     f: &WebhookFilter,
-) -> Result<(Tree, Vec<Webhook>), crate::store::StoreError> {
+) -> Result<(Tree, Rows), crate::store::StoreError> {
     let store = c.app().hierarchy.store().as_ref();
     let tree = Tree::load(store, &signed.who).await?;
     let scope = tree.scope(&signed.who);
     let rows = store.webhooks_newest(f, scope.as_deref()).await?;
+    let tried: Vec<EntityId> = rows
+        .iter()
+        .filter(|w| w.attempts > 0)
+        .map(|w| w.id.clone())
+        .collect();
+    let mut last: HashMap<EntityId, LastAttempt> = store
+        .last_attempts(&tried)
+        .await?
+        .into_iter()
+        .map(|a| (a.webhook_id.clone(), a))
+        .collect();
+    let rows = rows
+        .into_iter()
+        .map(|w| {
+            let a = last.remove(&w.id);
+            (w, a)
+        })
+        .collect();
     Ok((tree, rows))
 }
 
@@ -128,7 +149,7 @@ pub async fn list_page(
     let query = q.query();
     let live = filter.after.is_none() && error.is_none();
     let older = (rows.len() as u32 == PAGE)
-        .then(|| rows.last().map(|w| w.id.clone()))
+        .then(|| rows.last().map(|(w, _)| w.id.clone()))
         .flatten();
     let names: HashMap<&EntityId, &tree::Node> = tree.nodes.iter().map(|n| (&n.id, n)).collect();
     let select = |v: &Option<String>, option: &str| given(v) == Some(option);
@@ -214,28 +235,33 @@ pub async fn list_page(
     r
 }
 
-fn table_rows(rows: &[Webhook], names: &HashMap<&EntityId, &tree::Node>) -> Markup {
+fn table_rows(rows: &Rows, names: &HashMap<&EntityId, &tree::Node>) -> Markup {
     html! {
-        @for w in rows {
+        @for (w, last) in rows {
             tr {
-                td { (layout::time(w.created_at)) }
-                td { (layout::status_badge(w.status.as_str())) }
-                td { code { (w.event_type.as_str()) } }
-                td {
+                td data-label="Created" { (layout::time(w.created_at)) }
+                td data-label="Status" {
+                    (layout::status_badge(w.status.as_str()))
+                    @if let Some(e) = last.as_ref().and_then(|a| a.error.as_deref()) {
+                        br; span.error-text.clip title=(e) { (e) }
+                    }
+                }
+                td data-label="Type" { a href={ "/deliveries/" (w.id) } { code { (w.event_type.as_str()) } } }
+                td data-label="To" {
                     @match names.get(&w.level_id) {
                         Some(n) => { (n.name) " " span.muted { (w.level.as_str()) } },
                         None => { span.muted { (w.level.as_str()) " " (w.level_id) } },
                     }
                     br; span.url.muted { (w.url) }
                 }
-                td { (w.attempts) }
-                td {
+                td data-label="Attempts" { (w.attempts) }
+                td data-label="Next attempt" {
                     @match w.due_at.filter(|_| w.status == WebhookStatus::Pending) {
                         Some(t) => (layout::time(t)),
                         None => span.muted { "–" },
                     }
                 }
-                td { a href={ "/deliveries/" (w.id) } { code { (w.id) } } }
+                td data-label="Webhook" { a.id href={ "/deliveries/" (w.id) } { code { (w.id) } } }
             }
         }
     }
@@ -322,6 +348,21 @@ async fn one(
     let empty = Vec::new();
     let attempts = w["attempts"].as_array().unwrap_or(&empty);
     let collection = level.parse().ok().map(tree::collection);
+    // The receiving level's name, as the API shows it to this key.
+    let level_name = match collection {
+        Some(col) => {
+            let l = c
+                .api(
+                    &signed.who,
+                    Method::GET,
+                    &format!("/v1/{col}/{}", super::encode(level_id)),
+                    None,
+                )
+                .await;
+            l.body["name"].as_str().map(str::to_owned)
+        }
+        None => None,
+    };
     let body = html! {
         @if let Some(n) = &notice { p.notice role="status" { (n) } }
         @if let Some(e) = &error { p.field-error role="alert" { (e) } }
@@ -329,11 +370,11 @@ async fn one(
             dt { "Status" } dd { (layout::status_badge(status)) }
             dt { "Type" } dd { code { (w["type"].as_str().unwrap_or("")) } }
             dt { "To" } dd {
-                (level) " "
                 @match collection {
-                    Some(col) => a href={ "/levels/" (col) "/" (level_id) } { code { (level_id) } },
+                    Some(col) => a href={ "/levels/" (col) "/" (level_id) } { (level_name.as_deref().unwrap_or(level_id)) },
                     None => code { (level_id) },
                 }
+                " " span.muted { (level) }
             }
             dt { "URL (as when created)" } dd { code.url { (w["url"].as_str().unwrap_or("")) } }
             dt { "Subject" } dd { code { (w["subject_id"].as_str().unwrap_or("")) } }
@@ -355,9 +396,9 @@ async fn one(
                 tbody {
                     @for a in attempts {
                         tr {
-                            td { (a["number"]) }
-                            td { @if let Some(t) = millis(&a["started_at"]) { (layout::time(t)) } }
-                            td {
+                            td data-label="#" { (a["number"]) }
+                            td data-label="Started" { @if let Some(t) = millis(&a["started_at"]) { (layout::time(t)) } }
+                            td data-label="Result" {
                                 @let code = a["status_code"].as_u64();
                                 @match (a["error"].as_str(), code) {
                                     (None, Some(c)) => span.badge.succeeded { "HTTP " (c) },
@@ -366,8 +407,8 @@ async fn one(
                                     (None, None) => span.badge.succeeded { "ok" },
                                 }
                             }
-                            td { (a["duration_ms"]) " ms" }
-                            td { pre.excerpt { (a["body"].as_str().unwrap_or("")) } }
+                            td data-label="Duration" { (a["duration_ms"]) " ms" }
+                            td data-label="Response" { pre.excerpt { (a["body"].as_str().unwrap_or("")) } }
                         }
                     }
                 }

@@ -213,7 +213,7 @@ async fn level(
         .filter(|e| url_error.is_none() && contact_error.is_none() && !e.message.is_empty())
         .map(|e| e.message.clone());
     let base = format!("/levels/{collection}/{id}");
-    let title = format!("{name}");
+    let title = name.to_owned();
     let body = html! {
         p.lead {
             span.kind { (level.as_str()) } " "
@@ -308,7 +308,6 @@ async fn level(
                 form method="post" action="/deliveries/recover" {
                     (layout::csrf(signed))
                     input type="hidden" name="level_id" value=(id);
-                    input type="hidden" name="back" value=(base);
                     label for="since" { "Failed webhooks created since (RFC 3339)" }
                     input #since type="text" name="since" value=(Millis(now.0 - DAY).to_rfc3339());
                     button type="submit" { "Queue them again" }

@@ -131,6 +131,10 @@ fn oldest(now: Millis, q: &QueueStats) -> Markup {
 
 /// A bar chart of `n` buckets from `start`: delivered stacked under failed.
 fn chart(buckets: &[Bucket], n: usize, start: Millis, width_ms: i64, unit: &str) -> Markup {
+    let ago = match unit {
+        "minute" => format!("{n} min"),
+        _ => format!("{n} h"),
+    };
     let mut values = vec![Bucket::default(); n];
     for b in buckets {
         if let Some(v) = usize::try_from(b.index)
@@ -174,11 +178,12 @@ fn chart(buckets: &[Bucket], n: usize, start: Millis, width_ms: i64, unit: &str)
                         }
                     }
                 }
-                text x="2" y="12" { (max) }
             }
             figcaption {
                 span.key.ok { "delivered" } " " span.key.bad { "failed" }
+                " · highest bar: " (max) " attempts"
                 @if total == 0 { " · no attempts in this window" }
+                span.ends { (ago) " ago … now" }
             }
         }
     }

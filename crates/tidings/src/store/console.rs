@@ -33,6 +33,14 @@ pub struct LevelHealth {
     pub consecutive_failures: u64,
 }
 
+/// How a webhook's latest attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastAttempt {
+    pub webhook_id: EntityId,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+}
+
 #[async_trait]
 pub trait ConsoleStore {
     /// Attempts started since `since`, counted per `bucket_ms`, of the webhooks addressed to
@@ -56,6 +64,9 @@ pub trait ConsoleStore {
     /// due by `now` and not claimed.
     async fn level_queue(&self, levels: &[EntityId], now: Millis) -> Result<QueueStats>;
 
+    /// The latest attempt's status code and error of each of `webhooks` that has one.
+    async fn last_attempts(&self, webhooks: &[EntityId]) -> Result<Vec<LastAttempt>>;
+
     /// Webhooks matching `filter`, newest first; `filter.after` is the cursor, read as
     /// "older than this id". Only those addressed to `levels` when given.
     async fn webhooks_newest(
@@ -65,7 +76,7 @@ pub trait ConsoleStore {
     ) -> Result<Vec<Webhook>>;
 }
 
-/// ` AND <column> IN ($n, ...)` for `levels`, appending them to `params`.
+/// ` AND <column> IN ($n, ...)` for the ids in `levels`, appending them to `params`.
 fn level_clause<'a>(
     column: &str,
     levels: Option<&'a [EntityId]>,
@@ -210,6 +221,30 @@ impl ConsoleStore for SqlStore {
             pending: count(int(r, 0)?),
             oldest_due: int(r, 1)?.map(Millis),
         })
+    }
+
+    async fn last_attempts(&self, webhooks: &[EntityId]) -> Result<Vec<LastAttempt>> {
+        if webhooks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut params: Vec<Param> = Vec::new();
+        let clause = level_clause("webhook_id", Some(webhooks), &mut params);
+        let sql = format!(
+            "SELECT t.webhook_id, CAST(t.status_code AS BIGINT), t.error FROM attempts t \
+             JOIN (SELECT webhook_id, MAX(number) AS n FROM attempts WHERE 1 = 1{clause} \
+                   GROUP BY webhook_id) m \
+               ON m.webhook_id = t.webhook_id AND m.n = t.number"
+        );
+        let rows = fetch(self, &sql, &params).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LastAttempt {
+                    webhook_id: super::sql::parse_id(&r.try_get::<String, _>(0)?)?,
+                    status_code: int(r, 1)?.and_then(|c| u16::try_from(c).ok()),
+                    error: r.try_get::<Option<String>, _>(2)?,
+                })
+            })
+            .collect()
     }
 
     async fn webhooks_newest(

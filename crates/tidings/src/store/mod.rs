@@ -18,7 +18,7 @@ use crate::delivery::secrets::SealedSecrets;
 use crate::domain::entities::Entity;
 use crate::domain::{EntityId, EventType, Kind, Level, Millis};
 
-pub use console::{Bucket, ConsoleStore, LevelHealth};
+pub use console::{Bucket, ConsoleStore, LastAttempt, LevelHealth};
 pub use keys::{ApiKeyRecord, KeyStore};
 pub use notifications::*;
 pub use sql::SqlStore;
