@@ -225,6 +225,22 @@ test("the console as the operator: tree, live deliveries, attempts, retry, secre
   assert.equal(await page.locator("table.attempts tbody tr").count(), 3);
   await page.locator("table.attempts").getByText("HTTP 200").waitFor();
 
+  // Recover: a level's failed webhooks since a time are queued again.
+  failing = true;
+  const again = await create("sites", { name: "Failing Again", company: { id: tree.company.id } });
+  const againHook = await eventually("the second webhook to fail for good", async () => {
+    const r = await api("GET", `/v1/webhooks?subject_id=${again.id}`);
+    return r.body.data.find((w) => w.status === "failed");
+  });
+  failing = false;
+  await page.goto(`${base}/levels/resellers/${tree.reseller.id}`);
+  await page.getByRole("button", { name: "Queue them again" }).click();
+  await page.getByText("1 failed webhook(s) queued again.").waitFor();
+  await eventually("the recovered webhook to succeed", async () => {
+    const r = await api("GET", `/v1/webhooks/${againHook.id}`);
+    return r.body.status === "succeeded";
+  });
+
   // A level: an invalid URL gets the API's error next to the field; reveal and rotate.
   await page.goto(`${base}/levels/resellers/${tree.reseller.id}`);
   await page.getByLabel("URL that receives this level's webhooks").fill("ftp://example.com/hook");

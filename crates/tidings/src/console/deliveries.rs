@@ -434,7 +434,7 @@ pub async fn retry(
     Path(id): Path<String>,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    if let Err(r) = signed.check(&form.csrf) {
+    if let Some(r) = signed.refuse(&form.csrf) {
         return r;
     }
     let answer = c
@@ -471,7 +471,7 @@ pub async fn recover(
     signed: Signed,
     Form(form): Form<RecoverForm>,
 ) -> Response {
-    if let Err(r) = signed.check(&form.csrf) {
+    if let Some(r) = signed.refuse(&form.csrf) {
         return r;
     }
     let body = json!({ "level_id": form.level_id.trim(), "since": form.since.trim() });

@@ -336,7 +336,7 @@ pub async fn settings(
     Path((collection, id)): Path<(String, String)>,
     Form(form): Form<SettingsForm>,
 ) -> Response {
-    if let Err(r) = signed.check(&form.csrf) {
+    if let Some(r) = signed.refuse(&form.csrf) {
         return r;
     }
     let text = |v: &Option<String>| v.as_deref().map(str::trim).unwrap_or("").to_owned();
@@ -398,7 +398,7 @@ pub async fn reveal(
     Path((collection, id)): Path<(String, String)>,
     Form(form): Form<SecretForm>,
 ) -> Response {
-    if let Err(r) = signed.check(&form.csrf) {
+    if let Some(r) = signed.refuse(&form.csrf) {
         return r;
     }
     secret(&c, &signed, &collection, &id, false).await
@@ -410,7 +410,7 @@ pub async fn rotate(
     Path((collection, id)): Path<(String, String)>,
     Form(form): Form<SecretForm>,
 ) -> Response {
-    if let Err(r) = signed.check(&form.csrf) {
+    if let Some(r) = signed.refuse(&form.csrf) {
         return r;
     }
     if form.confirm != "yes" {

@@ -138,7 +138,7 @@ pub async fn create(
     signed: Signed,
     Form(form): Form<NewKeyForm>,
 ) -> Response {
-    if let Err(r) = signed.check(&form.csrf) {
+    if let Some(r) = signed.refuse(&form.csrf) {
         return r;
     }
     let (level, id) = form.level.split_once(':').unwrap_or(("", ""));
@@ -168,7 +168,7 @@ pub async fn revoke(
     Path(id): Path<String>,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    if let Err(r) = signed.check(&form.csrf) {
+    if let Some(r) = signed.refuse(&form.csrf) {
         return r;
     }
     let answer = c

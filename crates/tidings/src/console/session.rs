@@ -124,17 +124,17 @@ pub struct Signed {
 }
 
 impl Signed {
-    /// Checks a posted CSRF token against the session's.
-    pub fn check(&self, token: &str) -> Result<(), Response> {
+    /// Checks a posted CSRF token against the session's: the refusal to answer when it differs.
+    pub fn refuse(&self, token: &str) -> Option<Response> {
         let a = token.as_bytes();
         let b = self.csrf.as_bytes();
         let same =
             a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
         if same {
-            Ok(())
+            None
         } else {
             tracing::info!("console change refused: missing or wrong CSRF token");
-            Err(layout::error_page(
+            Some(layout::error_page(
                 StatusCode::FORBIDDEN,
                 "This form has expired or did not come from this console. Reload the page and try again.",
             ))
@@ -248,7 +248,7 @@ pub async fn sign_out(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = signed.check(&form.csrf) {
+    if let Some(r) = signed.refuse(&form.csrf) {
         return r;
     }
     c.sessions.end(&signed.session);
