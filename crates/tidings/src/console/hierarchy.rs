@@ -54,7 +54,7 @@ pub async fn tree_page(State(c): State<Shared>, signed: Signed) -> Response {
         @if roots.is_empty() {
             p.empty { "No levels yet: create a reseller with the API (" code { "POST /v1/resellers" } "); it appears here." }
         } @else {
-            ul.tree role="tree" aria-label="Levels" {
+            ul.tree aria-label="Levels" {
                 @for n in roots { (branch(&tree, n, &health)) }
             }
         }
@@ -65,7 +65,7 @@ pub async fn tree_page(State(c): State<Shared>, signed: Signed) -> Response {
 fn branch(tree: &Tree, n: &Node, health: &HashMap<EntityId, LevelHealth>) -> Markup {
     let kids = tree.children(Some(&n.id));
     html! {
-        li role="treeitem" aria-expanded=[(!kids.is_empty()).then_some("true")] {
+        li {
             div.node {
                 span.kind { (n.level.as_str()) }
                 a.name href={ "/levels/" (tree::collection(n.level)) "/" (n.id) } { (n.name) }
@@ -81,7 +81,7 @@ fn branch(tree: &Tree, n: &Node, health: &HashMap<EntityId, LevelHealth>) -> Mar
                 (health_badge(health.get(&n.id), n.webhook_url.is_some()))
             }
             @if !kids.is_empty() {
-                ul role="group" {
+                ul {
                     @for k in kids { (branch(tree, k, health)) }
                 }
             }

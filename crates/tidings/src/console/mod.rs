@@ -314,3 +314,30 @@ impl Console {
 pub fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(origin: Option<&str>, host: &str) -> Request {
+        let mut r = Request::builder().method(Method::POST).uri("/sign-out");
+        if let Some(o) = origin {
+            r = r.header(header::ORIGIN, o);
+        }
+        r.header(header::HOST, host).body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn a_post_from_another_origin_is_not_same_origin() {
+        assert!(same_origin(&post(
+            Some("http://127.0.0.1:8080"),
+            "127.0.0.1:8080"
+        )));
+        assert!(same_origin(&post(None, "127.0.0.1:8080")));
+        assert!(!same_origin(&post(
+            Some("https://evil.example"),
+            "127.0.0.1:8080"
+        )));
+        assert!(!same_origin(&post(Some("null"), "127.0.0.1:8080")));
+    }
+}

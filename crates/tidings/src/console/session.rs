@@ -258,3 +258,52 @@ pub async fn sign_out(
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_found_among_others_and_set_with_its_flags() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            "a=1; tidings_console=abc; b=2".parse().unwrap(),
+        );
+        assert_eq!(cookie_value(&h).as_deref(), Some("abc"));
+        assert_eq!(cookie_value(&HeaderMap::new()), None);
+        assert_eq!(
+            cookie("abc", 43_200, false),
+            "tidings_console=abc; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200"
+        );
+        assert!(cookie("abc", 43_200, true).ends_with("; Secure"));
+    }
+
+    #[test]
+    fn a_session_ends_at_sign_out_and_each_has_its_own_csrf_token() {
+        let s = Sessions::default();
+        let one = s.start("key-1".into());
+        let two = s.start("key-2".into());
+        let (k1, t1) = s.get(&one).unwrap();
+        let (_, t2) = s.get(&two).unwrap();
+        assert_eq!(k1, "key-1");
+        assert_ne!(t1, t2);
+        s.end(&one);
+        assert!(s.get(&one).is_none());
+        assert!(s.get(&two).is_some());
+        assert!(s.get("made-up").is_none());
+    }
+
+    #[test]
+    fn a_change_without_the_sessions_csrf_token_is_refused() {
+        let signed = Signed {
+            who: Principal::Operator,
+            csrf: "token-1".into(),
+            session: "s".into(),
+        };
+        assert!(signed.refuse("token-1").is_none());
+        let refused = signed.refuse("token-2").expect("refused");
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert!(signed.refuse("").is_some());
+    }
+}
