@@ -207,6 +207,14 @@ test("the console as the operator: tree, live deliveries, attempts, retry, secre
     const w = r.body.data.find((w) => w.status === "failed");
     return w;
   });
+  // The overview names the failing level and its error.
+  await page.goto(base + "/");
+  await page
+    .locator("section", { has: page.getByRole("heading", { name: "Levels failing now" }) })
+    .getByRole("link", { name: "Northwind Reseller" })
+    .waitFor();
+  await page.getByText("HTTP 500: only 200 counts as success").first().waitFor();
+  await shot(page, "overview");
   await page.goto(`${base}/deliveries?status=failed`);
   await page.getByRole("link", { name: failedHook.id }).click();
   await page.waitForURL(`${base}/deliveries/${failedHook.id}`);
@@ -299,7 +307,6 @@ test("the console as the operator: tree, live deliveries, attempts, retry, secre
   await page.getByRole("heading", { name: "Last hour, per minute" }).waitFor();
   assert.ok((await page.locator("svg rect.ok").count()) > 0, "the chart shows delivered attempts");
   assert.ok((await page.locator("svg rect.bad").count()) > 0, "the chart shows failed attempts");
-  await shot(page, "overview");
 
   // Phone width: the deliveries list still reads.
   await page.setViewportSize({ width: 390, height: 844 });
