@@ -9,6 +9,7 @@
 mod api;
 mod ceiling;
 mod child;
+mod console;
 mod report;
 mod scenario;
 mod sink;

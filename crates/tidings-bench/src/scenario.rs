@@ -891,6 +891,23 @@ pub async fn backlog(opts: &Options, store: StoreKind) -> anyhow::Result<Report>
         idle_after.rss_bytes as f64 / MIB
     );
 
+    // The console's pages with the backlog stored.
+    for p in crate::console::time_pages(&run.tidings().base_url, 5).await? {
+        println!(
+            "  console {:<26} HTTP {} p50 {:.0} ms, max {:.0} ms",
+            p.path, p.status, p.p50_ms, p.max_ms
+        );
+        r.targets.push(Target {
+            what: format!(
+                "console page {} with {pending} pending retries stored",
+                p.path
+            ),
+            target: "< 200 ms".into(),
+            measured: format!("p50 {:.0} ms, max {:.0} ms", p.p50_ms, p.max_ms),
+            met: p.status == 200 && p.max_ms < 200.0,
+        });
+    }
+
     let with = run
         .phase("healthy-backlog", &healthy, Rate::Max, d, None, false)
         .await?;

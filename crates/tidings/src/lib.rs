@@ -53,6 +53,7 @@ pub mod api;
 pub mod changes;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod domain;
 pub mod metrics;

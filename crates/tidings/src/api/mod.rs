@@ -86,7 +86,9 @@ pub fn router_with(state: AppState, limits: Limits) -> Router {
             },
         ))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state.clone())
+        // The web console at `/`, with its own error pages and headers.
+        .merge(crate::console::routes(state).layer(TraceLayer::new_for_http()))
 }
 
 /// Reads each request's body, then runs its handler in a task of its own, so that a client

@@ -5,6 +5,7 @@
 //! [`Tx`] and become visible together at commit, or not at all (the transactional outbox).
 //! It never decides who receives what; that is the domain's job.
 
+mod console;
 mod endpoints;
 mod exec;
 mod keys;
@@ -19,6 +20,7 @@ use crate::domain::endpoint::{Endpoint, SuccessRule};
 use crate::domain::entities::Entity;
 use crate::domain::{EntityId, EventType, Kind, Level, Millis};
 
+pub use console::{Bucket, ConsoleStore, LastAttempt, LevelHealth};
 pub use endpoints::{EndpointStore, Health};
 pub use keys::{ApiKeyRecord, KeyStore};
 pub use notifications::*;
@@ -289,7 +291,9 @@ pub struct QueueStats {
 
 /// The store: reads, the write transaction, and the delivery queue.
 #[async_trait]
-pub trait Store: NotificationStore + KeyStore + EndpointStore + Send + Sync + 'static {
+pub trait Store:
+    NotificationStore + KeyStore + EndpointStore + ConsoleStore + Send + Sync + 'static
+{
     /// Which database this is (`sqlite` or `postgres`), for logs and readiness.
     fn backend(&self) -> &'static str;
 

@@ -197,19 +197,19 @@ fn entity_from_row(row: &AnyRow) -> Result<Entity> {
     parse_entity(&row.try_get::<String, _>("doc")?)
 }
 
-fn parse_id(s: &str) -> Result<EntityId> {
+pub(super) fn parse_id(s: &str) -> Result<EntityId> {
     EntityId::parse(s).map_err(corrupt)
 }
 
 /// The columns [`webhook_from_row`] reads, in its order (the claim returns the same).
-const WEBHOOK_COLUMNS: &str =
+pub(super) const WEBHOOK_COLUMNS: &str =
     "w.id, w.event_id, w.type, w.subject_id, w.level, w.level_id, w.url, w.created_at, \
      w.status, w.attempts, w.due_at, e.data";
-const WEBHOOK_FROM: &str = "FROM webhooks w JOIN events e ON e.id = w.event_id";
+pub(super) const WEBHOOK_FROM: &str = "FROM webhooks w JOIN events e ON e.id = w.event_id";
 /// How many columns [`WEBHOOK_COLUMNS`] names.
 const WEBHOOK_WIDTH: usize = 12;
 
-fn webhook_from_row(row: &Row) -> Result<Webhook> {
+pub(super) fn webhook_from_row(row: &Row) -> Result<Webhook> {
     Ok(Webhook {
         id: parse_id(row.text(0)?)?,
         event_id: parse_id(row.text(1)?)?,
