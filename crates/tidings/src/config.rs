@@ -50,6 +50,57 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Attempts in flight at once to one destination (`TIDINGS_PER_DESTINATION`).
     pub per_destination: usize,
+    /// How long finished webhooks, their events and sent e-mails are kept
+    /// (`TIDINGS_RETENTION`; `off` keeps everything).
+    pub retention: Retention,
+}
+
+/// How long finished deliveries are kept: a duration (`30d`, `12h`, `2s`) or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention(Some(Duration::from_secs(30 * 24 * 3600)))
+    }
+}
+
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{}", humantime::format_duration(d)),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+impl std::str::FromStr for Retention {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Retention(None));
+        }
+        match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => Ok(Retention(Some(d))),
+            Ok(_) => Err("a retention of 0 would delete webhooks as they finish; use `off` to keep everything".into()),
+            Err(e) => Err(format!("`{s}` is not a retention: a duration like 30d or 12h, or off ({e})")),
+        }
+    }
+}
+
+impl Serialize for Retention {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for Settings {
@@ -71,6 +122,7 @@ impl Default for Settings {
             secret_key_file: PathBuf::from("tidings.key"),
             max_in_flight: 512,
             per_destination: 32,
+            retention: Retention::default(),
         }
     }
 }
@@ -114,4 +166,6 @@ the environment wins over the file):
   TIDINGS_SECRET_KEY_FILE   where that key is kept (made on first start) [tidings.key]
   TIDINGS_MAX_IN_FLIGHT     delivery attempts in flight at once  [512]
   TIDINGS_PER_DESTINATION   attempts in flight to one destination [32]
+  TIDINGS_RETENTION         keep finished webhooks, their events and sent
+                            e-mails this long, then prune them; off keeps all [30d]
   RUST_LOG                  log filter, e.g. info or tidings=debug [info]";

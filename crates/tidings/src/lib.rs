@@ -9,6 +9,7 @@ pub mod domain;
 pub mod metrics;
 pub mod notify;
 pub mod receiver;
+pub mod retention;
 pub mod schedule;
 pub mod startup;
 pub mod store;

@@ -21,6 +21,7 @@ use crate::delivery::{Dispatcher, DispatcherConfig};
 use crate::domain::validate::UrlRules;
 use crate::metrics::Metrics;
 use crate::notify::Mailer;
+use crate::retention::{Pruner, PrunerConfig};
 use crate::store;
 
 /// Everything `serve` runs, built but not started.
@@ -29,6 +30,8 @@ pub struct App {
     pub dispatcher: Dispatcher,
     /// Sends failure e-mails; run it like the dispatcher.
     pub mailer: Mailer,
+    /// Prunes what is past `TIDINGS_RETENTION` (`None` when it is off); run it likewise.
+    pub pruner: Option<Pruner>,
 }
 
 /// Opens the store (creating and migrating it), the secret key and the outbound client.
@@ -82,14 +85,24 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result
         crate::api::auth::Auth::setup(settings.admin_key.as_deref(), store.as_ref(), clock.now())
             .await?,
     );
+    let pruner = settings.retention.0.map(|retention| {
+        Pruner::new(
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+            PrunerConfig::new(retention),
+        )
+    });
     Ok(App {
         state: AppState {
             hierarchy,
             metrics,
             auth,
+            retention: settings.retention.0,
         },
         dispatcher,
         mailer,
+        pruner,
     })
 }
 
@@ -120,6 +133,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         state,
         dispatcher,
         mailer,
+        pruner,
     } = build(&settings, Arc::new(SystemClock)).await?;
     if settings.allow_http {
         tracing::warn!(
@@ -138,11 +152,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         store = state.hierarchy.store().backend(),
         database = %redact(&settings.database_url),
         retry_schedule = %settings.retry_schedule,
+        retention = %settings.retention,
         "tidings is listening"
     );
     let stop = CancellationToken::new();
     let dispatching = tokio::spawn(dispatcher.run(stop.clone()));
     let mailing = tokio::spawn(mailer.run(stop.clone()));
+    let pruning = pruner.map(|p| tokio::spawn(p.run(stop.clone())));
     // A line on stdout that scripts and tests can wait for.
     println!("tidings listening on http://{addr}");
     let signal_stop = stop.clone();
@@ -156,6 +172,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     stop.cancel();
     let _ = dispatching.await;
     let _ = mailing.await;
+    if let Some(pruning) = pruning {
+        let _ = pruning.await;
+    }
     tracing::info!("tidings stopped");
     Ok(())
 }

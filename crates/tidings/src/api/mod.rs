@@ -30,6 +30,8 @@ pub struct AppState {
     pub hierarchy: Arc<Hierarchy>,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<auth::Auth>,
+    /// `TIDINGS_RETENTION` (`None`: off), to say why a webhook may be gone.
+    pub retention: Option<std::time::Duration>,
 }
 
 pub fn router(state: AppState) -> Router {
