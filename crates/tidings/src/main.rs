@@ -34,6 +34,13 @@ enum Command {
     /// Create or upgrade the database schema, then exit (serve also does this on start).
     #[command(after_help = tidings::config::HELP)]
     Migrate,
+    /// Copy the SQLite store to PATH while `serve` runs (a consistent snapshot); keep the key
+    /// file with the copy. For PostgreSQL, use pg_dump (docs/operations.md).
+    #[command(after_help = tidings::config::HELP)]
+    Backup {
+        /// Where to write the copy (a new file).
+        path: PathBuf,
+    },
     /// Run the example webhook receiver that verifies signatures (for integrators).
     Receiver(tidings::receiver::ReceiverArgs),
 }
@@ -54,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => tidings::startup::serve(settings()?).await,
         Command::Migrate => tidings::startup::migrate(settings()?).await,
+        Command::Backup { path } => tidings::startup::backup(settings()?, &path),
         Command::Receiver(args) => tidings::receiver::run(args).await,
     }
 }

@@ -187,6 +187,35 @@ pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Copies the SQLite store to `path` (`tidings backup`), beside a running `serve`.
+pub fn backup(settings: Settings, path: &std::path::Path) -> anyhow::Result<()> {
+    let url = &settings.database_url;
+    if !url.starts_with("sqlite:") {
+        anyhow::bail!(
+            "{} is a PostgreSQL database: back it up with pg_dump (or continuous archiving for \
+             point-in-time recovery), as docs/operations.md describes; keep the key file with it",
+            redact(url)
+        );
+    }
+    let size = store::backup_sqlite(url, path)
+        .with_context(|| format!("backing up {} to {}", redact(url), path.display()))?;
+    println!(
+        "backed up {} to {} ({size} bytes)",
+        redact(url),
+        path.display()
+    );
+    match &settings.secret_key {
+        Some(_) => println!(
+            "Keep TIDINGS_SECRET_KEY with this copy: without it the signing secrets in it cannot be unsealed."
+        ),
+        None => println!(
+            "Keep the key file {} with this copy: without it the signing secrets in it cannot be unsealed.",
+            settings.secret_key_file.display()
+        ),
+    }
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -3,67 +3,14 @@
 //! row that is gone, and every webhook still waiting for its retry is there.
 
 mod common;
+mod plain_http;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{contact, TestServer, ADMIN_KEY};
 use serde_json::json;
 use sqlx::Row;
-
-/// A plain-HTTP receiver on loopback: `/ok` answers 200, anything else 503. Each connection
-/// carries one request.
-fn start_receiver() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Headers, then as many body bytes as they announce.
-                let (head_end, length) = loop {
-                    let Ok(n) = stream.read(&mut chunk) else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                        let length = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        break (end + 4, length);
-                    }
-                };
-                while buf.len() < head_end + length {
-                    match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let ok = buf.starts_with(b"POST /ok ");
-                let status = if ok {
-                    "200 OK"
-                } else {
-                    "503 Service Unavailable"
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-                );
-            });
-        }
-    });
-    port
-}
 
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -91,7 +38,7 @@ fn dealer(s: &TestServer, reseller: &str) {
 
 #[test]
 fn a_sigkill_while_pruning_leaves_a_consistent_store() {
-    let port = start_receiver();
+    let port = plain_http::Receiver::start().port;
     let env = [
         ("TIDINGS_RETENTION", "1s"),
         ("TIDINGS_ALLOW_HTTP", "true"),

@@ -5,6 +5,7 @@
 //! [`Tx`] and become visible together at commit, or not at all (the transactional outbox).
 //! It never decides who receives what; that is the domain's job.
 
+mod backup;
 mod exec;
 mod keys;
 mod notifications;
@@ -18,6 +19,7 @@ use crate::delivery::secrets::SealedSecrets;
 use crate::domain::entities::Entity;
 use crate::domain::{EntityId, EventType, Kind, Level, Millis};
 
+pub use backup::backup_sqlite;
 pub use keys::{ApiKeyRecord, KeyStore};
 pub use notifications::*;
 pub use sql::SqlStore;
