@@ -417,6 +417,7 @@ impl Hierarchy {
         let event_type = moment.or_else(|| EventType::for_action(entity.kind(), action));
         let mut queued = 0;
         let mut handing = None;
+        let mut event_id = None;
         if let Some(event_type) = event_type {
             let now = self.clock.now();
             let ancestors = ancestors(tx.as_mut(), entity).await?;
@@ -443,8 +444,13 @@ impl Hierarchy {
                 .await?;
             handing = reservation.map(|r| (r, claimed));
             queued = webhooks.len();
+            event_id = Some(event.id);
         }
-        tx.commit().await?;
+        let commit = crate::telemetry::commit_span(
+            event_id.as_ref().zip(event_type.map(EventType::as_str)),
+            queued,
+        );
+        tracing::Instrument::instrument(tx.commit(), commit).await?;
         let mut handed_off = 0;
         match handing {
             Some((reservation, claimed)) => {

@@ -13,5 +13,6 @@ pub mod retention;
 pub mod schedule;
 pub mod startup;
 pub mod store;
+pub mod telemetry;
 pub mod tenancy;
 pub mod views;

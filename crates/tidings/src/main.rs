@@ -48,12 +48,25 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        // Colours only for a terminal, not in files and log collectors.
-        .with_ansi(std::io::stdout().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    // Spans for OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set; the log leaves them out.
+    let (otel, _flush_spans) = match tidings::telemetry::layer()? {
+        Some((layer, guard)) => (Some(layer), Some(guard)),
+        None => (None, None),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info".into())
+        .add_directive(format!("{}=off", tidings::telemetry::TARGET).parse()?);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                // Colours only for a terminal, not in files and log collectors.
+                .with_ansi(std::io::stdout().is_terminal())
+                .with_filter(filter),
         )
+        .with(otel)
         .init();
     let cli = Cli::parse();
     let settings =

@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(json_errors))
         .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(crate::telemetry::trace_request))
         .with_state(state)
 }
 

@@ -432,6 +432,7 @@ impl Attempting {
             self.metrics.first_attempt_lag(started.0 - w.created_at.0);
         }
         let body = payload::body(&w.id, w.created_at, number, w.event_type, &w.data);
+        let span = crate::telemetry::attempt_span(&w.id, &w.event_id, number, &w.url);
         let (status_code, error, excerpt, duration_ms, outcome_label) =
             match self.sign(&claimed, started, &body) {
                 Err(reason) => {
@@ -439,7 +440,11 @@ impl Attempting {
                     (None, Some(reason), String::new(), 0, "no_secret")
                 }
                 Ok(headers) => {
-                    let outcome = self.egress.post(&w.url, &headers, Bytes::from(body)).await;
+                    let outcome = tracing::Instrument::instrument(
+                        self.egress.post(&w.url, &headers, Bytes::from(body)),
+                        span.clone(),
+                    )
+                    .await;
                     let label = outcome_label(&outcome);
                     let ms = outcome.duration.as_millis() as i64;
                     self.metrics.attempt(label, outcome.duration);
@@ -452,6 +457,13 @@ impl Attempting {
                     )
                 }
             };
+        crate::telemetry::attempt_done(
+            &span,
+            outcome_label,
+            status_code,
+            duration_ms,
+            error.as_deref(),
+        );
         let succeeded = outcome_label == "succeeded";
         let finished = self.clock.now();
         let next = if succeeded {
