@@ -168,4 +168,6 @@ the environment wins over the file):
   TIDINGS_PER_DESTINATION   attempts in flight to one destination [32]
   TIDINGS_RETENTION         keep finished webhooks, their events and sent
                             e-mails this long, then prune them; off keeps all [30d]
-  RUST_LOG                  log filter, e.g. info or tidings=debug [info]";
+  RUST_LOG                  log filter, e.g. info or tidings=debug [info]
+  OTEL_EXPORTER_OTLP_ENDPOINT  export OpenTelemetry spans over OTLP/HTTP there
+                            (and the other standard OTEL_* variables) [none: no traces]";

@@ -78,6 +78,7 @@ impl Tidings {
             state,
             dispatcher,
             mailer,
+            ..
         } = build(&settings, clock).await.unwrap();
         let tidings = Tidings {
             router: tidings::api::router(state.clone()),
