@@ -171,3 +171,45 @@ the environment wins over the file):
   RUST_LOG                  log filter, e.g. info or tidings=debug [info]
   OTEL_EXPORTER_OTLP_ENDPOINT  export OpenTelemetry spans over OTLP/HTTP there
                             (and the other standard OTEL_* variables) [none: no traces]";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_is_a_duration_or_off_and_never_zero() {
+        assert_eq!(
+            "30d".parse::<Retention>().unwrap(),
+            Retention(Some(Duration::from_secs(30 * 86_400)))
+        );
+        assert_eq!(
+            " 2s ".parse::<Retention>().unwrap(),
+            Retention(Some(Duration::from_secs(2)))
+        );
+        assert_eq!("OFF".parse::<Retention>().unwrap(), Retention(None));
+        assert!("0s".parse::<Retention>().unwrap_err().contains("use `off`"));
+        assert!("soon".parse::<Retention>().is_err());
+        assert_eq!(Retention::default().to_string(), "30days");
+        assert_eq!(Retention(None).to_string(), "off");
+    }
+
+    #[test]
+    fn retention_reads_from_settings_and_round_trips() {
+        let load = |toml: &str| {
+            Figment::from(Serialized::defaults(Settings::default()))
+                .merge(Toml::string(toml))
+                .extract::<Settings>()
+                .map_err(Box::new)
+        };
+        assert_eq!(load("").unwrap().retention, Retention::default());
+        assert_eq!(
+            load("retention = \"off\"").unwrap().retention,
+            Retention(None)
+        );
+        assert_eq!(
+            load("retention = \"12h\"").unwrap().retention,
+            Retention(Some(Duration::from_secs(12 * 3600)))
+        );
+        assert!(load("retention = \"never\"").is_err());
+    }
+}
