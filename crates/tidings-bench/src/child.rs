@@ -44,6 +44,8 @@ pub struct ChildConfig {
     pub max_in_flight: usize,
     pub per_destination: usize,
     pub rust_log: String,
+    /// TIDINGS_RETENTION for the child (its default when `None`).
+    pub retention: Option<String>,
 }
 
 pub const ADMIN_KEY: &str = "tidings-bench-operator-key";
@@ -106,6 +108,11 @@ impl Tidings {
             .env("TIDINGS_MAX_IN_FLIGHT", cfg.max_in_flight.to_string())
             .env("TIDINGS_PER_DESTINATION", cfg.per_destination.to_string())
             .env("RUST_LOG", &cfg.rust_log)
+            .envs(
+                cfg.retention
+                    .iter()
+                    .map(|r| ("TIDINGS_RETENTION", r.as_str())),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

@@ -30,7 +30,8 @@ use crate::scenario::Options;
 struct Cli {
     /// Scenarios, comma separated: a (steady 1,000 events/s, latency), b (maximum
     /// throughput), c (20 % of destinations failing), d (one million pending retries),
-    /// e (a and b on both stores), all (a-d on both stores).
+    /// e (a and b on both stores), f (soak: a steady rate for 10 minutes with a short
+    /// retention, the store's size over time), all (a-d on both stores).
     #[arg(long, default_value = "a,b,c", value_delimiter = ',')]
     scenario: Vec<String>,
     /// Stores, comma separated.
@@ -82,6 +83,9 @@ struct Cli {
     /// Events queued for scenario b's dispatcher-only phase (4 webhooks each; 0 skips it).
     #[arg(long, default_value_t = 10_000)]
     dispatch_events: u64,
+    /// TIDINGS_RETENTION for the child (scenario f: 60s unless given).
+    #[arg(long)]
+    retention: Option<String>,
     /// Keep the SQLite files of the runs.
     #[arg(long)]
     keep: bool,
@@ -95,7 +99,7 @@ fn plan(cli: &Cli) -> anyhow::Result<Vec<(String, StoreKind)>> {
     let mut out = Vec::new();
     for s in &cli.scenario {
         match s.as_str() {
-            "a" | "b" | "c" | "d" => out.extend(cli.store.iter().map(|st| (s.clone(), *st))),
+            "a" | "b" | "c" | "d" | "f" => out.extend(cli.store.iter().map(|st| (s.clone(), *st))),
             "e" => {
                 for st in [StoreKind::Sqlite, StoreKind::Postgres] {
                     out.push(("a".into(), st));
@@ -109,7 +113,7 @@ fn plan(cli: &Cli) -> anyhow::Result<Vec<(String, StoreKind)>> {
                     }
                 }
             }
-            other => anyhow::bail!("unknown scenario `{other}`: use a, b, c, d, e or all"),
+            other => anyhow::bail!("unknown scenario `{other}`: use a, b, c, d, e, f or all"),
         }
     }
     out.dedup();
@@ -153,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
         keep: cli.keep,
         dispatch_events: cli.dispatch_events,
         ordered: cli.ordered,
+        retention: cli.retention.clone(),
     };
     std::fs::create_dir_all(&opts.out_dir)?;
     let machine = report::Machine::read();
@@ -170,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
             "a" => scenario::steady(&opts, store).await,
             "b" => scenario::max_throughput(&opts, store).await,
             "c" => scenario::failing(&opts, store).await,
+            "f" => scenario::soak(&opts, store).await,
             _ => scenario::backlog(&opts, store).await,
         };
         match result {

@@ -48,6 +48,8 @@ pub struct Options {
     /// Every level's endpoint `ordered`: the cost of ordered delivery (compare b with and
     /// without).
     pub ordered: bool,
+    /// TIDINGS_RETENTION of the child (scenario f: 60s unless given).
+    pub retention: Option<String>,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -97,6 +99,7 @@ impl Run {
             max_in_flight: opts.max_in_flight,
             per_destination: opts.per_destination,
             rust_log: opts.rust_log.clone(),
+            retention: opts.retention.clone(),
         };
         let tidings = Tidings::start(&cfg, name).await?;
         let api = Api::new(&tidings.base_url, opts.api_concurrency)?;
@@ -620,6 +623,88 @@ pub async fn steady(opts: &Options, store: StoreKind) -> anyhow::Result<Report> 
     });
     r.phases.push(p);
     with_ceiling(&mut r, run.ceiling().await?);
+    run.finish().await?;
+    Ok(r)
+}
+
+/// (f) Soak: a steady 1,000 events/s for a long phase (10 minutes unless `--duration`) with
+/// a short retention (60 s unless `--retention`), sampling the store's size on disk and the
+/// rows pruned: with pruning keeping up, the size levels off once the retention's worth of
+/// data is stored.
+pub async fn soak(opts: &Options, store: StoreKind) -> anyhow::Result<Report> {
+    let load = report::load_average();
+    let mut opts = opts.clone();
+    let retention = opts.retention.get_or_insert_with(|| "60s".into()).clone();
+    let run = Run::start(&opts, store, "f", Failing::None, "1s,1s,1s,1s").await?;
+    let rate = opts.rate.unwrap_or(1000.0);
+    let duration = secs(&opts, 600.0);
+    let mut r = report(
+        &run,
+        "f",
+        "soak: steady rate with a short retention, the store's size over time",
+        load,
+        json!({"rate": rate, "retention": retention}),
+    );
+    // The store's size every twentieth of the phase (at least every 5 s).
+    let every = (duration / 20).max(Duration::from_secs(5));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (api, sampling) = (run.api.clone(), sampling.clone());
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while sampling.load(Ordering::SeqCst) {
+                if let Ok(m) = api.metrics().await {
+                    samples.push((
+                        started.elapsed().as_secs_f64(),
+                        m.sum(&["tidings_store_size_bytes"]) / MIB,
+                        m.sum(&["tidings_pruned_rows_total{", "kind=\"webhook\""]),
+                        m.sum(&["tidings_webhooks{"]),
+                    ));
+                }
+                tokio::time::sleep(every).await;
+            }
+            samples
+        })
+    };
+    let meetings = run.hierarchy.meetings.clone();
+    let p = run
+        .phase("soak", &meetings, Rate::Fixed(rate), duration, None, true)
+        .await?;
+    sampling.store(false, Ordering::SeqCst);
+    let samples = sampler.await?;
+    summary(&p);
+    println!(
+        "  {:>8} {:>10} {:>14} {:>14}",
+        "seconds", "size MiB", "pruned webhooks", "stored webhooks"
+    );
+    for (t, size, pruned, stored) in &samples {
+        println!("  {t:>8.0} {size:>10.1} {pruned:>14.0} {stored:>14.0}");
+        r.notes.push(format!(
+            "at {t:.0} s: store {size:.1} MiB, {pruned:.0} webhooks pruned, {stored:.0} stored"
+        ));
+    }
+    // Levelled off: the last third of the phase grew the store by less than 10 %.
+    let third = samples.len() * 2 / 3;
+    if let (Some(mid), Some(last)) = (samples.get(third), samples.last()) {
+        let growth = if mid.1 > 0.0 {
+            (last.1 - mid.1) / mid.1
+        } else {
+            0.0
+        };
+        r.targets.push(Target {
+            what: format!("store growth over the last third of the phase (retention {retention})"),
+            target: "< 10 %".into(),
+            measured: format!(
+                "{:.1} % ({:.1} -> {:.1} MiB)",
+                growth * 100.0,
+                mid.1,
+                last.1
+            ),
+            met: growth < 0.10,
+        });
+    }
+    r.phases.push(p);
     run.finish().await?;
     Ok(r)
 }

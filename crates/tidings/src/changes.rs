@@ -519,6 +519,7 @@ impl Hierarchy {
         let mut queued = 0;
         let mut waiting = 0;
         let mut handing = None;
+        let mut event_id = None;
         if let Some(event_type) = event_type {
             let now = self.clock.now();
             let ancestors = ancestors(tx.as_mut(), entity).await?;
@@ -562,8 +563,13 @@ impl Hierarchy {
             waiting = sendable - claimed.len().min(sendable);
             handing = reservation.map(|r| (r, claimed));
             queued = webhooks.len();
+            event_id = Some(event.id);
         }
-        tx.commit().await?;
+        let commit = crate::telemetry::commit_span(
+            event_id.as_ref().zip(event_type.map(EventType::as_str)),
+            queued,
+        );
+        tracing::Instrument::instrument(tx.commit(), commit).await?;
         let mut handed_off = 0;
         if let Some((reservation, claimed)) = handing {
             handed_off = claimed.len();

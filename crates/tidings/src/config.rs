@@ -68,6 +68,57 @@ pub struct Settings {
     /// The most the SQLite database may grow to, in MiB; writes beyond answer 503 "the disk
     /// is full" (`TIDINGS_SQLITE_MAX_MIB`; none: as far as the disk allows).
     pub sqlite_max_mib: Option<u64>,
+    /// How long finished webhooks, their events and sent e-mails are kept
+    /// (`TIDINGS_RETENTION`; `off` keeps everything).
+    pub retention: Retention,
+}
+
+/// How long finished deliveries are kept: a duration (`30d`, `12h`, `2s`) or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention(Some(Duration::from_secs(30 * 24 * 3600)))
+    }
+}
+
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{}", humantime::format_duration(d)),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+impl std::str::FromStr for Retention {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Retention(None));
+        }
+        match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => Ok(Retention(Some(d))),
+            Ok(_) => Err("a retention of 0 would delete webhooks as they finish; use `off` to keep everything".into()),
+            Err(e) => Err(format!("`{s}` is not a retention: a duration like 30d or 12h, or off ({e})")),
+        }
+    }
+}
+
+impl Serialize for Retention {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for Settings {
@@ -94,6 +145,7 @@ impl Default for Settings {
             api_max_connections: 1024,
             store_timeout: Duration::from_secs(5),
             sqlite_max_mib: None,
+            retention: Retention::default(),
         }
     }
 }
@@ -142,4 +194,50 @@ the environment wins over the file):
   TIDINGS_API_MAX_CONNECTIONS API connections at once (more: 503)  [1024]
   TIDINGS_STORE_TIMEOUT     wait for a PostgreSQL connection (then 503) [5s]
   TIDINGS_SQLITE_MAX_MIB    most the SQLite database may grow to [none]
-  RUST_LOG                  log filter, e.g. info or tidings=debug [info]";
+  TIDINGS_RETENTION         keep finished webhooks, their events and sent
+                            e-mails this long, then prune them; off keeps all [30d]
+  RUST_LOG                  log filter, e.g. info or tidings=debug [info]
+  OTEL_EXPORTER_OTLP_ENDPOINT  export OpenTelemetry spans over OTLP/HTTP there
+                            (and the other standard OTEL_* variables) [none: no traces]";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_is_a_duration_or_off_and_never_zero() {
+        assert_eq!(
+            "30d".parse::<Retention>().unwrap(),
+            Retention(Some(Duration::from_secs(30 * 86_400)))
+        );
+        assert_eq!(
+            " 2s ".parse::<Retention>().unwrap(),
+            Retention(Some(Duration::from_secs(2)))
+        );
+        assert_eq!("OFF".parse::<Retention>().unwrap(), Retention(None));
+        assert!("0s".parse::<Retention>().unwrap_err().contains("use `off`"));
+        assert!("soon".parse::<Retention>().is_err());
+        assert_eq!(Retention::default().to_string(), "30days");
+        assert_eq!(Retention(None).to_string(), "off");
+    }
+
+    #[test]
+    fn retention_reads_from_settings_and_round_trips() {
+        let load = |toml: &str| {
+            Figment::from(Serialized::defaults(Settings::default()))
+                .merge(Toml::string(toml))
+                .extract::<Settings>()
+                .map_err(Box::new)
+        };
+        assert_eq!(load("").unwrap().retention, Retention::default());
+        assert_eq!(
+            load("retention = \"off\"").unwrap().retention,
+            Retention(None)
+        );
+        assert_eq!(
+            load("retention = \"12h\"").unwrap().retention,
+            Retention(Some(Duration::from_secs(12 * 3600)))
+        );
+        assert!(load("retention = \"never\"").is_err());
+    }
+}

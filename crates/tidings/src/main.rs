@@ -34,6 +34,13 @@ enum Command {
     /// Create or upgrade the database schema, then exit (serve also does this on start).
     #[command(after_help = tidings::config::HELP)]
     Migrate,
+    /// Copy the SQLite store to PATH while `serve` runs (a consistent snapshot); keep the key
+    /// file with the copy. For PostgreSQL, use pg_dump (docs/operations.md).
+    #[command(after_help = tidings::config::HELP)]
+    Backup {
+        /// Where to write the copy (a new file).
+        path: PathBuf,
+    },
     /// Run the example webhook receiver that verifies signatures (for integrators).
     Receiver(tidings::receiver::ReceiverArgs),
 }
@@ -41,12 +48,25 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        // Colours only for a terminal, not in files and log collectors.
-        .with_ansi(std::io::stdout().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    // Spans for OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set; the log leaves them out.
+    let (otel, _flush_spans) = match tidings::telemetry::layer()? {
+        Some((layer, guard)) => (Some(layer), Some(guard)),
+        None => (None, None),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info".into())
+        .add_directive(format!("{}=off", tidings::telemetry::TARGET).parse()?);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                // Colours only for a terminal, not in files and log collectors.
+                .with_ansi(std::io::stdout().is_terminal())
+                .with_filter(filter),
         )
+        .with(otel)
         .init();
     let cli = Cli::parse();
     let settings =
@@ -54,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => tidings::startup::serve(settings()?).await,
         Command::Migrate => tidings::startup::migrate(settings()?).await,
+        Command::Backup { path } => tidings::startup::backup(settings()?, &path),
         Command::Receiver(args) => tidings::receiver::run(args).await,
     }
 }

@@ -39,6 +39,11 @@ pub struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: &'static str,
 }
@@ -57,6 +62,8 @@ struct StoreGauges {
     took: Duration,
     counts: Counts,
     queue: QueueStats,
+    /// The store's size on disk (`None` if it could not be read).
+    size: Option<u64>,
 }
 
 pub struct Metrics {
@@ -75,6 +82,7 @@ pub struct Metrics {
     connections_open: Gauge,
     connections_refused: Counter,
     requests_timed_out: Counter,
+    pruned: Family<KindLabel, Counter>,
     gauges: Mutex<Gauges>,
     /// [`CHEAP_READ`] and [`COST_RATIO`] (other values in tests).
     reuse_from: Duration,
@@ -175,6 +183,12 @@ impl Metrics {
             "API requests answered 408 because they took longer than TIDINGS_API_REQUEST_TIMEOUT (a body sent too slowly, usually)",
             requests_timed_out.clone(),
         );
+        let pruned = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "pruned_rows",
+            "Rows this process removed because they were past TIDINGS_RETENTION, by kind (event, webhook, attempt, email, notification)",
+            pruned.clone(),
+        );
         Metrics {
             registry,
             connections_open,
@@ -191,6 +205,7 @@ impl Metrics {
             emails_queued,
             emails_sent,
             emails_failed,
+            pruned,
             gauges: Mutex::new(Gauges::default()),
             reuse_from: CHEAP_READ,
             reuse_ratio: COST_RATIO,
@@ -255,11 +270,11 @@ impl Metrics {
                         metrics.gauges.lock().expect("gauges poisoned").reading = false;
                     });
                 }
-                return Ok(self.render(&last.counts, &last.queue, now));
+                return Ok(self.render_with_size(&last.counts, &last.queue, last.size, now));
             }
         }
         let g = self.read_gauges(store.as_ref(), now).await?;
-        Ok(self.render(&g.counts, &g.queue, now))
+        Ok(self.render_with_size(&g.counts, &g.queue, g.size, now))
     }
 
     /// Reads the store's gauges and keeps them as the last read.
@@ -267,6 +282,11 @@ impl Metrics {
         let started = Instant::now();
         let counts = store.counts().await?;
         let queue = store.queue_stats(now).await?;
+        let size = store
+            .size_on_disk()
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "reading the store's size failed"))
+            .ok();
         let took = started.elapsed();
         if took >= self.reuse_from {
             tracing::debug!(
@@ -280,6 +300,7 @@ impl Metrics {
             took,
             counts,
             queue,
+            size,
         };
         self.gauges.lock().expect("gauges poisoned").last = Some(read.clone());
         Ok(read)
@@ -319,6 +340,37 @@ impl Metrics {
 
     pub fn email_failed(&self) {
         self.emails_failed.inc();
+    }
+
+    /// Counts the rows one pruning batch removed.
+    pub fn pruned(&self, pruned: &crate::store::Pruned) {
+        for (kind, n) in pruned.by_kind() {
+            if n > 0 {
+                self.pruned.get_or_create(&KindLabel { kind }).inc_by(n);
+            }
+        }
+    }
+
+    /// [`Metrics::render`], and the store's size on disk when it is known.
+    fn render_with_size(
+        &self,
+        counts: &Counts,
+        queue: &QueueStats,
+        size: Option<u64>,
+        now: Millis,
+    ) -> String {
+        let mut out = self.render(counts, queue, now);
+        if let Some(size) = size {
+            let eof = out.len() - "# EOF\n".len();
+            out.insert_str(
+                eof,
+                &format!(
+                    "# HELP tidings_store_size_bytes The store's size on disk (SQLite: the database file and its WAL; PostgreSQL: the database).\n\
+                     # TYPE tidings_store_size_bytes gauge\ntidings_store_size_bytes {size}\n"
+                ),
+            );
+        }
+        out
     }
 
     /// The text exposition: this process's counters, then the store's totals.

@@ -29,6 +29,7 @@ use crate::delivery::{Dispatcher, DispatcherConfig};
 use crate::domain::validate::UrlRules;
 use crate::metrics::Metrics;
 use crate::notify::Mailer;
+use crate::retention::{Pruner, PrunerConfig};
 use crate::store;
 
 /// Everything `serve` runs, built but not started.
@@ -37,6 +38,8 @@ pub struct App {
     pub dispatcher: Dispatcher,
     /// Sends failure e-mails; run it like the dispatcher.
     pub mailer: Mailer,
+    /// Prunes what is past `TIDINGS_RETENTION` (`None` when it is off); run it likewise.
+    pub pruner: Option<Pruner>,
 }
 
 /// Opens the store (creating and migrating it), the secret key and the outbound client.
@@ -90,14 +93,24 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result
         crate::api::auth::Auth::setup(settings.admin_key.as_deref(), store.as_ref(), clock.now())
             .await?,
     );
+    let pruner = settings.retention.0.map(|retention| {
+        Pruner::new(
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+            PrunerConfig::new(retention),
+        )
+    });
     Ok(App {
         state: AppState {
             hierarchy,
             metrics,
             auth,
+            retention: settings.retention.0,
         },
         dispatcher,
         mailer,
+        pruner,
     })
 }
 
@@ -136,6 +149,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         state,
         dispatcher,
         mailer,
+        pruner,
     } = build(&settings, Arc::new(SystemClock)).await?;
     if settings.allow_http {
         tracing::warn!(
@@ -154,11 +168,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         store = state.hierarchy.store().backend(),
         database = %redact(&settings.database_url),
         retry_schedule = %settings.retry_schedule,
+        retention = %settings.retention,
         "tidings is listening"
     );
     let stop = CancellationToken::new();
     let dispatching = tokio::spawn(dispatcher.run(stop.clone()));
     let mailing = tokio::spawn(mailer.run(stop.clone()));
+    let pruning = pruner.map(|p| tokio::spawn(p.run(stop.clone())));
     // A line on stdout that scripts and tests can wait for.
     println!("tidings listening on http://{addr}");
     let signal_stop = stop.clone();
@@ -177,6 +193,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     stop.cancel();
     let _ = dispatching.await;
     let _ = mailing.await;
+    if let Some(pruning) = pruning {
+        let _ = pruning.await;
+    }
     tracing::info!("tidings stopped");
     Ok(())
 }
@@ -290,6 +309,35 @@ pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
     let store = store::open_with(&settings.database_url, &store_options(&settings)).await?;
     tracing::info!(store = store.backend(), "migrations applied");
     println!("migrations applied to {}", redact(&settings.database_url));
+    Ok(())
+}
+
+/// Copies the SQLite store to `path` (`tidings backup`), beside a running `serve`.
+pub fn backup(settings: Settings, path: &std::path::Path) -> anyhow::Result<()> {
+    let url = &settings.database_url;
+    if !url.starts_with("sqlite:") {
+        anyhow::bail!(
+            "{} is a PostgreSQL database: back it up with pg_dump (or continuous archiving for \
+             point-in-time recovery), as docs/operations.md describes; keep the key file with it",
+            redact(url)
+        );
+    }
+    let size = store::backup_sqlite(url, path)
+        .with_context(|| format!("backing up {} to {}", redact(url), path.display()))?;
+    println!(
+        "backed up {} to {} ({size} bytes)",
+        redact(url),
+        path.display()
+    );
+    match &settings.secret_key {
+        Some(_) => println!(
+            "Keep TIDINGS_SECRET_KEY with this copy: without it the signing secrets in it cannot be unsealed."
+        ),
+        None => println!(
+            "Keep the key file {} with this copy: without it the signing secrets in it cannot be unsealed.",
+            settings.secret_key_file.display()
+        ),
+    }
     Ok(())
 }
 

@@ -32,6 +32,8 @@ pub struct AppState {
     pub hierarchy: Arc<Hierarchy>,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<auth::Auth>,
+    /// `TIDINGS_RETENTION` (`None`: off), to say why a webhook may be gone.
+    pub retention: Option<std::time::Duration>,
 }
 
 /// The API's HTTP limits (see `config.rs`).
@@ -86,6 +88,7 @@ pub fn router_with(state: AppState, limits: Limits) -> Router {
             },
         ))
         .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(crate::telemetry::trace_request))
         .with_state(state.clone())
         // The web console at `/`, with its own error pages and headers.
         .merge(crate::console::routes(state).layer(TraceLayer::new_for_http()))

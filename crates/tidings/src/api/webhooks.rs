@@ -202,16 +202,37 @@ async fn visible_webhook(
 ) -> Result<(Webhook, Vec<Attempt>), ApiError> {
     let not_found = || ApiError::not_found(format!("webhook {id} not found"));
     let wid = EntityId::parse(id).map_err(|_| not_found())?;
-    let (w, attempts) = s
-        .hierarchy
-        .store()
-        .webhook(&wid)
-        .await?
-        .ok_or_else(not_found)?;
+    let (w, attempts) =
+        s.hierarchy.store().webhook(&wid).await?.ok_or_else(|| {
+            match past_retention(&wid, s.retention, s.hierarchy.now()) {
+                Some(message) => ApiError::not_found(message),
+                None => not_found(),
+            }
+        })?;
     if !s.hierarchy.sees_level(who, &w.level_id).await? {
         return Err(not_found());
     }
     Ok((w, attempts))
+}
+
+/// Why a webhook that is not found may be gone: its id says it was created longer ago than
+/// the retention, so a finished one has been pruned.
+fn past_retention(
+    id: &EntityId,
+    retention: Option<std::time::Duration>,
+    now: Millis,
+) -> Option<String> {
+    let retention = retention?;
+    let created = i64::from_str_radix(id.as_str().get(..12)?, 16).ok()?;
+    let age = now.0 - created;
+    (age > retention.as_millis() as i64).then(|| {
+        format!(
+            "webhook {id} not found: it was created {} ago, longer than the retention \
+             (TIDINGS_RETENTION={}), so if it existed it was finished and has been pruned",
+            humantime::format_duration(std::time::Duration::from_secs((age / 1000) as u64)),
+            humantime::format_duration(retention)
+        )
+    })
 }
 
 async fn one(

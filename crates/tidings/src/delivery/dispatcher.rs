@@ -433,6 +433,7 @@ impl Attempting {
             self.metrics.first_attempt_lag(started.0 - w.created_at.0);
         }
         let body = payload::body(&w.id, w.created_at, number, w.event_type, &w.data);
+        let span = crate::telemetry::attempt_span(&w.id, &w.event_id, number, &w.url);
         let (status_code, error, excerpt, duration_ms, verdict) =
             match self.sign(&claimed, started, &body) {
                 Err(reason) => {
@@ -441,7 +442,11 @@ impl Attempting {
                     (None, Some(reason), String::new(), 0, verdict)
                 }
                 Ok(headers) => {
-                    let outcome = self.egress.post(&w.url, &headers, Bytes::from(body)).await;
+                    let outcome = tracing::Instrument::instrument(
+                        self.egress.post(&w.url, &headers, Bytes::from(body)),
+                        span.clone(),
+                    )
+                    .await;
                     let verdict = Verdict::of(&outcome, claimed.success);
                     let ms = outcome.duration.as_millis() as i64;
                     self.metrics.attempt(verdict.label(), outcome.duration);
@@ -457,6 +462,13 @@ impl Attempting {
                     (outcome.status, error, outcome.body_excerpt, ms, verdict)
                 }
             };
+        crate::telemetry::attempt_done(
+            &span,
+            verdict.label(),
+            status_code,
+            duration_ms,
+            error.as_deref(),
+        );
         let finished = self.clock.now();
         let next = match verdict {
             Verdict::Succeeded => Next::Succeeded,

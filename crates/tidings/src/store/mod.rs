@@ -7,9 +7,11 @@
 
 mod console;
 mod endpoints;
+mod backup;
 mod exec;
 mod keys;
 mod notifications;
+mod retention;
 mod sql;
 pub mod sqlite_lib;
 
@@ -22,6 +24,7 @@ use crate::domain::{EntityId, EventType, Kind, Level, Millis};
 
 pub use console::{Bucket, ConsoleStore, LastAttempt, LevelHealth};
 pub use endpoints::{EndpointStore, Health};
+pub use backup::backup_sqlite;
 pub use keys::{ApiKeyRecord, KeyStore};
 pub use notifications::*;
 pub use sql::SqlStore;
@@ -289,6 +292,32 @@ pub struct QueueStats {
     pub oldest_due: Option<Millis>,
 }
 
+/// What one pruning batch removed (rows by kind), and where the next batch starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: u64,
+    pub webhooks: u64,
+    pub attempts: u64,
+    pub emails: u64,
+    /// The rows that tied failed webhooks to pruned e-mails.
+    pub notifications: u64,
+    /// The last event looked at, when the batch was full; `None`: the pass is over.
+    pub next: Option<EntityId>,
+}
+
+impl Pruned {
+    /// Rows by kind, for metrics and logs.
+    pub fn by_kind(&self) -> [(&'static str, u64); 5] {
+        [
+            ("event", self.events),
+            ("webhook", self.webhooks),
+            ("attempt", self.attempts),
+            ("email", self.emails),
+            ("notification", self.notifications),
+        ]
+    }
+}
+
 /// The store: reads, the write transaction, and the delivery queue.
 #[async_trait]
 pub trait Store:
@@ -353,6 +382,19 @@ pub trait Store:
     async fn recover(&self, level_id: &EntityId, since: Millis, now: Millis) -> Result<u64>;
 
     async fn queue_stats(&self, now: Millis) -> Result<QueueStats>;
+
+    // --- retention ---
+
+    /// One short transaction of pruning: sent and `no_recipient` e-mails last changed before
+    /// `cutoff`; then, of up to `limit` events created before `cutoff` (in id order, after
+    /// `after`), the finished webhooks last changed before it that no e-mail still covers,
+    /// with their attempts, and the events left without webhooks. Pending webhooks, queued
+    /// e-mails and what those cover are never removed.
+    async fn prune(&self, cutoff: Millis, after: Option<&EntityId>, limit: u32) -> Result<Pruned>;
+
+    /// The store's size on disk in bytes (SQLite: the database file and its WAL;
+    /// PostgreSQL: the database).
+    async fn size_on_disk(&self) -> Result<u64>;
 
     // --- signing secrets ---
 

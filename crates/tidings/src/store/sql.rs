@@ -23,8 +23,9 @@ use sqlx::{AnyPool, Row as _};
 use super::endpoints::{self, Outcome, ENDPOINT_COLUMNS};
 use super::exec::{sqlite_path, Exec, LiteWriter, Param, Row, SQLITE_PRAGMAS};
 use super::{
-    Attempt, Claimed, Counts, Lease, NewEvent, NewWebhook, Next, QueueStats, Recorded, Result,
-    RetryOutcome, Store, StoreError, StoreOptions, Tx, Webhook, WebhookFilter, WebhookStatus,
+    Attempt, Claimed, Counts, Lease, NewEvent, NewWebhook, Next, Pruned, QueueStats, Recorded,
+    Result, RetryOutcome, Store, StoreError, StoreOptions, Tx, Webhook, WebhookFilter,
+    WebhookStatus,
 };
 use crate::delivery::secrets::SealedSecrets;
 use crate::domain::endpoint::{Endpoint, SuccessRule};
@@ -63,7 +64,7 @@ impl Backend {
 pub struct SqlStore {
     pub(super) backend: Backend,
     /// The database URL, for the PostgreSQL listener connection.
-    url: String,
+    pub(super) url: String,
     /// On SQLite a pool of one connection, used only while holding `lite` (the gate).
     pub(super) writer: AnyPool,
     pub(super) reader: AnyPool,
@@ -694,6 +695,14 @@ impl Store for SqlStore {
         })
     }
 
+    async fn prune(&self, cutoff: Millis, after: Option<&EntityId>, limit: u32) -> Result<Pruned> {
+        self.prune_batch(cutoff, after, limit).await
+    }
+
+    async fn size_on_disk(&self) -> Result<u64> {
+        self.disk_size().await
+    }
+
     async fn secrets(&self, level_id: &EntityId) -> Result<Option<SealedSecrets>> {
         let rows = self
             .begin_read()
@@ -908,16 +917,20 @@ pub(super) fn value_rows(rows: usize, width: usize) -> String {
 /// (an event's webhooks, a batch of records) building the text again for every call cost
 /// ≈ 1.5 % of Tidings' CPU in scenario b. Texts for more than [`SqlBySize::KEPT`] rows are
 /// built each time (never the case for the chunked statements).
-struct SqlBySize(std::sync::Mutex<Vec<Option<&'static str>>>);
+pub(super) struct SqlBySize(std::sync::Mutex<Vec<Option<&'static str>>>);
 
 impl SqlBySize {
     const KEPT: usize = 64;
 
-    const fn new() -> Self {
+    pub(super) const fn new() -> Self {
         SqlBySize(std::sync::Mutex::new(Vec::new()))
     }
 
-    fn get(&self, rows: usize, build: impl FnOnce(usize) -> String) -> Cow<'static, str> {
+    pub(super) fn get(
+        &self,
+        rows: usize,
+        build: impl FnOnce(usize) -> String,
+    ) -> Cow<'static, str> {
         if rows > Self::KEPT {
             return Cow::Owned(build(rows));
         }

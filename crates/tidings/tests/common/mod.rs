@@ -155,6 +155,11 @@ impl TestServer {
         let _ = self.child.wait();
     }
 
+    /// The process id, to signal it from another thread.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The last lines the server printed, for failure messages.
     pub fn logs(&self) -> String {
         let logs = self.logs.lock().unwrap();

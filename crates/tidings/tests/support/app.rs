@@ -39,6 +39,8 @@ pub struct Setup {
     pub settings: Settings,
     clock: Option<ManualClock>,
     dir: Arc<TempDir>,
+    /// Runs the pruner (only tests of retention do).
+    prune: bool,
 }
 
 impl Setup {
@@ -66,6 +68,7 @@ impl Setup {
             settings,
             clock: None,
             dir: Arc::new(dir),
+            prune: false,
         }
     }
 
@@ -90,6 +93,13 @@ impl Setup {
         self
     }
 
+    /// Prunes what is older than `retention` in the background, as `serve` does.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.settings.retention = tidings::config::Retention(Some(retention));
+        self.prune = true;
+        self
+    }
+
     /// Runs on `clock` instead of the system clock.
     pub fn manual_clock(mut self, clock: &ManualClock) -> Self {
         self.clock = Some(clock.clone());
@@ -103,10 +113,16 @@ impl Setup {
             None => Arc::new(SystemClock),
         };
         let App {
-            state, dispatcher, ..
+            state,
+            dispatcher,
+            pruner,
+            ..
         } = build(&self.settings, clock).await.unwrap();
         let stop = CancellationToken::new();
         let dispatching = tokio::spawn(dispatcher.run(stop.clone()));
+        if let Some(pruner) = pruner.filter(|_| self.prune) {
+            tokio::spawn(pruner.run(stop.clone()));
+        }
         TestApp {
             router: tidings::api::router(state.clone()),
             state,
@@ -155,11 +171,13 @@ impl TestApp {
         self.stop().await;
         let settings = self.setup.settings.clone();
         let dir = Arc::clone(&self.setup.dir);
+        let prune = self.setup.prune;
         drop(self);
         Setup {
             settings,
             clock: Some(clock.clone()),
             dir,
+            prune,
         }
         .start()
         .await

@@ -86,6 +86,7 @@ impl Tidings {
             state,
             dispatcher,
             mailer,
+            ..
         } = build(&settings, clock).await.unwrap();
         let tidings = Tidings {
             router: tidings::api::router(state.clone()),
