@@ -50,6 +50,9 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Attempts in flight at once to one destination (`TIDINGS_PER_DESTINATION`).
     pub per_destination: usize,
+    /// Failed authentications allowed per client address per minute before it gets 429s
+    /// (`TIDINGS_AUTH_FAILURE_LIMIT`).
+    pub auth_failure_limit: u32,
 }
 
 impl Default for Settings {
@@ -71,6 +74,7 @@ impl Default for Settings {
             secret_key_file: PathBuf::from("tidings.key"),
             max_in_flight: 512,
             per_destination: 32,
+            auth_failure_limit: crate::api::auth::MAX_FAILURES,
         }
     }
 }
@@ -114,4 +118,5 @@ the environment wins over the file):
   TIDINGS_SECRET_KEY_FILE   where that key is kept (made on first start) [tidings.key]
   TIDINGS_MAX_IN_FLIGHT     delivery attempts in flight at once  [512]
   TIDINGS_PER_DESTINATION   attempts in flight to one destination [32]
+  TIDINGS_AUTH_FAILURE_LIMIT failed authentications per address per minute before 429s [20]
   RUST_LOG                  log filter, e.g. info or tidings=debug [info]";

@@ -24,14 +24,16 @@ use crate::domain::{EntityId, Level, Millis};
 use crate::store::{ApiKeyRecord, Store};
 use crate::tenancy::Principal;
 
-/// Failed attempts allowed per client per window before it gets 429s.
-const MAX_FAILURES: u32 = 20;
+/// Failed attempts allowed per client per window before it gets 429s, unless
+/// `TIDINGS_AUTH_FAILURE_LIMIT` says otherwise.
+pub const MAX_FAILURES: u32 = 20;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Key checking and the failed-attempt limiter.
 pub struct Auth {
     /// Hash of `TIDINGS_ADMIN_KEY`, when set.
     admin_hash: Option<String>,
+    max_failures: u32,
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
@@ -80,8 +82,15 @@ impl Auth {
         };
         Ok(Auth {
             admin_hash,
+            max_failures: MAX_FAILURES,
             failures: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sets the failed attempts allowed per address per window (`TIDINGS_AUTH_FAILURE_LIMIT`).
+    pub fn with_failure_limit(mut self, limit: u32) -> Auth {
+        self.max_failures = limit;
+        self
     }
 
     async fn principal(&self, store: &dyn Store, key: &str) -> Result<Option<Principal>, ApiError> {
@@ -102,7 +111,7 @@ impl Auth {
     fn too_many_failures(&self, ip: IpAddr) -> bool {
         let map = self.failures.lock().expect("limiter poisoned");
         map.get(&ip)
-            .is_some_and(|(start, n)| start.elapsed() < FAILURE_WINDOW && *n > MAX_FAILURES)
+            .is_some_and(|(start, n)| start.elapsed() < FAILURE_WINDOW && *n > self.max_failures)
     }
 
     fn failed(&self, ip: IpAddr) {
