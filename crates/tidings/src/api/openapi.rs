@@ -226,6 +226,60 @@ fn link_to(operation_id: &str) -> utoipa::openapi::link::Link {
         .build()
 }
 
+/// A link from a response whose body has the new entity's `id` to an operation whose body
+/// refers to it: `body` with `"$id"` standing for that id.
+fn link_with_body(operation_id: &str, body: serde_json::Value) -> utoipa::openapi::link::Link {
+    fn fill(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::String(s) if s == "$id" => "$response.body#/id".into(),
+            serde_json::Value::Object(m) => m.into_iter().map(|(k, v)| (k, fill(v))).collect(),
+            other => other,
+        }
+    }
+    LinkBuilder::new()
+        .extensions(Some(Extensions::from_iter([("operationId", operation_id)])))
+        .request_body(Some(fill(body)))
+        .build()
+}
+
+/// What can be made once an entity of `kind` exists, and the body that refers to it.
+fn made_next(kind: Kind) -> Vec<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    let mut next = match kind {
+        Kind::Reseller => vec![
+            ("create_dealer", json!({"reseller": {"id": "$id"}})),
+            (
+                "create_user",
+                json!({"entity": {"type": "reseller", "id": "$id"}}),
+            ),
+        ],
+        Kind::Dealer => vec![
+            ("create_company", json!({"dealer": {"id": "$id"}})),
+            (
+                "create_user",
+                json!({"entity": {"type": "dealer", "id": "$id"}}),
+            ),
+        ],
+        Kind::Company => vec![
+            ("create_site", json!({"company": {"id": "$id"}})),
+            (
+                "create_user",
+                json!({"entity": {"type": "company", "id": "$id"}}),
+            ),
+            ("create_meeting", json!({"company": {"id": "$id"}})),
+        ],
+        Kind::Site => vec![],
+        Kind::User => vec![("create_meeting", json!({"created_by": {"id": "$id"}}))],
+        Kind::Meeting => vec![],
+        Kind::Package => vec![("create_company", json!({"package": {"id": "$id"}}))],
+    };
+    if let Some(level) = kind.level() {
+        next.push(("create_api_key", json!({"level": level, "id": "$id"})));
+        next.push(("recover_webhooks", json!({"level_id": "$id"})));
+    }
+    next
+}
+
 pub fn document() -> OpenApi {
     let mut paths = Paths::new();
     let mut add = |path: &str, method: HttpMethod, op: Operation| {
@@ -254,6 +308,9 @@ pub fn document() -> OpenApi {
         }
         for l in &linked {
             created = created.link(l, link_to(l));
+        }
+        for (target, body) in made_next(kind) {
+            created = created.link(target, link_with_body(target, body));
         }
         add(
             &format!("/v1/{name}"),
@@ -741,7 +798,8 @@ fn page_of(view: &str, paged: bool) -> RefOr<Schema> {
 
 /// Adds `<name>Patch`: the schema `name` with no required field, and each object it refers
 /// to replaced by its own partial form. Arrays are replaced whole by a merge patch, so their
-/// items keep their full schema.
+/// items keep their full schema. A field that may be left out of a create body may be `null`
+/// in a patch: that removes it, back to its default.
 fn partial(schemas: &mut BTreeMap<String, RefOr<Schema>>, name: &str) -> String {
     let patch_name = format!("{name}Patch");
     if schemas.contains_key(&patch_name) {
@@ -751,9 +809,12 @@ fn partial(schemas: &mut BTreeMap<String, RefOr<Schema>>, name: &str) -> String 
         return name.to_owned();
     };
     let mut object = object;
-    object.required.clear();
-    for (_, property) in object.properties.iter_mut() {
+    let required = std::mem::take(&mut object.required);
+    for (field, property) in object.properties.iter_mut() {
         *property = partial_property(schemas, property.clone());
+        if !required.contains(field) {
+            *property = nullable(property.clone());
+        }
     }
     schemas.insert(patch_name.clone(), RefOr::T(Schema::Object(object)));
     patch_name
@@ -777,6 +838,30 @@ fn partial_property(
             RefOr::T(Schema::OneOf(one_of))
         }
         other => other,
+    }
+}
+
+fn nullable(schema: RefOr<Schema>) -> RefOr<Schema> {
+    let is_null = |s: &RefOr<Schema>| matches!(s, RefOr::T(Schema::Object(o)) if matches!(&o.schema_type, SchemaType::Type(Type::Null)));
+    match schema {
+        RefOr::T(Schema::Object(o)) if matches!(&o.schema_type, SchemaType::Array(types) if types.contains(&Type::Null)) => {
+            RefOr::T(Schema::Object(o))
+        }
+        RefOr::T(Schema::Object(mut o)) if !matches!(o.schema_type, SchemaType::AnyValue) => {
+            if let SchemaType::Type(t) = o.schema_type.clone() {
+                if t != Type::Null {
+                    o.schema_type = SchemaType::Array(vec![t, Type::Null]);
+                }
+            }
+            RefOr::T(Schema::Object(o))
+        }
+        RefOr::T(Schema::OneOf(one_of)) if one_of.items.iter().any(is_null) => {
+            RefOr::T(Schema::OneOf(one_of))
+        }
+        other => OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .item(other)
+            .into(),
     }
 }
 
@@ -957,6 +1042,15 @@ mod tests {
             "#/components/schemas/RefPatch"
         );
         assert!(schemas["ContactInputPatch"].get("required").is_none());
+        // `null` removes a field, back to its default: allowed where the field may be left out.
+        assert_eq!(
+            patch["properties"]["suspended"]["type"],
+            serde_json::json!(["boolean", "null"])
+        );
+        assert_eq!(patch["properties"]["name"]["type"], "string");
+        let features = &schemas["PackageInputPatch"]["properties"]["features"]["oneOf"];
+        assert_eq!(features[0]["type"], "null");
+        assert_eq!(features[1]["type"], "array");
         // The create body keeps its required fields.
         assert_eq!(
             schemas["DealerInput"]["required"],

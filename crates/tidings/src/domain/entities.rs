@@ -37,8 +37,11 @@ pub struct Contact {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContactInput {
+    #[schema(min_length = 1, max_length = 200)]
     pub first_name: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub last_name: String,
+    #[schema(format = Email)]
     pub email: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
@@ -87,6 +90,7 @@ impl ContactInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationContact {
+    #[schema(format = Email)]
     pub email: String,
 }
 
@@ -414,6 +418,7 @@ fn opt_text(field: &str, value: &Option<String>, max: usize) -> Result<(), Field
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResellerInput {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     pub contact: ContactInput,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -427,6 +432,7 @@ pub struct ResellerInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DealerInput {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     pub contact: ContactInput,
     pub reseller: Ref,
@@ -441,6 +447,7 @@ pub struct DealerInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompanyInput {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     pub contact: ContactInput,
     pub dealer: Ref,
@@ -457,6 +464,7 @@ pub struct CompanyInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SiteInput {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     pub company: Ref,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -492,8 +500,11 @@ fn default_status() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserInput {
+    #[schema(min_length = 1, max_length = 200)]
     pub first_name: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub last_name: String,
+    #[schema(format = Email)]
     pub email: String,
     /// The owning entity: `{"type": "company", "id": ...}` (or dealer, reseller).
     pub entity: Owner,
@@ -556,6 +567,7 @@ pub struct MeetingInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PackageInput {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     #[serde(default)]
     pub features: Vec<String>,
