@@ -4,6 +4,7 @@
 //! its body, so clients and fuzzers can be generated from it; see `docs/api.md`.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use utoipa::openapi::extensions::Extensions;
 use utoipa::openapi::header::HeaderBuilder;
@@ -697,6 +698,64 @@ fn with_nested<T: ToSchema>(out: &mut BTreeMap<String, RefOr<Schema>>) {
 }
 
 fn components() -> utoipa::openapi::Components {
+    let mut builder = ComponentsBuilder::new();
+    for (name, schema) in component_schemas() {
+        builder = builder.schema(name, schema);
+    }
+    builder
+        .security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        )
+        .build()
+}
+
+/// The first key of a PATCH body for `kind` that names no field, as a dotted path. A `null`
+/// for a key that is not there removes nothing (RFC 7396), so the merged body alone would
+/// not show such a key; it is refused like any unknown field.
+pub fn unknown_patch_field(kind: Kind, patch: &serde_json::Value) -> Option<String> {
+    static SCHEMAS: OnceLock<BTreeMap<String, RefOr<Schema>>> = OnceLock::new();
+    let schemas = SCHEMAS.get_or_init(component_schemas);
+    unknown_in(schemas, &format!("{}Patch", names(kind).0), patch, "")
+}
+
+fn unknown_in(
+    schemas: &BTreeMap<String, RefOr<Schema>>,
+    name: &str,
+    value: &serde_json::Value,
+    prefix: &str,
+) -> Option<String> {
+    let (Some(RefOr::T(Schema::Object(object))), serde_json::Value::Object(fields)) =
+        (schemas.get(name), value)
+    else {
+        return None;
+    };
+    for (key, value) in fields {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let Some(property) = object.properties.get(key) else {
+            return Some(path);
+        };
+        let inner = match property {
+            RefOr::Ref(r) => Some(r),
+            RefOr::T(Schema::OneOf(one_of)) => one_of.items.iter().find_map(|i| match i {
+                RefOr::Ref(r) => Some(r),
+                _ => None,
+            }),
+            _ => None,
+        };
+        let inner = inner.and_then(|r| r.ref_location.strip_prefix("#/components/schemas/"));
+        if let Some(found) = inner.and_then(|n| unknown_in(schemas, n, value, &path)) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+fn component_schemas() -> BTreeMap<String, RefOr<Schema>> {
     let mut schemas = BTreeMap::new();
     with_nested::<e::ResellerInput>(&mut schemas);
     with_nested::<e::DealerInput>(&mut schemas);
@@ -761,17 +820,7 @@ fn components() -> utoipa::openapi::Components {
             .required("recovered")
             .into(),
     );
-
-    let mut builder = ComponentsBuilder::new();
-    for (name, schema) in schemas {
-        builder = builder.schema(name, schema);
-    }
-    builder
-        .security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        )
-        .build()
+    schemas
 }
 
 /// `{"data": [view...], "next_cursor": id | null}`.
@@ -1025,6 +1074,29 @@ mod tests {
             }
         }
         assert!(links >= 30, "only {links} links");
+    }
+
+    #[test]
+    fn unknown_patch_fields_are_found_at_any_depth() {
+        use serde_json::json;
+        let unknown = |v| unknown_patch_field(Kind::Dealer, &v);
+        assert_eq!(unknown(json!({"name": "D", "webhook_url": null})), None);
+        assert_eq!(unknown(json!({"contact": {"phone": null}})), None);
+        assert_eq!(unknown(json!({"reseller": {"id": "x"}})), None);
+        assert_eq!(unknown(json!({"nickname": null})), Some("nickname".into()));
+        assert_eq!(
+            unknown(json!({"contact": {"nickname": null}})),
+            Some("contact.nickname".into())
+        );
+        assert_eq!(
+            unknown(json!({"notification_contact": {"cc": null}})),
+            Some("notification_contact.cc".into())
+        );
+        // Arrays are replaced whole and checked when the merged body is parsed.
+        assert_eq!(
+            unknown_patch_field(Kind::Package, &json!({"features": [{"x": null}]})),
+            None
+        );
     }
 
     #[test]
