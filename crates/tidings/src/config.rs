@@ -71,6 +71,9 @@ pub struct Settings {
     /// How long finished webhooks, their events and sent e-mails are kept
     /// (`TIDINGS_RETENTION`; `off` keeps everything).
     pub retention: Retention,
+    /// Failed authentications allowed per client address per minute before it gets 429s
+    /// (`TIDINGS_AUTH_FAILURE_LIMIT`).
+    pub auth_failure_limit: u32,
 }
 
 /// How long finished deliveries are kept: a duration (`30d`, `12h`, `2s`) or `off`.
@@ -146,6 +149,7 @@ impl Default for Settings {
             store_timeout: Duration::from_secs(5),
             sqlite_max_mib: None,
             retention: Retention::default(),
+            auth_failure_limit: crate::api::auth::MAX_FAILURES,
         }
     }
 }
@@ -194,6 +198,7 @@ the environment wins over the file):
   TIDINGS_API_MAX_CONNECTIONS API connections at once (more: 503)  [1024]
   TIDINGS_STORE_TIMEOUT     wait for a PostgreSQL connection (then 503) [5s]
   TIDINGS_SQLITE_MAX_MIB    most the SQLite database may grow to [none]
+  TIDINGS_AUTH_FAILURE_LIMIT failed authentications per address per minute before 429s [20]
   TIDINGS_RETENTION         keep finished webhooks, their events and sent
                             e-mails this long, then prune them; off keeps all [30d]
   RUST_LOG                  log filter, e.g. info or tidings=debug [info]

@@ -91,7 +91,8 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result
     ));
     let auth = Arc::new(
         crate::api::auth::Auth::setup(settings.admin_key.as_deref(), store.as_ref(), clock.now())
-            .await?,
+            .await?
+            .with_failure_limit(settings.auth_failure_limit),
     );
     let pruner = settings.retention.0.map(|retention| {
         Pruner::new(

@@ -26,14 +26,17 @@ use crate::domain::{EntityId, Level, Millis};
 use crate::store::{ApiKeyRecord, Store};
 use crate::tenancy::Principal;
 
-/// Failed attempts allowed per client per window before it gets 429s.
-const MAX_FAILURES: u32 = 20;
+/// Failed attempts allowed per client per window before it gets 429s, unless
+/// `TIDINGS_AUTH_FAILURE_LIMIT` says otherwise.
+pub const MAX_FAILURES: u32 = 20;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Key checking and the failed-attempt limiter.
 pub struct Auth {
     /// Hash of `TIDINGS_ADMIN_KEY`, when set.
     admin_hash: Option<String>,
+    /// Failed authentications an address may make in a window before it is refused.
+    max_failures: u32,
     /// Per address: when its window of failures began, and how many it holds.
     failures: Mutex<HashMap<IpAddr, (Millis, u32)>>,
 }
@@ -83,8 +86,15 @@ impl Auth {
         };
         Ok(Auth {
             admin_hash,
+            max_failures: MAX_FAILURES,
             failures: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sets the failed attempts allowed per address per window (`TIDINGS_AUTH_FAILURE_LIMIT`).
+    pub fn with_failure_limit(mut self, limit: u32) -> Auth {
+        self.max_failures = limit;
+        self
     }
 
     async fn principal(&self, store: &dyn Store, key: &str) -> Result<Option<Principal>, ApiError> {
@@ -114,7 +124,7 @@ impl Auth {
         let map = self.failures.lock().expect("limiter poisoned");
         let (start, n) = map.get(&ip)?;
         let left = FAILURE_WINDOW.as_millis() as i64 - (now.0 - start.0);
-        (left > 0 && *n > MAX_FAILURES).then(|| Duration::from_millis(left as u64))
+        (left > 0 && *n > self.max_failures).then(|| Duration::from_millis(left as u64))
     }
 
     /// Counts a failed authentication from the address.
@@ -228,6 +238,7 @@ mod tests {
     fn an_address_over_the_limit_waits_out_the_minute_from_its_first_failure() {
         let auth = Auth {
             admin_hash: None,
+            max_failures: MAX_FAILURES,
             failures: Mutex::new(HashMap::new()),
         };
         let (ip, other) = (IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2]));

@@ -199,6 +199,12 @@ async fn change(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let body = json_body(&body)?;
+    if let Some(field) = super::openapi::unknown_patch_field(kind, &body) {
+        return Err(ApiError::field(
+            "invalid_field",
+            crate::domain::validate::FieldError::new(field, "unknown field"),
+        ));
+    }
     let applied = s.hierarchy.patch(&who, kind, &id, body).await?;
     s.metrics.applied(&applied);
     Ok(Json(applied.view))

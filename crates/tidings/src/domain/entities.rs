@@ -38,8 +38,11 @@ pub struct Contact {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContactInput {
+    #[schema(min_length = 1, max_length = 200)]
     pub first_name: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub last_name: String,
+    #[schema(format = Email)]
     pub email: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
@@ -88,6 +91,7 @@ impl ContactInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationContact {
+    #[schema(format = Email)]
     pub email: String,
 }
 
@@ -456,6 +460,7 @@ fn opt_text(field: &str, value: &Option<String>, max: usize) -> Result<(), Field
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResellerInput {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     pub contact: ContactInput,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -469,6 +474,7 @@ pub struct ResellerInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DealerInput {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     pub contact: ContactInput,
     pub reseller: Ref,
@@ -483,6 +489,7 @@ pub struct DealerInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompanyInput {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     pub contact: ContactInput,
     pub dealer: Ref,
@@ -499,6 +506,7 @@ pub struct CompanyInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SiteInput {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     pub company: Ref,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -534,8 +542,11 @@ fn default_status() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserInput {
+    #[schema(min_length = 1, max_length = 200)]
     pub first_name: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub last_name: String,
+    #[schema(format = Email)]
     pub email: String,
     /// The owning entity: `{"type": "company", "id": ...}` (or dealer, reseller).
     pub entity: Owner,
@@ -598,6 +609,7 @@ pub struct MeetingInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PackageInput {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     #[serde(default)]
     pub features: Vec<String>,

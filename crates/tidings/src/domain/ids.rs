@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// time: store indexes stay append-mostly and cursor pagination follows creation order.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]
-#[schema(value_type = String, example = "5f0ef6fa0c2b4d0e8a1b2c3d")]
+#[schema(value_type = String, pattern = "^[0-9a-f]{24}$", example = "5f0ef6fa0c2b4d0e8a1b2c3d")]
 pub struct EntityId(String);
 
 impl EntityId {

@@ -5,9 +5,9 @@
 //! [`Tx`] and become visible together at commit, or not at all (the transactional outbox).
 //! It never decides who receives what; that is the domain's job.
 
+mod backup;
 mod console;
 mod endpoints;
-mod backup;
 mod exec;
 mod keys;
 mod notifications;
@@ -22,9 +22,9 @@ use crate::domain::endpoint::{Endpoint, SuccessRule};
 use crate::domain::entities::Entity;
 use crate::domain::{EntityId, EventType, Kind, Level, Millis};
 
+pub use backup::backup_sqlite;
 pub use console::{Bucket, ConsoleStore, LastAttempt, LevelHealth};
 pub use endpoints::{EndpointStore, Health};
-pub use backup::backup_sqlite;
 pub use keys::{ApiKeyRecord, KeyStore};
 pub use notifications::*;
 pub use sql::SqlStore;
