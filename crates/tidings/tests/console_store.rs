@@ -165,48 +165,6 @@ async fn console_aggregates_count_attempts_health_and_queue_per_level() {
             s.name
         );
 
-        let mut levels = vec![a.clone(), b.clone()];
-        levels.sort();
-        let health = store.level_health(Some(&levels), T0).await.unwrap();
-        let of = |level: &EntityId| health.iter().find(|h| &h.level_id == level).unwrap();
-        assert_eq!(health.len(), 2, "{}", s.name);
-        let ha = of(&a);
-        assert_eq!(
-            (ha.succeeded, ha.failed, ha.consecutive_failures),
-            (1, 2, 2),
-            "{}",
-            s.name
-        );
-        assert_eq!(ha.last_success, Some(Millis(T0.0 + 1_000)), "{}", s.name);
-        assert_eq!(ha.last_failure, Some(Millis(T0.0 + 62_000)), "{}", s.name);
-        assert_eq!(ha.last_error.as_deref(), Some("HTTP 500 a2"), "{}", s.name);
-        let hb = of(&b);
-        assert_eq!(
-            (hb.succeeded, hb.failed, hb.consecutive_failures),
-            (1, 1, 1),
-            "{}",
-            s.name
-        );
-        assert_eq!(hb.last_error.as_deref(), Some("timed out b1"), "{}", s.name);
-        // A window that starts after a0's success: a has no success in it.
-        let late = store
-            .level_health(None, Millis(T0.0 + 1_500))
-            .await
-            .unwrap();
-        let la = late.iter().find(|h| h.level_id == a).unwrap();
-        assert_eq!(
-            (
-                la.succeeded,
-                la.failed,
-                la.last_success,
-                la.consecutive_failures
-            ),
-            (0, 2, None, 2),
-            "{}",
-            s.name
-        );
-        assert!(store.level_health(Some(&[]), T0).await.unwrap().is_empty());
-
         // a1 waits for its retry; nothing of b does.
         let qa = store
             .level_queue(std::slice::from_ref(&a), Millis(retry_at.0 + 1))

@@ -15,7 +15,7 @@ use super::layout::{self, field_error, Section};
 use super::tree::{self, Node, Tree};
 use super::{FormError, Shared, Signed};
 use crate::domain::{EntityId, Millis};
-use crate::store::{LevelHealth, StoreError};
+use crate::store::{Health, StoreError};
 
 const DAY: i64 = 24 * 3_600_000;
 
@@ -34,17 +34,11 @@ pub async fn tree_page(State(c): State<Shared>, signed: Signed) -> Response {
         Ok(t) => t,
         Err(e) => return store_error(e),
     };
-    let health = match store
-        .level_health(tree.scope(&signed.who).as_deref(), Millis(now.0 - DAY))
-        .await
-    {
+    // Kept up to date as attempts are recorded: one read for every level shown.
+    let health = match store.endpoint_health(&tree.ids(), now).await {
         Ok(h) => h,
         Err(e) => return store_error(e),
     };
-    let health: HashMap<EntityId, LevelHealth> = health
-        .into_iter()
-        .map(|h| (h.level_id.clone(), h))
-        .collect();
     let roots = tree.children(None);
     let body = html! {
         p.lead { "Each level's webhook URL, notification contact and endpoint health over the last 24 hours. Open a level to change them or to see its signing secret." }
@@ -62,7 +56,7 @@ pub async fn tree_page(State(c): State<Shared>, signed: Signed) -> Response {
     layout::page(&signed, Section::Levels, "Hierarchy", body)
 }
 
-fn branch(tree: &Tree, n: &Node, health: &HashMap<EntityId, LevelHealth>) -> Markup {
+fn branch(tree: &Tree, n: &Node, health: &HashMap<EntityId, Health>) -> Markup {
     let kids = tree.children(Some(&n.id));
     html! {
         li {
@@ -89,9 +83,11 @@ fn branch(tree: &Tree, n: &Node, health: &HashMap<EntityId, LevelHealth>) -> Mar
     }
 }
 
-fn health_badge(h: Option<&LevelHealth>, has_url: bool) -> Markup {
+fn health_badge(h: Option<&Health>, has_url: bool) -> Markup {
+    let attempted =
+        h.filter(|h| h.consecutive_failures > 0 || h.successes_24h + h.failures_24h > 0);
     html! {
-        @match h {
+        @match attempted {
             Some(h) if h.consecutive_failures > 0 => span.badge.failed title=(h.last_error.as_deref().unwrap_or("")) { "failing · " (h.consecutive_failures) " in a row" },
             Some(h) => span.badge.succeeded { "ok · " (ratio(h)) },
             None if has_url => span.badge.idle { "no attempts in 24 h" },
@@ -100,12 +96,10 @@ fn health_badge(h: Option<&LevelHealth>, has_url: bool) -> Markup {
     }
 }
 
-fn ratio(h: &LevelHealth) -> String {
-    let total = h.succeeded + h.failed;
-    if total == 0 {
-        "–".into()
-    } else {
-        format!("{:.0} %", h.succeeded as f64 * 100.0 / total as f64)
+fn ratio(h: &Health) -> String {
+    match h.success_ratio_24h() {
+        None => "–".into(),
+        Some(r) => format!("{:.0} %", r * 100.0),
     }
 }
 
@@ -181,10 +175,12 @@ async fn level(
         .app()
         .hierarchy
         .store()
-        .level_health(Some(std::slice::from_ref(&level_id)), Millis(now.0 - DAY))
+        .endpoint_health(std::slice::from_ref(&level_id), now)
         .await
     {
-        Ok(h) => h.into_iter().next(),
+        Ok(mut h) => h
+            .remove(&level_id)
+            .filter(|h| h.consecutive_failures > 0 || h.successes_24h + h.failures_24h > 0),
         Err(e) => return store_error(e),
     };
     let name = v["name"].as_str().unwrap_or_default();
@@ -266,9 +262,9 @@ async fn level(
                 @match &health {
                     None => p.empty { @if url.is_some() { "No attempts in the last 24 hours." } @else { "No webhook URL: set one to receive webhooks." } },
                     Some(h) => dl.facts {
-                        dt { "Success ratio" } dd { (ratio(h)) " (" (h.succeeded) " delivered, " (h.failed) " failed)" }
-                        dt { "Last success" } dd { (layout::opt_time(h.last_success)) }
-                        dt { "Last failure" } dd { (layout::opt_time(h.last_failure)) }
+                        dt { "Success ratio" } dd { (ratio(h)) " (" (h.successes_24h) " delivered, " (h.failures_24h) " failed)" }
+                        dt { "Last success" } dd { (layout::opt_time(h.last_success_at)) }
+                        dt { "Last failure" } dd { (layout::opt_time(h.last_failure_at)) }
                         @if let Some(e) = &h.last_error { dt { "Its error" } dd.error-text { (e) } }
                         dt { "Failures in a row" } dd { (h.consecutive_failures) }
                     },

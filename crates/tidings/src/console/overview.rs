@@ -38,14 +38,13 @@ async fn render(c: &Shared, signed: &Signed) -> Result<Response, crate::store::S
         None => store.queue_stats(now).await?,
         Some(ids) => store.level_queue(ids, now).await?,
     };
-    let health = store
-        .level_health(scope.as_deref(), Millis(now.0 - 24 * HOUR))
-        .await?;
+    // Kept up to date as attempts are recorded: one read for every level in view.
+    let health = store.endpoint_health(&tree.ids(), now).await?;
     let mut failing: Vec<_> = health
         .iter()
-        .filter(|h| h.consecutive_failures > 0)
+        .filter(|(_, h)| h.consecutive_failures > 0)
         .collect();
-    failing.sort_by_key(|h| std::cmp::Reverse(h.last_failure));
+    failing.sort_by_key(|(_, h)| std::cmp::Reverse(h.last_failure_at));
     let (ok, bad) = per_hour
         .iter()
         .fold((0, 0), |(o, b), x| (o + x.succeeded, b + x.failed));
@@ -90,18 +89,18 @@ async fn render(c: &Shared, signed: &Signed) -> Result<Response, crate::store::S
                 table {
                     thead { tr { th { "Level" } th { "Failures in a row" } th { "Last failure" } th { "Error" } th { "Last success" } } }
                     tbody {
-                        @for h in &failing {
+                        @for (level_id, h) in &failing {
                             tr {
                                 td {
-                                    @match tree.get(&h.level_id) {
+                                    @match tree.get(level_id) {
                                         Some(n) => { a href={ "/levels/" (tree::collection(n.level)) "/" (n.id) } { (n.name) } " " span.muted { (n.level.as_str()) } },
-                                        None => code { (h.level_id) },
+                                        None => code { (level_id) },
                                     }
                                 }
                                 td { (h.consecutive_failures) }
-                                td { (layout::opt_time(h.last_failure)) }
+                                td { (layout::opt_time(h.last_failure_at)) }
                                 td.error-text { (h.last_error.as_deref().unwrap_or("")) }
-                                td { (layout::opt_time(h.last_success)) }
+                                td { (layout::opt_time(h.last_success_at)) }
                             }
                         }
                     }

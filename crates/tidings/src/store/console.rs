@@ -19,20 +19,6 @@ pub struct Bucket {
     pub failed: u64,
 }
 
-/// A level's endpoint health over a window of recent attempts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LevelHealth {
-    pub level_id: EntityId,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub last_success: Option<Millis>,
-    pub last_failure: Option<Millis>,
-    /// The error of the latest failed attempt.
-    pub last_error: Option<String>,
-    /// Failed attempts since the latest success in the window.
-    pub consecutive_failures: u64,
-}
-
 /// How a webhook's latest attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastAttempt {
@@ -51,14 +37,6 @@ pub trait ConsoleStore {
         since: Millis,
         bucket_ms: i64,
     ) -> Result<Vec<Bucket>>;
-
-    /// Endpoint health of each of `levels` (every level when `None`) that had an attempt
-    /// since `since`.
-    async fn level_health(
-        &self,
-        levels: Option<&[EntityId]>,
-        since: Millis,
-    ) -> Result<Vec<LevelHealth>>;
 
     /// Webhooks waiting for an attempt among `levels`, and the due time of the oldest one
     /// due by `now` and not claimed.
@@ -149,54 +127,6 @@ impl ConsoleStore for SqlStore {
                     index: int(r, 0)?.unwrap_or(0),
                     succeeded: count(int(r, 1)?),
                     failed: count(int(r, 2)?),
-                })
-            })
-            .collect()
-    }
-
-    async fn level_health(
-        &self,
-        levels: Option<&[EntityId]>,
-        since: Millis,
-    ) -> Result<Vec<LevelHealth>> {
-        if levels.is_some_and(<[EntityId]>::is_empty) {
-            return Ok(Vec::new());
-        }
-        let mut params: Vec<Param> = vec![since.0.into()];
-        let clause = level_clause("w.level_id", levels, &mut params);
-        // One statement: the window's attempts per level, the latest failure's error and
-        // the failures since the latest success.
-        let sql = format!(
-            "WITH a AS ( \
-               SELECT w.level_id AS level_id, t.started_at AS started_at, t.error AS error \
-               FROM attempts t JOIN webhooks w ON w.id = t.webhook_id \
-               WHERE t.started_at >= $1{clause} \
-             ), l AS ( \
-               SELECT level_id, \
-                 CAST(SUM(CASE WHEN error IS NULL THEN 1 ELSE 0 END) AS BIGINT) AS ok, \
-                 CAST(SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS BIGINT) AS bad, \
-                 MAX(CASE WHEN error IS NULL THEN started_at END) AS last_ok, \
-                 MAX(CASE WHEN error IS NULL THEN NULL ELSE started_at END) AS last_bad \
-               FROM a GROUP BY level_id \
-             ) \
-             SELECT l.level_id, l.ok, l.bad, l.last_ok, l.last_bad, \
-               (SELECT a.error FROM a WHERE a.level_id = l.level_id AND a.error IS NOT NULL \
-                  AND a.started_at = l.last_bad LIMIT 1), \
-               (SELECT CAST(COUNT(*) AS BIGINT) FROM a WHERE a.level_id = l.level_id \
-                  AND a.error IS NOT NULL AND a.started_at > COALESCE(l.last_ok, -1)) \
-             FROM l ORDER BY l.level_id"
-        );
-        let rows = fetch(self, &sql, &params).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LevelHealth {
-                    level_id: super::sql::parse_id(&r.try_get::<String, _>(0)?)?,
-                    succeeded: count(int(r, 1)?),
-                    failed: count(int(r, 2)?),
-                    last_success: int(r, 3)?.map(Millis),
-                    last_failure: int(r, 4)?.map(Millis),
-                    last_error: r.try_get::<Option<String>, _>(5)?,
-                    consecutive_failures: count(int(r, 6)?),
                 })
             })
             .collect()

@@ -23,7 +23,7 @@ use crate::domain::entities::Entity;
 use crate::domain::{EntityId, EventType, Kind, Level, Millis};
 
 pub use backup::backup_sqlite;
-pub use console::{Bucket, ConsoleStore, LastAttempt, LevelHealth};
+pub use console::{Bucket, ConsoleStore, LastAttempt};
 pub use endpoints::{EndpointStore, Health};
 pub use keys::{ApiKeyRecord, KeyStore};
 pub use notifications::*;
