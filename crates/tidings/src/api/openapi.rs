@@ -831,6 +831,11 @@ fn component_schemas() -> BTreeMap<String, RefOr<Schema>> {
     with_nested::<KeyView>(&mut schemas);
     with_nested::<Level>(&mut schemas);
     with_nested::<EventType>(&mut schemas);
+    // The derive cannot see the wire names the `event_types!` macro gives the variants.
+    schemas.insert(
+        "EventType".into(),
+        enum_schema(EventType::ALL.map(EventType::as_str)).into(),
+    );
     with_nested::<WebhookStatus>(&mut schemas);
     with_nested::<EmailStatus>(&mut schemas);
 
@@ -1099,6 +1104,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn event_types_are_documented_by_their_wire_names() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let names: Vec<&str> = doc["components"]["schemas"]["EventType"]["enum"]
+            .as_array()
+            .expect("EventType is an enum")
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(names, EventType::ALL.map(EventType::as_str));
     }
 
     #[test]
