@@ -1,5 +1,7 @@
 //! Tidings: hierarchy-aware webhook delivery.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod changes;
 pub mod clock;

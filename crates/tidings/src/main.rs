@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -41,6 +43,8 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     use std::io::IsTerminal;
+    // First: SQLite accepts its allocator only before its first use in the process.
+    let sqlite_alloc = tidings_sqlite_alloc::install();
     tracing_subscriber::fmt()
         // Colours only for a terminal, not in files and log collectors.
         .with_ansi(std::io::stdout().is_terminal())
@@ -48,6 +52,9 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    if !sqlite_alloc {
+        tracing::warn!("SQLite's allocator did not go in: it keeps its own");
+    }
     let cli = Cli::parse();
     let settings =
         || tidings::config::Settings::load(cli.config.as_deref()).context("reading settings");

@@ -9,7 +9,6 @@ mod exec;
 mod keys;
 mod notifications;
 mod sql;
-pub mod sqlite_lib;
 
 use async_trait::async_trait;
 
