@@ -58,6 +58,7 @@ pub fn install() -> bool {
         }
     })
 }
+
 /// A block of `size + HEADER` bytes (or null) from the allocator that serves `size`.
 fn raw_alloc(size: usize) -> *mut c_void {
     if size < LARGE {
