@@ -13,11 +13,11 @@
 //!
 //! **Why it stays.** Counted by `valgrind --tool=callgrind` on the fixed workload of
 //! `crates/tidings/examples/store_workload.rs` (20,000 meeting moments through the hierarchy,
-//! 80,000 webhooks claimed and recorded, a 51 MiB database): 776,543 instructions per moment
-//! with SQLite's defaults, 708,917 with this allocator (−8.7 %); peak RSS 85.7 against
-//! 86.3–86.6 MiB. A wrapper of SQLite's page cache that skipped needless truncate walks
-//! saved 1.2 % on the same workload and was removed (BENCHMARKS.md, "SQLite's process-wide
-//! hooks, measured by instruction count").
+//! 80,000 webhooks claimed and recorded, a 51 MiB database): 744,511 instructions per moment
+//! with SQLite's own allocator, 675,259 with this one (−9.3 %; −8.7 and −9.9 % in two earlier
+//! rounds); peak RSS 85.7 against 86.3–86.6 MiB. A wrapper of SQLite's page cache that
+//! skipped needless truncate walks saved 0.8–1.2 % beside it and was removed (BENCHMARKS.md,
+//! "SQLite's process-wide hooks, measured by instruction count").
 //!
 //! `scripts/memcheck` runs this crate's tests under Valgrind's memcheck.
 
