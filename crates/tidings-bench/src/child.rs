@@ -177,8 +177,10 @@ impl Tidings {
     /// SIGTERM, then SIGKILL after 10 s.
     async fn terminate(&mut self) {
         self.sampler_task.abort();
-        // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
-        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        // The child is not reaped before `wait` below, so its pid is still its own.
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
         if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
             .is_err()
@@ -296,12 +298,9 @@ impl ProcSampler {
 }
 
 fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
+    match rustix::param::clock_ticks_per_second() {
+        0 => 100.0,
+        t => t as f64,
     }
 }
 

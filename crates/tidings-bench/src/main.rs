@@ -6,6 +6,8 @@
 //! attempt latency, Tidings' CPU and memory, and the same sink's ceiling when driven
 //! directly. Loopback only; every run is bounded in time. See BENCHMARKS.md.
 
+#![forbid(unsafe_code)]
+
 mod api;
 mod ceiling;
 mod child;

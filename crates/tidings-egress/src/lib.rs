@@ -12,6 +12,8 @@
 //! - `egress`: the client and its configuration.
 //! - [`outcome`]: what an attempt produced, and reqwest errors sorted into kinds.
 
+#![forbid(unsafe_code)]
+
 mod egress;
 pub mod outcome;
 pub mod policy;

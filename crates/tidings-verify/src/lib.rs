@@ -38,6 +38,8 @@
 //! # Ok::<(), VerifyError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -49,6 +49,8 @@
 //! time from `schedule`. When the last attempt fails, the same record queues a failure
 //! e-mail, which `notify` places in a digest and sends to the level's notification contact.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod changes;
 pub mod clock;

@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -51,6 +53,8 @@ async fn main() -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
+    // First: SQLite accepts its allocator only before its first use in the process.
+    let sqlite_alloc = tidings_sqlite_alloc::install();
     // Spans for OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set; the log leaves them out.
     let (otel, _flush_spans) = match tidings::telemetry::layer()? {
         Some((layer, guard)) => (Some(layer), Some(guard)),
@@ -68,6 +72,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .with(otel)
         .init();
+    if !sqlite_alloc {
+        tracing::warn!("SQLite's allocator did not go in: it keeps its own");
+    }
     let cli = Cli::parse();
     let settings =
         || tidings::config::Settings::load(cli.config.as_deref()).context("reading settings");

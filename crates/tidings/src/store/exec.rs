@@ -266,12 +266,7 @@ fn thread_cpu() -> Duration {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return Duration::ZERO;
     }
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the call only writes into it.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
@@ -368,8 +363,6 @@ impl LiteWriter {
     /// Opens the writer on the (already created and migrated) database file and starts its
     /// flusher.
     pub fn open(path: PathBuf, max_pages: Option<u64>) -> Result<Self> {
-        // Normally done by the store before its first connection (no-op then).
-        super::sqlite_lib::install();
         let db = rusqlite::Connection::open(&path)?;
         for pragma in SQLITE_PRAGMAS {
             // `journal_mode` answers with a row; the others with none.
@@ -691,8 +684,6 @@ mod tests {
     async fn parameters_bind_by_number_not_by_position() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        // SQLite's process-wide settings go in before any thread of this test binary uses it.
-        super::super::sqlite_lib::install();
         rusqlite::Connection::open(&path).unwrap();
         let writer = LiteWriter::open(path, None).unwrap();
         let mut tx = writer.begin(true).await.unwrap();

@@ -13,7 +13,6 @@ mod keys;
 mod notifications;
 mod retention;
 mod sql;
-pub mod sqlite_lib;
 
 use async_trait::async_trait;
 

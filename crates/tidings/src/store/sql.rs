@@ -80,7 +80,6 @@ pub struct SqlStore {
 /// `flock` on the database file, independent of SQLite's own locks, and released by the
 /// kernel when the process ends however it ends.
 fn own_sqlite_file(path: &std::path::Path) -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
     let failed = |e: std::io::Error| StoreError::File {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -92,16 +91,11 @@ fn own_sqlite_file(path: &std::path::Path) -> Result<std::fs::File> {
         .truncate(false)
         .open(path)
         .map_err(failed)?;
-    // SAFETY: `flock` on a descriptor this function owns; it only reads its arguments.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let err = std::io::Error::last_os_error();
-        return Err(if err.kind() == std::io::ErrorKind::WouldBlock {
-            StoreError::InUse(path.display().to_string())
-        } else {
-            failed(err)
-        });
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreError::InUse(path.display().to_string())),
+        Err(e) => Err(failed(e.into())),
     }
-    Ok(file)
 }
 
 impl SqlStore {
@@ -114,14 +108,6 @@ impl SqlStore {
     pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let store = if url.starts_with("sqlite:") {
-            // Before the first connection: SQLite takes a page cache only before it starts.
-            if super::sqlite_lib::install() {
-                tracing::debug!("SQLite page cache wrapped: commits skip needless full scans");
-            } else {
-                tracing::debug!(
-                    "SQLite was in use before the store opened: its page cache stays as it is"
-                );
-            }
             let url = if url.contains("mode=") {
                 url.to_owned()
             } else if url.contains('?') {

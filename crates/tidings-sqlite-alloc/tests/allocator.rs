@@ -1,11 +1,10 @@
-//! The SQLite library's process-wide settings (`store/sqlite_lib.rs`): the page cache wrapper
-//! under a workload that splits, merges and renumbers B-tree pages, grows the file and rolls
-//! growth back: the database must stay exactly what the same operations on a plain map give,
-//! and intact, while commits that had nothing past the end of the file skip the cache walk;
-//! and the allocator (mimalloc below a page, the C library above, a size header on each
-//! block), with values that grow and shrink across that boundary.
+//! SQLite's allocator hook (mimalloc below a page, the C library above, a size header on each
+//! block) under a workload that splits, merges and renumbers B-tree pages, journals
+//! savepoints and rolls growth back, and with values that grow and shrink across the
+//! boundary: every byte SQLite keeps must come back as it was written.
 //!
-//! Its own test binary: the settings go in only before SQLite is first used in a process.
+//! Each test installs the hook before it first uses SQLite (it goes in only before SQLite's
+//! first use in a process). `scripts/memcheck` runs these tests under Valgrind's memcheck.
 
 use std::collections::BTreeMap;
 
@@ -60,37 +59,33 @@ fn contents(db: &Connection) -> Model {
     rows.map(Result::unwrap).collect()
 }
 
+/// Inserts, moves within an index and deletes, in transactions with savepoints, some of them
+/// rolled back: the database stays exactly what the same operations on a map give, and
+/// `integrity_check` passes, in the connection and in the file.
 #[test]
-fn the_wrapped_page_cache_keeps_the_database_exact_and_skips_needless_walks() {
-    assert!(
-        tidings::store::sqlite_lib::install(),
-        "the wrapper must go in before SQLite's first use in this process"
-    );
+fn a_database_under_splits_and_rollbacks_stays_exactly_the_model() {
+    assert!(tidings_sqlite_alloc::install());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     let db = Connection::open(&path).unwrap();
     db.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
         .unwrap();
     db.execute_batch(
-        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;
+        "PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY;
          CREATE TABLE t (id TEXT PRIMARY KEY, due INTEGER NOT NULL, body TEXT NOT NULL);
          CREATE INDEX t_due ON t (due);",
     )
     .unwrap();
-    let reader = Connection::open(&path).unwrap();
 
     let mut rng = Lcg(7);
     let mut model = Model::new();
-    let (forwarded0, skipped0) = tidings::store::sqlite_lib::page_cache_truncates();
-    let (mut commits, mut rollbacks) = (0, 0);
-    for round in 0..400 {
+    for round in 0..60 {
         let before = model.clone();
         db.execute_batch("BEGIN IMMEDIATE").unwrap();
         for _ in 0..60 {
             match rng.below(10) {
                 0..=5 => insert(&db, &mut model, &mut rng),
                 6 | 7 => {
-                    // Moves the row within the index, as a claim moves `due_at`.
                     if let Some(id) = some_key(&model, &mut rng) {
                         let due = rng.below(1_000_000) as i64;
                         db.execute("UPDATE t SET due = ?1 WHERE id = ?2", params![due, id])
@@ -108,7 +103,7 @@ fn the_wrapped_page_cache_keeps_the_database_exact_and_skips_needless_walks() {
             }
         }
         if round % 5 == 0 {
-            // Growth inside a savepoint, rolled back: its pages must leave the cache.
+            // Growth inside a savepoint (its journal in memory), rolled back.
             let kept = model.clone();
             db.execute_batch("SAVEPOINT s").unwrap();
             for _ in 0..200 {
@@ -116,24 +111,12 @@ fn the_wrapped_page_cache_keeps_the_database_exact_and_skips_needless_walks() {
             }
             db.execute_batch("ROLLBACK TO s; RELEASE s").unwrap();
             model = kept;
-            rollbacks += 1;
         }
         if round % 7 == 3 {
             db.execute_batch("ROLLBACK").unwrap();
             model = before;
-            rollbacks += 1;
         } else {
             db.execute_batch("COMMIT").unwrap();
-            commits += 1;
-        }
-        if round % 50 == 0 {
-            let n: i64 = reader
-                .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-                .unwrap();
-            assert_eq!(n as usize, model.len(), "a reader sees the committed rows");
-            reader
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                .unwrap();
         }
     }
 
@@ -141,23 +124,11 @@ fn the_wrapped_page_cache_keeps_the_database_exact_and_skips_needless_walks() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(check, "ok");
-    assert!(model.len() > 5_000, "the workload grew the table");
+    assert!(model.len() > 1_000, "the workload grew the table");
     assert_eq!(contents(&db), model);
     drop(db);
     let reopened = Connection::open(&path).unwrap();
     assert_eq!(contents(&reopened), model, "as stored in the file");
-
-    let (forwarded, skipped) = tidings::store::sqlite_lib::page_cache_truncates();
-    let (forwarded, skipped) = (forwarded - forwarded0, skipped - skipped0);
-    eprintln!("{commits} commits, {rollbacks} rollbacks; truncates: {forwarded} forwarded, {skipped} skipped");
-    assert!(
-        skipped > commits / 2,
-        "commits with nothing past the end skip the walk"
-    );
-    assert!(
-        forwarded > 0 && forwarded <= rollbacks,
-        "rolled-back growth is dropped from the cache, and only that walks it"
-    );
 }
 
 /// Text that SQLite grows by reallocation (`group_concat`) and by fresh allocation (`||`)
@@ -165,7 +136,7 @@ fn the_wrapped_page_cache_keeps_the_database_exact_and_skips_needless_walks() {
 /// allocator holds it and whichever way it moves between them.
 #[test]
 fn sqlite_values_keep_their_contents_across_allocators() {
-    assert!(tidings::store::sqlite_lib::install());
+    assert!(tidings_sqlite_alloc::install());
     let db = Connection::open_in_memory().unwrap();
     let expected: String = (1..=4000)
         .map(|i| format!("{i:05}"))
