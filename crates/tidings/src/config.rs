@@ -173,41 +173,72 @@ impl Settings {
     }
 }
 
-/// The settings table for `--help`.
-pub const HELP: &str = "\
-Settings (TOML file keys are the names without the TIDINGS_ prefix, in lower case;
-the environment wins over the file):
-  TIDINGS_LISTEN            API address                          [127.0.0.1:8080]
-  TIDINGS_DATABASE_URL      sqlite://PATH or postgres://...      [sqlite://tidings.db]
-  TIDINGS_ADMIN_KEY         operator API key                     [generated once, printed]
-  TIDINGS_RETRY_SCHEDULE    delays before attempts 2..n          [1m,10m,1h,24h]
-  TIDINGS_REQUEST_TIMEOUT   per-attempt HTTP timeout             [15s]
-  TIDINGS_ALLOW_HTTP        accept http:// webhook URLs (dev)    [false]
-  TIDINGS_SSRF_ALLOW        CIDRs exempt from the SSRF block     [none]
-  TIDINGS_CA_FILE           extra PEM roots for webhook TLS      [none]
-  TIDINGS_SMTP_URL          smtp://, smtps://, smtp+starttls://  [none: e-mails queue]
-  TIDINGS_MAIL_FROM         sender of failure e-mails            [tidings@localhost]
-  TIDINGS_DIGEST_WINDOW     failure e-mail gathering window      [1h]
-  TIDINGS_MEETING_BASE_URL  base of participant URLs             [https://meet.example.com/meeting/]
-  TIDINGS_SECRET_KEY        base64 32-byte key sealing signing secrets [from the key file]
-  TIDINGS_SECRET_KEY_FILE   where that key is kept (made on first start) [tidings.key]
-  TIDINGS_MAX_IN_FLIGHT     delivery attempts in flight at once  [512]
-  TIDINGS_PER_DESTINATION   attempts in flight to one destination [32]
-  TIDINGS_API_HEADER_TIMEOUT  time to send request headers; idle keep-alive [10s]
-  TIDINGS_API_REQUEST_TIMEOUT time from headers to answer, body included [30s]
-  TIDINGS_API_MAX_CONNECTIONS API connections at once (more: 503)  [1024]
-  TIDINGS_STORE_TIMEOUT     wait for a PostgreSQL connection (then 503) [5s]
-  TIDINGS_SQLITE_MAX_MIB    most the SQLite database may grow to [none]
-  TIDINGS_AUTH_FAILURE_LIMIT failed authentications per address per minute before 429s [20]
-  TIDINGS_RETENTION         keep finished webhooks, their events and sent
-                            e-mails this long, then prune them; off keeps all [30d]
-  RUST_LOG                  log filter, e.g. info or tidings=debug [info]
-  OTEL_EXPORTER_OTLP_ENDPOINT  export OpenTelemetry spans over OTLP/HTTP there
-                            (and the other standard OTEL_* variables) [none: no traces]";
+/// The settings table for `--help`, each default read from [`Settings::default`].
+pub fn help() -> String {
+    let d = Settings::default();
+    let dur = |x: Duration| humantime::format_duration(x).to_string();
+    let none = || "none".to_owned();
+    let rows: Vec<(&str, &str, String)> = vec![
+        ("TIDINGS_LISTEN", "API address", d.listen.to_string()),
+        ("TIDINGS_DATABASE_URL", "sqlite://PATH or postgres://...", d.database_url.clone()),
+        ("TIDINGS_ADMIN_KEY", "operator API key", "generated once, printed".into()),
+        ("TIDINGS_RETRY_SCHEDULE", "delays before attempts 2..n", d.retry_schedule.to_string()),
+        ("TIDINGS_REQUEST_TIMEOUT", "per-attempt HTTP timeout", dur(d.request_timeout)),
+        ("TIDINGS_ALLOW_HTTP", "accept http:// webhook URLs (dev)", d.allow_http.to_string()),
+        ("TIDINGS_SSRF_ALLOW", "CIDRs exempt from the SSRF block", none()),
+        ("TIDINGS_CA_FILE", "extra PEM roots for webhook TLS", none()),
+        ("TIDINGS_SMTP_URL", "smtp://, smtps://, smtp+starttls://", "none: e-mails queue".into()),
+        ("TIDINGS_MAIL_FROM", "sender of failure e-mails", d.mail_from.clone()),
+        ("TIDINGS_DIGEST_WINDOW", "failure e-mail gathering window", dur(d.digest_window)),
+        ("TIDINGS_MEETING_BASE_URL", "base of participant URLs", d.meeting_base_url.clone()),
+        ("TIDINGS_SECRET_KEY", "base64 32-byte key sealing signing secrets", "from the key file".into()),
+        ("TIDINGS_SECRET_KEY_FILE", "where that key is kept (made on first start)", d.secret_key_file.display().to_string()),
+        ("TIDINGS_MAX_IN_FLIGHT", "delivery attempts in flight at once", d.max_in_flight.to_string()),
+        ("TIDINGS_PER_DESTINATION", "attempts in flight to one destination", d.per_destination.to_string()),
+        ("TIDINGS_API_HEADER_TIMEOUT", "time to send request headers; idle keep-alive", dur(d.api_header_timeout)),
+        ("TIDINGS_API_REQUEST_TIMEOUT", "time from headers to answer, body included", dur(d.api_request_timeout)),
+        ("TIDINGS_API_MAX_CONNECTIONS", "API connections at once (more: 503)", d.api_max_connections.to_string()),
+        ("TIDINGS_STORE_TIMEOUT", "wait for a PostgreSQL connection (then 503)", dur(d.store_timeout)),
+        ("TIDINGS_SQLITE_MAX_MIB", "most the SQLite database may grow to", d.sqlite_max_mib.map_or_else(none, |m| m.to_string())),
+        ("TIDINGS_AUTH_FAILURE_LIMIT", "failed authentications per address per minute before 429s", d.auth_failure_limit.to_string()),
+        ("TIDINGS_RETENTION", "keep finished webhooks, their events and sent e-mails this long; off keeps all", d.retention.to_string()),
+        ("RUST_LOG", "log filter, e.g. info or tidings=debug", "info".into()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "export OpenTelemetry spans over OTLP/HTTP there (and the other standard OTEL_* variables)", "none: no traces".into()),
+    ];
+    let mut out = String::from(
+        "Settings (TOML file keys are the names without the TIDINGS_ prefix, in lower case;\n\
+         the environment wins over the file):\n",
+    );
+    for (name, what, default) in rows {
+        out.push_str(&format!("  {name:<28} {what} [{default}]\n"));
+    }
+    out
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--help` names every setting, with the default `Settings::default` gives it.
+    #[test]
+    fn help_lists_every_setting_with_its_default() {
+        let help = help();
+        let defaults = serde_json::to_value(Settings::default()).unwrap();
+        for key in defaults.as_object().unwrap().keys() {
+            let name = format!("TIDINGS_{}", key.to_uppercase());
+            assert!(
+                help.contains(&format!("  {name} ")),
+                "{name} missing from --help"
+            );
+        }
+        assert!(help.contains("TIDINGS_REQUEST_TIMEOUT"));
+        assert!(help
+            .lines()
+            .any(|l| l.contains("TIDINGS_MAX_IN_FLIGHT") && l.ends_with("[512]")));
+        assert!(help
+            .lines()
+            .any(|l| l.contains("TIDINGS_RETRY_SCHEDULE") && l.ends_with("[1m,10m,1h,1day]")));
+    }
 
     #[test]
     fn retention_is_a_duration_or_off_and_never_zero() {

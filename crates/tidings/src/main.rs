@@ -17,7 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Hierarchy-aware webhook delivery service",
     long_about = "Tidings delivers signed webhooks about a reseller > dealer > company > site \
                   hierarchy to every level that asked for them, durably and with retries.",
-    after_help = tidings::config::HELP
+    after_help = tidings::config::help()
 )]
 struct Cli {
     /// TOML settings file; TIDINGS_* environment variables override it.
@@ -31,14 +31,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the API and the delivery engine (SQLite file by default: no setup needed).
-    #[command(after_help = tidings::config::HELP)]
+    #[command(after_help = tidings::config::help())]
     Serve,
     /// Create or upgrade the database schema, then exit (serve also does this on start).
-    #[command(after_help = tidings::config::HELP)]
+    #[command(after_help = tidings::config::help())]
     Migrate,
     /// Copy the SQLite store to PATH while `serve` runs (a consistent snapshot); keep the key
     /// file with the copy. For PostgreSQL, use pg_dump (docs/operations.md).
-    #[command(after_help = tidings::config::HELP)]
+    #[command(after_help = tidings::config::help())]
     Backup {
         /// Where to write the copy (a new file).
         path: PathBuf,

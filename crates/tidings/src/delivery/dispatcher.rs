@@ -45,12 +45,14 @@ pub struct DispatcherConfig {
 }
 
 impl Default for DispatcherConfig {
+    /// The settings' defaults (`config.rs`), and a 30 s idle wake-up.
     fn default() -> Self {
+        let settings = crate::config::Settings::default();
         DispatcherConfig {
-            schedule: RetrySchedule::default(),
-            request_timeout: Duration::from_secs(15),
-            max_in_flight: 512,
-            per_destination: 32,
+            schedule: settings.retry_schedule,
+            request_timeout: settings.request_timeout,
+            max_in_flight: settings.max_in_flight,
+            per_destination: settings.per_destination,
             idle_wake: Duration::from_secs(30),
         }
     }
@@ -434,40 +436,54 @@ impl Attempting {
         }
         let body = payload::body(&w.id, w.created_at, number, w.event_type, &w.data);
         let span = crate::telemetry::attempt_span(&w.id, &w.event_id, number, &w.url);
-        let (status_code, error, excerpt, duration_ms, verdict) =
-            match self.sign(&claimed, started, &body) {
-                Err(reason) => {
-                    self.metrics.attempt("no_secret", Duration::ZERO);
-                    let verdict = Verdict::Failed("no_secret");
-                    (None, Some(reason), String::new(), 0, verdict)
-                }
-                Ok(headers) => {
-                    let outcome = tracing::Instrument::instrument(
-                        self.egress.post(&w.url, &headers, Bytes::from(body)),
-                        span.clone(),
-                    )
-                    .await;
-                    let verdict = Verdict::of(&outcome, claimed.success);
-                    let ms = outcome.duration.as_millis() as i64;
-                    self.metrics.attempt(verdict.label(), outcome.duration);
-                    let error = match (verdict, outcome.error) {
-                        (Verdict::Succeeded, _) => None,
-                        (_, Some(tidings_egress::AttemptError::Status(code)))
-                            if claimed.success == SuccessRule::Any2xx =>
-                        {
-                            Some(format!("HTTP {code}: only 2xx counts as success"))
-                        }
-                        (_, e) => e.map(|e| e.to_string()),
-                    };
-                    (outcome.status, error, outcome.body_excerpt, ms, verdict)
-                }
-            };
+        // What the attempt recorded, and what it means for the webhook.
+        let (attempt, verdict) = match self.sign(&claimed, started, &body) {
+            Err(reason) => {
+                self.metrics.attempt("no_secret", Duration::ZERO);
+                let attempt = Attempt {
+                    number,
+                    started_at: started,
+                    duration_ms: 0,
+                    status_code: None,
+                    error: Some(reason),
+                    body: String::new(),
+                };
+                (attempt, Verdict::Failed("no_secret"))
+            }
+            Ok(headers) => {
+                let outcome = tracing::Instrument::instrument(
+                    self.egress.post(&w.url, &headers, Bytes::from(body)),
+                    span.clone(),
+                )
+                .await;
+                let verdict = Verdict::of(&outcome, claimed.success);
+                self.metrics.attempt(verdict.label(), outcome.duration);
+                let error = match (verdict, outcome.error) {
+                    (Verdict::Succeeded, _) => None,
+                    (_, Some(tidings_egress::AttemptError::Status(code)))
+                        if claimed.success == SuccessRule::Any2xx =>
+                    {
+                        Some(format!("HTTP {code}: only 2xx counts as success"))
+                    }
+                    (_, e) => e.map(|e| e.to_string()),
+                };
+                let attempt = Attempt {
+                    number,
+                    started_at: started,
+                    duration_ms: outcome.duration.as_millis() as i64,
+                    status_code: outcome.status,
+                    error,
+                    body: outcome.body_excerpt,
+                };
+                (attempt, verdict)
+            }
+        };
         crate::telemetry::attempt_done(
             &span,
             verdict.label(),
-            status_code,
-            duration_ms,
-            error.as_deref(),
+            attempt.status_code,
+            attempt.duration_ms,
+            attempt.error.as_deref(),
         );
         let finished = self.clock.now();
         let next = match verdict {
@@ -478,7 +494,7 @@ impl Attempting {
                 _ => Next::Failed,
             },
         };
-        match &error {
+        match &attempt.error {
             None => tracing::debug!(webhook = %w.id, attempt = number, "delivered"),
             Some(e) => {
                 tracing::info!(webhook = %w.id, attempt = number, error = %e, next = ?next, "attempt failed")
@@ -487,20 +503,13 @@ impl Attempting {
         if next == Next::Failed {
             tracing::warn!(webhook = %w.id, level = %w.level_id, attempts = number, "webhook failed for good; notification queued");
         }
-        let attempt = Attempt {
-            number,
-            started_at: started,
-            duration_ms,
-            status_code,
-            error,
-            body: excerpt,
-        };
+        let took = Duration::from_millis(attempt.duration_ms.max(0) as u64);
         let _ = self.done.send(Recorded {
             webhook_id: w.id.clone(),
             attempt,
             next,
         });
-        Duration::from_millis(duration_ms.max(0) as u64)
+        took
     }
 
     /// The Standard Webhooks headers for this attempt.
