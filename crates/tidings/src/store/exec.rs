@@ -123,6 +123,10 @@ impl Row {
 }
 
 /// An open write transaction. Dropping it without [`Exec::commit`] rolls it back.
+///
+/// Every write of the store goes through one (`SqlStore::begin_write`, `write_one`). On
+/// SQLite it holds the single writer from its start to its commit, so between them its user
+/// awaits nothing but its own statements: no network, no other store call, no lock.
 #[async_trait]
 pub(super) trait Exec: Send {
     /// Runs a statement; returns how many rows it changed.
@@ -206,8 +210,8 @@ impl Exec for Transaction<'static, Any> {
 // --- SQLite ---
 
 /// SQLite's single writer connection. Whoever holds it may write; every write of the store
-/// on SQLite takes it (the rest through sqlx hold it as a gate), so writers never meet
-/// `SQLITE_BUSY` from each other.
+/// on SQLite takes it, through `SqlStore::begin_write` (the one write path), so writers
+/// never meet `SQLITE_BUSY` from each other.
 ///
 /// **Group commit.** A transaction on the writer is a savepoint inside a shared database
 /// transaction (a *batch*). Finishing it releases the savepoint and hands the writer to the
@@ -407,15 +411,6 @@ impl LiteWriter {
             .spawn(move || checkpointer(checkpoints, alive))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the checkpointer: {e}")))?;
         Ok(LiteWriter { conn, flush })
-    }
-
-    /// Waits for the writer with no batch open: a gate for writes that go through sqlx (on
-    /// another connection, which must not meet an open batch).
-    pub async fn lock(&self) -> OwnedMutexGuard<Writer> {
-        let mut w = self.conn.clone().lock_owned().await;
-        // Those who wait for this batch hear the outcome; the gate's user starts afresh.
-        let _ = w.commit_batch();
-        w
     }
 
     /// Waits for the writer and begins a transaction on it: a savepoint in the open batch

@@ -63,19 +63,18 @@ const COLUMNS: &str = "id, hash, level, level_id, label, created_at, revoked_at"
 #[async_trait]
 impl KeyStore for SqlStore {
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
-        // SQLite: hold the single writer (see `SqlStore::write_gate`).
-        let _gate = self.write_gate().await;
-        sqlx::query(
+        self.write_one(
             "INSERT INTO api_keys (id, hash, level, level_id, label, created_at, revoked_at) \
              VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+            &[
+                key.id.as_str().into(),
+                key.hash.as_str().into(),
+                key.scope.as_ref().map(|(l, _)| l.as_str()).into(),
+                key.scope.as_ref().map(|(_, id)| id.as_str()).into(),
+                key.label.as_str().into(),
+                key.created_at.0.into(),
+            ],
         )
-        .bind(key.id.as_str())
-        .bind(key.hash.as_str())
-        .bind(key.scope.as_ref().map(|(l, _)| l.as_str()))
-        .bind(key.scope.as_ref().map(|(_, id)| id.to_string()))
-        .bind(key.label.as_str())
-        .bind(key.created_at.0)
-        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -96,15 +95,12 @@ impl KeyStore for SqlStore {
     }
 
     async fn revoke_api_key(&self, id: &EntityId, now: Millis) -> Result<bool> {
-        // SQLite: hold the single writer (see `SqlStore::write_gate`).
-        let _gate = self.write_gate().await;
-        let n =
-            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(now.0)
-                .bind(id.as_str())
-                .execute(&self.writer)
-                .await?
-                .rows_affected();
+        let n = self
+            .write_one(
+                "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                &[now.0.into(), id.as_str().into()],
+            )
+            .await?;
         Ok(n == 1)
     }
 

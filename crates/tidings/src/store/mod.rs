@@ -411,6 +411,9 @@ pub trait Store:
 }
 
 /// One transaction. Dropping it without `commit` rolls it back.
+///
+/// On SQLite a write transaction holds the single writer until it ends, so between
+/// [`Store::write`] and `commit` its user awaits nothing but this transaction's own calls.
 #[async_trait]
 pub trait Tx: Send {
     /// Reads an entity; in a write transaction it cannot be deleted until commit.

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 
-use super::sql::{Backend, Queue, SqlStore};
+use super::exec::Exec;
+use super::sql::{parse_id, Backend, Queue, SqlStore};
 use super::{Attempt, Result, StoreError};
 use crate::domain::{EntityId, EventType, Level, Millis};
 use crate::notify::compose::{self, FailedWebhook};
@@ -195,7 +196,7 @@ fn email_from_row(row: &AnyRow) -> Result<Email> {
 /// Queues the e-mail saying a level's endpoint (last used with `url`) was disabled, due at
 /// once, closed to failures (they go into e-mails of their own), in the caller's transaction.
 pub(super) async fn queue_disabled_email(
-    tx: &mut dyn super::exec::Exec,
+    tx: &mut dyn Exec,
     level_id: &EntityId,
     url: &str,
     reason: &str,
@@ -223,67 +224,64 @@ pub(super) async fn queue_disabled_email(
 impl SqlStore {
     /// Puts `notifications` into e-mail `email_id` and refreshes its subject and count.
     async fn fill_email(
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut dyn Exec,
         email_id: &EntityId,
         url: &str,
         notifications: &[EntityId],
         now: Millis,
     ) -> Result<()> {
         for n in notifications {
-            sqlx::query(
+            tx.execute(
                 "UPDATE notifications SET email_id = $1, updated_at = $2 \
                  WHERE id = $3 AND email_id IS NULL",
+                &[email_id.as_str().into(), now.0.into(), n.as_str().into()],
             )
-            .bind(email_id.as_str())
-            .bind(now.0)
-            .bind(n.as_str())
-            .execute(&mut **tx)
             .await?;
         }
-        let types = sqlx::query(
-            "SELECT w.type FROM notifications n JOIN webhooks w ON w.id = n.webhook_id \
-             WHERE n.email_id = $1 ORDER BY n.id",
-        )
-        .bind(email_id.as_str())
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|r| {
-            let t: String = r.try_get("type")?;
-            EventType::from_str(&t).map_err(corrupt)
-        })
-        .collect::<Result<Vec<_>>>()?;
-        sqlx::query(
+        let types = tx
+            .fetch(
+                "SELECT w.type FROM notifications n JOIN webhooks w ON w.id = n.webhook_id \
+                 WHERE n.email_id = $1 ORDER BY n.id",
+                &[email_id.as_str().into()],
+            )
+            .await?
+            .iter()
+            .map(|r| EventType::from_str(r.text(0)?).map_err(corrupt))
+            .collect::<Result<Vec<_>>>()?;
+        let subject = compose::subject(url, &types);
+        tx.execute(
             "UPDATE emails SET subject = $1, webhook_count = $2, updated_at = $3 WHERE id = $4",
+            &[
+                subject.as_str().into(),
+                (types.len() as i64).into(),
+                now.0.into(),
+                email_id.as_str().into(),
+            ],
         )
-        .bind(compose::subject(url, &types))
-        .bind(types.len() as i64)
-        .bind(now.0)
-        .bind(email_id.as_str())
-        .execute(&mut **tx)
         .await?;
         Ok(())
     }
 
     async fn open_email(
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut dyn Exec,
         key: &DigestKey,
         scheduled_at: Millis,
         now: Millis,
     ) -> Result<EntityId> {
         let id = EntityId::generate(now);
-        sqlx::query(
+        tx.execute(
             "INSERT INTO emails (id, level_id, url, recipient, status, subject, webhook_count, \
              scheduled_at, due_at, claimed_by, closed_at, attempts, last_error, created_at, \
              updated_at, sent_at) \
              VALUES ($1, $2, $3, NULL, 'queued', '', 0, $4, $4, NULL, NULL, 0, NULL, $5, $5, NULL)",
+            &[
+                id.as_str().into(),
+                key.level_id.as_str().into(),
+                key.url.as_str().into(),
+                scheduled_at.0.into(),
+                now.0.into(),
+            ],
         )
-        .bind(id.as_str())
-        .bind(key.level_id.as_str())
-        .bind(key.url.as_str())
-        .bind(scheduled_at.0)
-        .bind(now.0)
-        .execute(&mut **tx)
         .await?;
         Ok(id)
     }
@@ -297,33 +295,30 @@ impl NotificationStore for SqlStore {
         window: Duration,
         limit: u32,
     ) -> Result<Vec<EntityId>> {
-        // SQLite: hold the single writer (see `SqlStore::write_gate`).
-        let _gate = self.write_gate().await;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             // One placer at a time, so two instances never open two digests for one key.
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(ASSIGN_LOCK)
-                .execute(&mut *tx)
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[ASSIGN_LOCK.into()])
                 .await?;
         }
-        let failures = sqlx::query(
-            "SELECT id, level_id, url FROM notifications WHERE email_id IS NULL ORDER BY id LIMIT $1",
-        )
-        .bind(limit as i64)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(Failure {
-                notification_id: id_col(r, "id")?,
-                key: DigestKey {
-                    level_id: id_col(r, "level_id")?,
-                    url: r.try_get("url")?,
-                },
+        let failures = tx
+            .fetch(
+                "SELECT id, level_id, url FROM notifications WHERE email_id IS NULL \
+                 ORDER BY id LIMIT $1",
+                &[(limit as i64).into()],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Failure {
+                    notification_id: parse_id(r.text(0)?)?,
+                    key: DigestKey {
+                        level_id: parse_id(r.text(1)?)?,
+                        url: r.text(2)?.to_owned(),
+                    },
+                })
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         if failures.is_empty() {
             tx.commit().await?;
             return Ok(vec![]);
@@ -333,24 +328,21 @@ impl NotificationStore for SqlStore {
             if latest.contains_key(&f.key) {
                 continue;
             }
-            let row = sqlx::query(
-                "SELECT id, scheduled_at, status, closed_at FROM emails \
-                 WHERE level_id = $1 AND url = $2 AND disabled_reason IS NULL \
-                 ORDER BY scheduled_at DESC, id DESC LIMIT 1",
-            )
-            .bind(f.key.level_id.as_str())
-            .bind(f.key.url.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(r) = row {
-                let status: String = r.try_get("status")?;
-                let closed: Option<i64> = r.try_get("closed_at")?;
+            let rows = tx
+                .fetch(
+                    "SELECT id, scheduled_at, status, closed_at FROM emails \
+                     WHERE level_id = $1 AND url = $2 AND disabled_reason IS NULL \
+                     ORDER BY scheduled_at DESC, id DESC LIMIT 1",
+                    &[f.key.level_id.as_str().into(), f.key.url.as_str().into()],
+                )
+                .await?;
+            if let Some(r) = rows.first() {
                 latest.insert(
                     f.key.clone(),
                     Latest {
-                        email_id: id_col(&r, "id")?,
-                        scheduled_at: Millis(r.try_get("scheduled_at")?),
-                        open: status == "queued" && closed.is_none(),
+                        email_id: parse_id(r.text(0)?)?,
+                        scheduled_at: Millis(r.int(1)?),
+                        open: r.text(2)? == "queued" && r.opt_int(3)?.is_none(),
                     },
                 );
             }
@@ -363,15 +355,13 @@ impl NotificationStore for SqlStore {
                     notifications,
                 } => {
                     // Locks the e-mail; a mailer that claimed it meanwhile has closed it.
-                    let still_open = sqlx::query(
-                        "UPDATE emails SET updated_at = $1 WHERE id = $2 AND closed_at IS NULL \
-                         AND status = 'queued'",
-                    )
-                    .bind(now.0)
-                    .bind(email_id.as_str())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
+                    let still_open = tx
+                        .execute(
+                            "UPDATE emails SET updated_at = $1 WHERE id = $2 \
+                             AND closed_at IS NULL AND status = 'queued'",
+                            &[now.0.into(), email_id.as_str().into()],
+                        )
+                        .await?
                         == 1;
                     let (key, l) = latest
                         .iter()
@@ -381,19 +371,19 @@ impl NotificationStore for SqlStore {
                         (email_id, key.url.clone())
                     } else {
                         let at = now.max(l.scheduled_at.plus(window));
-                        let id = Self::open_email(&mut tx, key, at, now).await?;
+                        let id = Self::open_email(tx.as_mut(), key, at, now).await?;
                         opened.push(id.clone());
                         (id, key.url.clone())
                     };
-                    Self::fill_email(&mut tx, &target, &url, &notifications, now).await?;
+                    Self::fill_email(tx.as_mut(), &target, &url, &notifications, now).await?;
                 }
                 Placement::Open {
                     key,
                     scheduled_at,
                     notifications,
                 } => {
-                    let id = Self::open_email(&mut tx, &key, scheduled_at, now).await?;
-                    Self::fill_email(&mut tx, &id, &key.url, &notifications, now).await?;
+                    let id = Self::open_email(tx.as_mut(), &key, scheduled_at, now).await?;
+                    Self::fill_email(tx.as_mut(), &id, &key.url, &notifications, now).await?;
                     opened.push(id);
                 }
             }
@@ -403,15 +393,10 @@ impl NotificationStore for SqlStore {
     }
 
     async fn set_email_recipient(&self, id: &EntityId, recipient: &str, now: Millis) -> Result<()> {
-        // SQLite: hold the single writer (see `SqlStore::write_gate`).
-        let _gate = self.write_gate().await;
-        sqlx::query(
+        self.write_one(
             "UPDATE emails SET recipient = $1, updated_at = $2 WHERE id = $3 AND status = 'queued'",
+            &[recipient.into(), now.0.into(), id.as_str().into()],
         )
-        .bind(recipient)
-        .bind(now.0)
-        .bind(id.as_str())
-        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -422,27 +407,21 @@ impl NotificationStore for SqlStore {
         owner: Option<&str>,
         now: Millis,
     ) -> Result<bool> {
-        // SQLite: hold the single writer (see `SqlStore::write_gate`).
-        let _gate = self.write_gate().await;
-        let mut tx = self.writer.begin().await?;
-        let n = sqlx::query(
-            "UPDATE emails SET status = 'no_recipient', recipient = NULL, due_at = NULL, \
-             claimed_by = NULL, closed_at = COALESCE(closed_at, $1), updated_at = $1 \
-             WHERE id = $2 AND status = 'queued' AND COALESCE(claimed_by, '') = $3",
-        )
-        .bind(now.0)
-        .bind(id.as_str())
-        .bind(owner.unwrap_or(""))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 1 {
-            sqlx::query(
-                "UPDATE notifications SET status = 'no_recipient', updated_at = $1 WHERE email_id = $2",
+        let mut tx = self.begin_write().await?;
+        let n = tx
+            .execute(
+                "UPDATE emails SET status = 'no_recipient', recipient = NULL, due_at = NULL, \
+                 claimed_by = NULL, closed_at = COALESCE(closed_at, $1), updated_at = $1 \
+                 WHERE id = $2 AND status = 'queued' AND COALESCE(claimed_by, '') = $3",
+                &[now.0.into(), id.as_str().into(), owner.unwrap_or("").into()],
             )
-            .bind(now.0)
-            .bind(id.as_str())
-            .execute(&mut *tx)
+            .await?;
+        if n == 1 {
+            tx.execute(
+                "UPDATE notifications SET status = 'no_recipient', updated_at = $1 \
+                 WHERE email_id = $2",
+                &[now.0.into(), id.as_str().into()],
+            )
             .await?;
         }
         tx.commit().await?;
@@ -456,26 +435,28 @@ impl NotificationStore for SqlStore {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<EntityId>> {
-        // SQLite: hold the single writer (see `SqlStore::write_gate`).
-        let _gate = self.write_gate().await;
         let skip_locked = self.backend.skip_locked();
         let sql = format!(
             "UPDATE emails SET due_at = $1, claimed_by = $2, closed_at = COALESCE(closed_at, $3) \
              WHERE id IN (SELECT id FROM emails WHERE due_at <= $3 ORDER BY due_at LIMIT $4{skip_locked}) \
              RETURNING id"
         );
-        let mut tx = self.writer.begin().await?;
-        let rows = sqlx::query(&sql)
-            .bind(lease_until.0)
-            .bind(owner)
-            .bind(now.0)
-            .bind(limit as i64)
-            .fetch_all(&mut *tx)
+        let mut tx = self.begin_write().await?;
+        let rows = tx
+            .fetch(
+                &sql,
+                &[
+                    lease_until.0.into(),
+                    owner.into(),
+                    now.0.into(),
+                    (limit as i64).into(),
+                ],
+            )
             .await?;
         tx.commit().await?;
         let mut ids = rows
             .iter()
-            .map(|r| id_col(r, "id"))
+            .map(|r| parse_id(r.text(0)?))
             .collect::<Result<Vec<_>>>()?;
         ids.sort();
         Ok(ids)
@@ -554,29 +535,26 @@ impl NotificationStore for SqlStore {
         subject: &str,
         now: Millis,
     ) -> Result<bool> {
-        // SQLite: hold the single writer (see `SqlStore::write_gate`).
-        let _gate = self.write_gate().await;
-        let mut tx = self.writer.begin().await?;
-        let n = sqlx::query(
-            "UPDATE emails SET status = 'sent', recipient = $1, subject = $2, sent_at = $3, \
-             updated_at = $3, due_at = NULL, claimed_by = NULL, attempts = attempts + 1 \
-             WHERE id = $4 AND claimed_by = $5",
-        )
-        .bind(recipient)
-        .bind(subject)
-        .bind(now.0)
-        .bind(id.as_str())
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 1 {
-            sqlx::query(
-                "UPDATE notifications SET status = 'sent', updated_at = $1 WHERE email_id = $2",
+        let mut tx = self.begin_write().await?;
+        let n = tx
+            .execute(
+                "UPDATE emails SET status = 'sent', recipient = $1, subject = $2, sent_at = $3, \
+                 updated_at = $3, due_at = NULL, claimed_by = NULL, attempts = attempts + 1 \
+                 WHERE id = $4 AND claimed_by = $5",
+                &[
+                    recipient.into(),
+                    subject.into(),
+                    now.0.into(),
+                    id.as_str().into(),
+                    owner.into(),
+                ],
             )
-            .bind(now.0)
-            .bind(id.as_str())
-            .execute(&mut *tx)
+            .await?;
+        if n == 1 {
+            tx.execute(
+                "UPDATE notifications SET status = 'sent', updated_at = $1 WHERE email_id = $2",
+                &[now.0.into(), id.as_str().into()],
+            )
             .await?;
         }
         tx.commit().await?;
@@ -591,18 +569,17 @@ impl NotificationStore for SqlStore {
         retry_at: Millis,
         now: Millis,
     ) -> Result<()> {
-        // SQLite: hold the single writer (see `SqlStore::write_gate`).
-        let _gate = self.write_gate().await;
-        sqlx::query(
+        self.write_one(
             "UPDATE emails SET attempts = attempts + 1, last_error = $1, due_at = $2, \
              claimed_by = NULL, updated_at = $3 WHERE id = $4 AND claimed_by = $5",
+            &[
+                error.into(),
+                retry_at.0.into(),
+                now.0.into(),
+                id.as_str().into(),
+                owner.into(),
+            ],
         )
-        .bind(error)
-        .bind(retry_at.0)
-        .bind(now.0)
-        .bind(id.as_str())
-        .bind(owner)
-        .execute(&self.writer)
         .await?;
         Ok(())
     }

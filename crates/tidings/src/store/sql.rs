@@ -65,7 +65,8 @@ pub struct SqlStore {
     pub(super) backend: Backend,
     /// The database URL, for the PostgreSQL listener connection.
     pub(super) url: String,
-    /// On SQLite a pool of one connection, used only while holding `lite` (the gate).
+    /// On SQLite a pool of one connection that runs the migrations at open; every later
+    /// write goes through `lite`.
     pub(super) writer: AnyPool,
     pub(super) reader: AnyPool,
     /// SQLite's single writer, driven in place (`None` on PostgreSQL).
@@ -769,15 +770,6 @@ impl SqlStore {
     /// A read-only transaction on the reader pool.
     pub(super) async fn begin_read(&self) -> Result<Box<dyn Exec>> {
         Ok(Box::new(self.reader.begin().await?))
-    }
-
-    /// On SQLite, waits for the single writer and holds it: writes made through the sqlx
-    /// `writer` pool take this first, so they never meet the in-place writer mid-transaction.
-    pub(super) async fn write_gate(&self) -> Option<impl Drop> {
-        match &self.lite {
-            Some(lite) => Some(lite.lock().await),
-            None => None,
-        }
     }
 
     /// One statement in a transaction of its own; returns how many rows it changed.
