@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::hierarchy::store_error;
 use super::layout::{self, field_error, Section};
+use super::session::CsrfOnly;
 use super::tree::{self, Tree};
 use super::{FormError, Shared, Signed};
 use crate::domain::{EntityId, EventType, Millis};
@@ -420,12 +421,6 @@ async fn one(
     };
     let title = format!("Webhook {id}");
     layout::page(signed, Section::Deliveries, &title, body)
-}
-
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
 }
 
 pub async fn retry(

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::hierarchy::store_error;
 use super::layout::{self, field_error, Section};
+use super::session::CsrfOnly;
 use super::tree::{self, Tree};
 use super::{FormError, Shared, Signed};
 use crate::domain::{EntityId, Millis};
@@ -154,12 +155,6 @@ pub async fn create(
         return layout::error_page(answer.status, &answer.message());
     }
     render(&c, &signed, None, answer.error(), answer.status).await
-}
-
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
 }
 
 pub async fn revoke(

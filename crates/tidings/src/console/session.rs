@@ -115,6 +115,13 @@ fn cookie(value: &str, max_age: u64, secure: bool) -> String {
     )
 }
 
+/// A form that carries only its CSRF token (a button that changes something).
+#[derive(serde::Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    pub csrf: String,
+}
+
 /// The signed-in key of a request; a page that needs one sends the browser to sign in.
 #[derive(Clone)]
 pub struct Signed {
