@@ -45,31 +45,30 @@ impl Api {
     }
 
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await?;
-        let status = r.status();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("POST {path}: {status} {v}");
-        }
-        Ok(v)
+        self.send(reqwest::Method::POST, path, body).await
     }
 
     async fn patch(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::PATCH, path, body).await
+    }
+
+    /// Sends a JSON body; any answer but 2xx is an error naming the request.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<Value> {
         let r = self
             .client
-            .patch(format!("{}{path}", self.base))
+            .request(method.clone(), format!("{}{path}", self.base))
             .json(&body)
             .send()
             .await?;
         let status = r.status();
         let v: Value = r.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            bail!("PATCH {path}: {status} {v}");
+            bail!("{method} {path}: {status} {v}");
         }
         Ok(v)
     }

@@ -60,7 +60,7 @@ pub fn page(signed: &Signed, section: Section, title: &str, body: Markup) -> Res
                         }
                     }
                     div.who {
-                        span title="The key this session signed in with" { (who) }
+                        span title="The key you signed in with" { (who) }
                         form method="post" action="/sign-out" {
                             (csrf(signed))
                             button.link type="submit" { "Sign out" }
