@@ -3,29 +3,14 @@
 
 mod stores;
 
-use tidings::domain::entities::{Contact, Dealer, Entity, Reseller};
+use stores::{contact, id, T0};
+
+use tidings::domain::entities::{Dealer, Entity, Reseller};
 use tidings::domain::{EntityId, EventType, Level, Millis};
 use tidings::store::{
     Attempt, Bucket, LastAttempt, NewEvent, NewWebhook, Next, Recorded, Store, WebhookFilter,
     WebhookStatus,
 };
-
-const T0: Millis = Millis(1_700_000_000_000);
-
-fn id() -> EntityId {
-    EntityId::generate(T0)
-}
-
-fn contact() -> Contact {
-    Contact {
-        id: id(),
-        first_name: "F".into(),
-        last_name: "L".into(),
-        email: "f@example.com".into(),
-        phone: None,
-        language: None,
-    }
-}
 
 /// Commits a reseller with `n` DEALER_CREATED webhooks to it.
 async fn level_with_webhooks(store: &dyn Store, n: usize) -> (EntityId, Vec<EntityId>) {

@@ -3,31 +3,16 @@
 
 mod stores;
 
+use stores::{contact, id, T0};
+
 use std::collections::HashSet;
 
-use tidings::domain::entities::{Contact, Dealer, Entity, Reseller};
+use tidings::domain::entities::{Dealer, Entity, Reseller};
 use tidings::domain::{EntityId, EventType, Kind, Level, Millis};
 use tidings::store::{
     Attempt, Lease, NewEvent, NewWebhook, Next, Recorded, RetryOutcome, Store, WebhookFilter,
     WebhookStatus,
 };
-
-const T0: Millis = Millis(1_700_000_000_000);
-
-fn id() -> EntityId {
-    EntityId::generate(T0)
-}
-
-fn contact() -> Contact {
-    Contact {
-        id: id(),
-        first_name: "F".into(),
-        last_name: "L".into(),
-        email: "f@example.com".into(),
-        phone: None,
-        language: None,
-    }
-}
 
 fn reseller(url: Option<&str>) -> Entity {
     Entity::Reseller(Reseller {

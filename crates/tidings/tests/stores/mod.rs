@@ -124,3 +124,23 @@ pub fn database_url_in(dir: &std::path::Path) -> String {
     std::fs::write(&remembered, &url).expect("remember the database URL");
     url
 }
+
+/// The time the store tests write at.
+pub const T0: tidings::domain::Millis = tidings::domain::Millis(1_700_000_000_000);
+
+/// A fresh id made at [`T0`].
+pub fn id() -> tidings::domain::EntityId {
+    tidings::domain::EntityId::generate(T0)
+}
+
+/// A contact with only the required fields.
+pub fn contact() -> tidings::domain::entities::Contact {
+    tidings::domain::entities::Contact {
+        id: id(),
+        first_name: "F".into(),
+        last_name: "L".into(),
+        email: "f@example.com".into(),
+        phone: None,
+        language: None,
+    }
+}
