@@ -10,8 +10,8 @@ use std::collections::HashSet;
 use tidings::domain::entities::{Dealer, Entity, Reseller};
 use tidings::domain::{EntityId, EventType, Kind, Level, Millis};
 use tidings::store::{
-    Attempt, Lease, NewEvent, NewWebhook, Next, Recorded, RetryOutcome, Store, WebhookFilter,
-    WebhookStatus,
+    Attempt, Lease, NewEvent, NewWebhook, Next, Recorded, RetryOutcome, Store, StoreError,
+    WebhookFilter, WebhookStatus,
 };
 
 fn reseller(url: Option<&str>) -> Entity {
@@ -981,4 +981,79 @@ async fn batches_of_one_size_record_nulls_and_values_in_any_row() {
             );
         }
     }
+}
+
+/// Waits until a connection to `url`'s database waits for a row lock.
+async fn until_a_change_waits_for_a_lock(url: &str) {
+    let pool = sqlx::PgPool::connect(url).await.expect("connect");
+    for _ in 0..2_000 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            return;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("no change ever waited for a lock");
+}
+
+/// On PostgreSQL changes run side by side and read without row locks; the references a
+/// change writes are what hold their targets. A child written under a parent that a
+/// concurrent change is deleting waits for it, then fails (`Vanished`, a 409 at the API);
+/// a parent's delete that comes second waits for the new child, then sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_reference_and_a_delete_of_its_target_exclude_each_other() {
+    let s = stores::postgres().await;
+    let r = reseller(None);
+    let mut tx = s.store.write().await.unwrap();
+    tx.put(&r, T0).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // The delete first: the child's change reads the parent (no lock, no wait), then
+    // waits to write its reference until the delete commits, and fails.
+    let mut deleting = s.store.write().await.unwrap();
+    assert!(deleting.get_for_change(r.id()).await.unwrap().is_some());
+    deleting.delete(r.id()).await.unwrap();
+    let store = s.store.clone();
+    let parent = r.id().clone();
+    let child = tokio::spawn(async move {
+        let mut tx = store.write().await.unwrap();
+        assert!(
+            tx.get(&parent).await.unwrap().is_some(),
+            "the delete is not committed yet"
+        );
+        tx.put(&dealer(&parent), T0).await
+    });
+    until_a_change_waits_for_a_lock(&s.url).await;
+    deleting.commit().await.unwrap();
+    match child.await.unwrap() {
+        Err(StoreError::Vanished(id)) => assert_eq!(id, r.id().to_string()),
+        other => panic!("expected Vanished, got {other:?}"),
+    }
+
+    // The child first: the delete waits for it to commit, then sees it refer to the parent.
+    let r = reseller(None);
+    let mut tx = s.store.write().await.unwrap();
+    tx.put(&r, T0).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut creating = s.store.write().await.unwrap();
+    let d = dealer(r.id());
+    creating.put(&d, T0).await.unwrap();
+    let store = s.store.clone();
+    let parent = r.id().clone();
+    let delete = tokio::spawn(async move {
+        let mut tx = store.write().await.unwrap();
+        assert!(tx.get_for_change(&parent).await.unwrap().is_some());
+        let referrers = tx.referrers(&parent, None, 5).await.unwrap();
+        referrers.iter().map(|e| e.id().clone()).collect::<Vec<_>>()
+    });
+    until_a_change_waits_for_a_lock(&s.url).await;
+    creating.commit().await.unwrap();
+    assert_eq!(delete.await.unwrap(), vec![d.id().clone()]);
 }

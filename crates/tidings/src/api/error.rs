@@ -91,6 +91,9 @@ impl From<ChangeError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if let StoreError::Vanished(_) = e {
+            return ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string());
+        }
         match e.fault() {
             Fault::Unavailable => {
                 tracing::warn!(error = %e, "store unavailable; answering 503");

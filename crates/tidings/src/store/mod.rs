@@ -38,6 +38,8 @@ pub enum StoreError {
     Commit(String, Fault),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0} was deleted while this change was being made")]
+    Vanished(String),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
     #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://...")]
@@ -76,6 +78,14 @@ impl StoreError {
             StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => sqlx_fault(e),
             _ => Fault::Other,
         }
+    }
+}
+
+impl StoreError {
+    /// Whether a statement broke a foreign key (PostgreSQL's `foreign_key_violation`).
+    pub(crate) fn is_foreign_key_violation(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(db))
+            if db.code().as_deref() == Some("23503"))
     }
 }
 
@@ -416,14 +426,19 @@ pub trait Store:
 /// [`Store::write`] and `commit` its user awaits nothing but this transaction's own calls.
 #[async_trait]
 pub trait Tx: Send {
-    /// Reads an entity; in a write transaction it cannot be deleted until commit.
+    /// Reads an entity, as the database holds it now, and with it (in the same query) what
+    /// it refers to and the levels above: the reads a change or a view makes next. Takes no
+    /// lock: an entity that a change refers to cannot be deleted, because [`Tx::put`]
+    /// guards the references it writes.
     async fn get(&mut self, id: &EntityId) -> Result<Option<Entity>>;
 
     /// Reads an entity that this transaction will change or delete; concurrent changes of
     /// it wait for this transaction (no lost updates).
     async fn get_for_change(&mut self, id: &EntityId) -> Result<Option<Entity>>;
 
-    /// Inserts or replaces an entity and the references it makes.
+    /// Inserts or replaces an entity and the references it makes. A reference to an entity
+    /// that a concurrent change deleted fails with [`StoreError::Vanished`]; the entities it
+    /// refers to cannot be deleted until this transaction ends.
     async fn put(&mut self, entity: &Entity, now: Millis) -> Result<()>;
 
     async fn delete(&mut self, id: &EntityId) -> Result<()>;

@@ -244,12 +244,13 @@ impl Store for SqlStore {
 
     async fn write(&self) -> Result<Box<dyn Tx>> {
         // SQLite has one writer, so reads inside a write transaction are stable already.
-        // PostgreSQL runs writers side by side: rows read as references are share-locked (a
-        // parent cannot be deleted under a new child), rows about to change are locked.
+        // PostgreSQL runs writers side by side: rows about to change are locked. Reads take
+        // no lock; the references a change writes are guarded by a foreign key instead (a
+        // parent cannot be deleted under a new child; see `put`), so hot rows that every
+        // change reads, the levels above, are never locked.
         let locks = match self.backend {
             Backend::Sqlite => RowLocks::NONE,
             Backend::Postgres => RowLocks {
-                reference: " FOR SHARE",
                 change: " FOR UPDATE",
             },
         };
@@ -935,18 +936,34 @@ struct SqlTx {
 /// The PostgreSQL channel on which instances announce newly queued work.
 pub const WORK_CHANNEL: &str = "tidings_work";
 
-/// The row-lock clauses a transaction adds to its reads.
+/// The row-lock clause a transaction adds to the read of a row it will change.
 #[derive(Clone, Copy)]
 struct RowLocks {
-    reference: &'static str,
     change: &'static str,
 }
 
 impl RowLocks {
-    const NONE: RowLocks = RowLocks {
-        reference: "",
-        change: "",
-    };
+    const NONE: RowLocks = RowLocks { change: "" };
+}
+
+/// An entity, then what it refers to, then the levels above those, transitively: one
+/// query for what a change or a view reads next (the parents for validation and the view,
+/// the levels for routing), instead of one round trip each. `{lock}` applies to the entity
+/// alone.
+fn entity_and_above_sql(lock: &str) -> String {
+    let levels = crate::domain::Level::ALL
+        .iter()
+        .map(|l| format!("'{}'", l.kind().as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "WITH RECURSIVE first (id, doc) AS (SELECT id, doc FROM entities WHERE id = $1{lock}), \
+         up (id, top) AS (SELECT id, 1 FROM first \
+         UNION SELECT r.target, 0 FROM up JOIN entity_refs r ON r.source = up.id \
+         JOIN entities t ON t.id = r.target WHERE up.top = 1 OR t.kind IN ({levels})) \
+         SELECT id, doc FROM first \
+         UNION ALL SELECT e.id, e.doc FROM up JOIN entities e ON e.id = up.id WHERE up.top = 0"
+    )
 }
 
 impl SqlTx {
@@ -959,15 +976,12 @@ impl SqlTx {
         }
     }
 
-    /// Reads an entity. `fresh` forces a query to take a stronger row lock (where there are
-    /// row locks).
-    async fn get_locked(
-        &mut self,
-        id: &EntityId,
-        lock: &str,
-        fresh: bool,
-    ) -> Result<Option<Entity>> {
-        if !fresh || lock.is_empty() {
+    /// Reads an entity, and with it what it refers to and the levels above (remembered for
+    /// the reads that follow). With `lock` (where there are row locks) the entity is read
+    /// again, locked, even if this transaction has read it before.
+    async fn get_locked(&mut self, id: &EntityId, lock: bool) -> Result<Option<Entity>> {
+        let lock = if lock { self.locks.change } else { "" };
+        if lock.is_empty() {
             if let Some(e) = self.seen.get(id) {
                 return Ok(e.clone());
             }
@@ -976,9 +990,20 @@ impl SqlTx {
                 return Ok(e);
             }
         }
-        let sql = format!("SELECT doc FROM entities WHERE id = $1{lock}");
+        static TEXTS: SqlBySize = SqlBySize::new();
+        let sql = TEXTS.get(usize::from(!lock.is_empty()), |_| {
+            entity_and_above_sql(lock)
+        });
         let rows = self.exec.fetch(&sql, &[id.as_str().into()]).await?;
-        let entity = rows.first().map(|r| parse_entity(r.text(0)?)).transpose()?;
+        let mut entity = None;
+        for row in &rows {
+            let e = parse_entity(row.text(1)?)?;
+            if row.text(0)? == id.as_str() {
+                entity = Some(e);
+            } else {
+                self.seen.entry(parse_id(row.text(0)?)?).or_insert(Some(e));
+            }
+        }
         self.seen.insert(id.clone(), entity.clone());
         Ok(entity)
     }
@@ -987,13 +1012,11 @@ impl SqlTx {
 #[async_trait]
 impl Tx for SqlTx {
     async fn get(&mut self, id: &EntityId) -> Result<Option<Entity>> {
-        let lock = self.locks.reference;
-        self.get_locked(id, lock, false).await
+        self.get_locked(id, false).await
     }
 
     async fn get_for_change(&mut self, id: &EntityId) -> Result<Option<Entity>> {
-        let lock = self.locks.change;
-        self.get_locked(id, lock, true).await
+        self.get_locked(id, true).await
     }
 
     async fn put(&mut self, entity: &Entity, now: Millis) -> Result<()> {
@@ -1025,12 +1048,19 @@ impl Tx for SqlTx {
                     .await?;
             }
             for target in &refs {
+                // On PostgreSQL a foreign key checks that the target still exists and keeps
+                // it from being deleted until this transaction ends (a key-share lock, which
+                // leaves the target's own changes free).
                 self.exec
                     .execute(
                         "INSERT INTO entity_refs (target, source) VALUES ($1, $2)",
                         &[target.as_str().into(), id.into()],
                     )
-                    .await?;
+                    .await
+                    .map_err(|e| match e.is_foreign_key_violation() {
+                        true => StoreError::Vanished(target.to_string()),
+                        false => e,
+                    })?;
             }
         }
         self.seen.insert(entity.id().clone(), Some(entity.clone()));
