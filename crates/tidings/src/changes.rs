@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::clock::Clock;
+use crate::delivery::handoff::Waited;
 use crate::delivery::secrets::{self, SecretBox};
 use crate::delivery::Handoff;
 use crate::domain::endpoint::Endpoint;
@@ -98,6 +99,8 @@ pub struct Applied {
     /// How many of them went straight to this instance's dispatcher (the rest wait for a
     /// claim).
     pub handed_off: usize,
+    /// How the change waited for room in the dispatcher before it began, if it had to.
+    pub waited: Option<Waited>,
 }
 
 /// A level's endpoint settings with its health, as the API shows them.
@@ -170,7 +173,7 @@ impl Hierarchy {
             .validate(self.rules.url_rules)
             .map_err(ChangeError::Invalid)?;
         let now = self.clock.now();
-        let mut tx = self.store.write().await?;
+        let (mut tx, waited) = self.begin_change().await?;
         ensure_active(tx.as_mut(), who).await?;
         check_references(tx.as_mut(), who, &input, None).await?;
         check_consistency(tx.as_mut(), &input).await?;
@@ -185,7 +188,7 @@ impl Hierarchy {
             tx.put_secret(entity.id(), &self.keys.seal(&secrets::generate()), now)
                 .await?;
         }
-        self.emit(tx, &entity, Action::Created, None).await
+        self.emit(tx, waited, &entity, Action::Created, None).await
     }
 
     /// A level's current signing secret (`whsec_...`).
@@ -346,7 +349,7 @@ impl Hierarchy {
             )));
         }
         let now = self.clock.now();
-        let mut tx = self.store.write().await?;
+        let (mut tx, waited) = self.begin_change().await?;
         let current = get_visible(tx.as_mut(), who, kind, id, true).await?;
         operator_only_for_packages(who, kind)?;
         ensure_active(tx.as_mut(), who).await?;
@@ -397,10 +400,11 @@ impl Hierarchy {
                 event: None,
                 webhooks: 0,
                 handed_off: 0,
+                waited,
             });
         }
         tx.put(&entity, now).await?;
-        self.emit(tx, &entity, Action::Changed, None).await
+        self.emit(tx, waited, &entity, Action::Changed, None).await
     }
 
     /// Deletes an entity that nothing refers to any more.
@@ -410,7 +414,7 @@ impl Hierarchy {
         kind: Kind,
         id: &str,
     ) -> Result<Applied, ChangeError> {
-        let mut tx = self.store.write().await?;
+        let (mut tx, waited) = self.begin_change().await?;
         let current = get_visible(tx.as_mut(), who, kind, id, true).await?;
         operator_only_for_packages(who, kind)?;
         ensure_active(tx.as_mut(), who).await?;
@@ -431,7 +435,7 @@ impl Hierarchy {
             )));
         }
         tx.delete(current.id()).await?;
-        self.emit(tx, &current, Action::Deleted, None).await
+        self.emit(tx, waited, &current, Action::Deleted, None).await
     }
 
     /// Records a meeting moment (start, end, takeover, ...) and emits its event.
@@ -442,7 +446,7 @@ impl Hierarchy {
         moment: Moment,
     ) -> Result<Applied, ChangeError> {
         let now = self.clock.now();
-        let mut tx = self.store.write().await?;
+        let (mut tx, waited) = self.begin_change().await?;
         let Entity::Meeting(mut meeting) =
             get_visible(tx.as_mut(), who, Kind::Meeting, id, true).await?
         else {
@@ -460,8 +464,14 @@ impl Hierarchy {
         }
         let entity = Entity::Meeting(meeting);
         tx.put(&entity, now).await?;
-        self.emit(tx, &entity, Action::Moment, Some(moment.event_type()))
-            .await
+        self.emit(
+            tx,
+            waited,
+            &entity,
+            Action::Moment,
+            Some(moment.event_type()),
+        )
+        .await
     }
 
     /// An entity's current wire shape.
@@ -503,10 +513,18 @@ impl Hierarchy {
         }
     }
 
+    /// Begins a change that may emit an event: once the dispatcher has room for its
+    /// webhooks, or the back-pressure wait ran out (see [`Handoff::wait_for_room`]).
+    async fn begin_change(&self) -> Result<(Box<dyn Tx>, Option<Waited>), StoreError> {
+        let waited = self.handoff.wait_for_room().await;
+        Ok((self.store.write().await?, waited))
+    }
+
     /// Writes the event for `entity` (if its kind emits one) and its webhooks, then commits.
     async fn emit(
         &self,
         mut tx: Box<dyn Tx>,
+        waited: Option<Waited>,
         entity: &Entity,
         action: Action,
         moment: Option<EventType>,
@@ -588,6 +606,7 @@ impl Hierarchy {
             event: event_type,
             webhooks: queued,
             handed_off,
+            waited,
         })
     }
 }

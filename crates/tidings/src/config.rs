@@ -50,6 +50,11 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Attempts in flight at once to one destination (`TIDINGS_PER_DESTINATION`).
     pub per_destination: usize,
+    /// Back-pressure: how long an API change waits for the dispatcher to have room for its
+    /// webhooks before it writes them to the queue anyway (`TIDINGS_BACKPRESSURE_WAIT`;
+    /// `0s`: never waits).
+    #[serde(with = "humantime_serde")]
+    pub backpressure_wait: Duration,
     /// How long a client may take to send a request's headers, and how long an idle
     /// keep-alive connection stays open (`TIDINGS_API_HEADER_TIMEOUT`).
     #[serde(with = "humantime_serde")]
@@ -143,6 +148,7 @@ impl Default for Settings {
             secret_key_file: PathBuf::from("tidings.key"),
             max_in_flight: 512,
             per_destination: 32,
+            backpressure_wait: Duration::from_secs(2),
             api_header_timeout: Duration::from_secs(10),
             api_request_timeout: Duration::from_secs(30),
             api_max_connections: 1024,
@@ -195,6 +201,7 @@ pub fn help() -> String {
         ("TIDINGS_SECRET_KEY_FILE", "where that key is kept (made on first start)", d.secret_key_file.display().to_string()),
         ("TIDINGS_MAX_IN_FLIGHT", "delivery attempts in flight at once", d.max_in_flight.to_string()),
         ("TIDINGS_PER_DESTINATION", "attempts in flight to one destination", d.per_destination.to_string()),
+        ("TIDINGS_BACKPRESSURE_WAIT", "longest an API change waits for delivery room", dur(d.backpressure_wait)),
         ("TIDINGS_API_HEADER_TIMEOUT", "time to send request headers; idle keep-alive", dur(d.api_header_timeout)),
         ("TIDINGS_API_REQUEST_TIMEOUT", "time from headers to answer, body included", dur(d.api_request_timeout)),
         ("TIDINGS_API_MAX_CONNECTIONS", "API connections at once (more: 503)", d.api_max_connections.to_string()),

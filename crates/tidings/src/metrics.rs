@@ -83,6 +83,8 @@ pub struct Metrics {
     connections_refused: Counter,
     requests_timed_out: Counter,
     pruned: Family<KindLabel, Counter>,
+    backpressure_wait: Histogram,
+    backpressure_timeouts: Counter,
     gauges: Mutex<Gauges>,
     /// [`CHEAP_READ`] and [`COST_RATIO`] (other values in tests).
     reuse_from: Duration,
@@ -189,8 +191,22 @@ impl Metrics {
             "Rows this process removed because they were past TIDINGS_RETENTION, by kind (event, webhook, attempt, email, notification)",
             pruned.clone(),
         );
+        let backpressure_wait = Histogram::new(buckets);
+        registry.register(
+            "api_backpressure_wait_seconds",
+            "How long API changes waited for room in the dispatcher before they began (only those that waited): delivery was not keeping up",
+            backpressure_wait.clone(),
+        );
+        let backpressure_timeouts = Counter::default();
+        registry.register(
+            "api_backpressure_timeouts",
+            "API changes that waited TIDINGS_BACKPRESSURE_WAIT for room in vain and wrote their webhooks to the queue",
+            backpressure_timeouts.clone(),
+        );
         Metrics {
             registry,
+            backpressure_wait,
+            backpressure_timeouts,
             connections_open,
             connections_refused,
             requests_timed_out,
@@ -308,6 +324,12 @@ impl Metrics {
 
     /// Counts what one API change emitted.
     pub fn applied(&self, applied: &Applied) {
+        if let Some(waited) = applied.waited {
+            self.backpressure_wait.observe(waited.took.as_secs_f64());
+            if !waited.room {
+                self.backpressure_timeouts.inc();
+            }
+        }
         if let Some(t) = applied.event {
             let label = TypeLabel {
                 r#type: t.as_str().to_owned(),

@@ -79,6 +79,7 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result
             request_timeout: settings.request_timeout,
             max_in_flight: settings.max_in_flight.max(1),
             per_destination: settings.per_destination.max(1),
+            backpressure_wait: settings.backpressure_wait,
             ..DispatcherConfig::default()
         },
     );

@@ -21,7 +21,7 @@ use tidings_egress::{Egress, HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::handoff::Handoff;
+use super::handoff::{Freed, Handoff};
 use super::secrets::{SecretBox, Signer};
 use crate::clock::Clock;
 use crate::domain::endpoint::{SuccessRule, GONE};
@@ -40,6 +40,8 @@ pub struct DispatcherConfig {
     pub max_in_flight: usize,
     /// Attempts in flight at once to one destination.
     pub per_destination: usize,
+    /// Longest an API change waits for room in the dispatcher (back-pressure).
+    pub backpressure_wait: Duration,
     /// Longest sleep when nothing is due (a safety net; new work wakes the loop at once).
     pub idle_wake: Duration,
 }
@@ -53,6 +55,7 @@ impl Default for DispatcherConfig {
             request_timeout: settings.request_timeout,
             max_in_flight: settings.max_in_flight,
             per_destination: settings.per_destination,
+            backpressure_wait: settings.backpressure_wait,
             idle_wake: Duration::from_secs(30),
         }
     }
@@ -74,7 +77,7 @@ pub struct Dispatcher {
     owner: String,
     new_work: Arc<Notify>,
     in_flight: Arc<AtomicUsize>,
-    slot_freed: Arc<Notify>,
+    slot_freed: Arc<Freed>,
     destinations: Arc<Mutex<HashMap<Arc<str>, Destination>>>,
     /// How long a claim lasts: long enough for an attempt and its recording; short enough
     /// that another instance takes over promptly when this one dies.
@@ -101,13 +104,14 @@ impl Dispatcher {
         );
         let lease = config.request_timeout * 2 + Duration::from_secs(5);
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let slot_freed = Arc::new(Notify::new());
+        let slot_freed = Arc::new(Freed::default());
         let (handoff, handed_off) = Handoff::new(
             owner.clone(),
             lease,
             in_flight.clone(),
             slot_freed.clone(),
             config.max_in_flight,
+            config.backpressure_wait,
             new_work.clone(),
         );
         Dispatcher {
@@ -151,6 +155,7 @@ impl Dispatcher {
             store: self.store.clone(),
             owner: self.owner.clone(),
             in_flight: self.in_flight.clone(),
+            freed: self.slot_freed.clone(),
             new_work: self.new_work.clone(),
             per_destination: self.config.per_destination,
             keys: Mutex::new(HashMap::new()),
@@ -179,7 +184,7 @@ impl Dispatcher {
                 .saturating_sub(self.in_flight.load(Ordering::SeqCst));
             if free == 0 {
                 tokio::select! {
-                    _ = self.slot_freed.notified() => {}
+                    _ = self.slot_freed.dispatcher() => {}
                     _ = shutdown.cancelled() => {}
                 }
                 continue;
@@ -250,6 +255,8 @@ struct Admission {
     store: Arc<dyn Store>,
     owner: String,
     in_flight: Arc<AtomicUsize>,
+    /// Says when `in_flight` went down.
+    freed: Arc<Freed>,
     /// Wakes the claim loop.
     new_work: Arc<Notify>,
     per_destination: usize,
@@ -331,6 +338,7 @@ impl Admission {
             tracing::error!(error = %e, "handing back webhooks failed; their lease will end by itself");
         }
         self.in_flight.fetch_sub(n, Ordering::SeqCst);
+        self.freed.notify();
         // They are due again sooner than the claim loop may be sleeping (webhooks handed
         // off to a busy destination are handed back here, outside that loop).
         self.new_work.notify_one();
@@ -596,7 +604,7 @@ async fn record_loop(
     clock: Arc<dyn Clock>,
     mut rx: mpsc::UnboundedReceiver<Recorded>,
     in_flight: Arc<AtomicUsize>,
-    slot_freed: Arc<Notify>,
+    slot_freed: Arc<Freed>,
     new_work: Arc<Notify>,
 ) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
@@ -624,7 +632,7 @@ async fn record_loop(
             }
         }
         in_flight.fetch_sub(batch.len(), Ordering::SeqCst);
-        slot_freed.notify_one();
+        slot_freed.notify();
         if batch.iter().any(|r| matches!(r.next, Next::RetryAt(_))) {
             // A retry may be due earlier than the loop's sleep.
             new_work.notify_one();
@@ -697,7 +705,7 @@ mod tests {
             Arc::new(SystemClock),
             rx,
             in_flight.clone(),
-            Arc::new(Notify::new()),
+            Arc::new(Freed::default()),
             Arc::new(Notify::new()),
         ));
         tx.send(Recorded {

@@ -7,6 +7,12 @@
 //! committed, sent to the dispatcher in memory. Without room (the dispatcher is busy, or not
 //! running), they are written due at once and the dispatcher claims them when it can.
 //!
+//! Before its transaction begins, a change that may emit an event waits for such room
+//! ([`Handoff::wait_for_room`]), at most `TIDINGS_BACKPRESSURE_WAIT`: when delivery cannot keep
+//! up, the API slows down to its pace instead of queueing webhooks faster than they are sent,
+//! which would let their wait grow without bound. Only when the wait runs out (a dispatcher
+//! held up by slow receivers, say) are webhooks written due, for a claim.
+//!
 //! Nothing can be lost in between: the rows are committed with the change, and a webhook
 //! whose lease ends without a recorded attempt (the process died before the attempt) is due
 //! again by itself, as after any claim. What this saves is the claim: a write that moved
@@ -28,14 +34,45 @@ pub struct Handoff {
     /// Attempts this instance has taken on: claimed, handed off or reserved, and not yet
     /// recorded. The dispatcher's own count.
     in_flight: Arc<AtomicUsize>,
-    /// Notified when reserved room is given back unused.
-    slot_freed: Arc<Notify>,
+    /// Notified when attempts in flight end or reserved room is given back unused.
+    slot_freed: Arc<Freed>,
+    /// Longest [`Handoff::wait_for_room`] waits.
+    wait: Duration,
     /// Most attempts in flight that hand-offs may bring about; the rest of the dispatcher's
     /// room stays for claims, so that due retries are never starved by new events.
     limit: usize,
     /// Wakes the dispatcher when webhooks were written due instead of handed off.
     new_work: Arc<Notify>,
     sender: mpsc::UnboundedSender<Vec<Claimed>>,
+}
+
+/// Says that attempts in flight ended (or reserved room was given back): wakes the
+/// dispatcher's claim loop, whose wake-up is kept if it is not waiting yet, and every change
+/// waiting for room.
+#[derive(Default)]
+pub(crate) struct Freed {
+    claims: Notify,
+    changes: Notify,
+}
+
+impl Freed {
+    pub(crate) fn notify(&self) {
+        self.claims.notify_one();
+        self.changes.notify_waiters();
+    }
+
+    /// For the claim loop: until the next [`Freed::notify`] (or the one it missed).
+    pub(crate) async fn dispatcher(&self) {
+        self.claims.notified().await
+    }
+}
+
+/// How a change's wait for room ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Waited {
+    /// Room came (false: the wait ran out, and the webhooks are written due).
+    pub room: bool,
+    pub took: Duration,
 }
 
 /// Room reserved for `n` webhooks; given back when dropped unsent (the change failed).
@@ -53,8 +90,9 @@ impl Handoff {
         owner: String,
         lease: Duration,
         in_flight: Arc<AtomicUsize>,
-        slot_freed: Arc<Notify>,
+        slot_freed: Arc<Freed>,
         max_in_flight: usize,
+        wait: Duration,
         new_work: Arc<Notify>,
     ) -> (Handoff, mpsc::UnboundedReceiver<Vec<Claimed>>) {
         let (sender, receiver) = mpsc::unbounded_channel();
@@ -63,6 +101,7 @@ impl Handoff {
             lease,
             in_flight,
             slot_freed,
+            wait,
             limit: (max_in_flight * 3 / 4).max(1),
             new_work,
             sender,
@@ -90,6 +129,35 @@ impl Handoff {
             },
             sent: false,
         })
+    }
+
+    /// Back-pressure: waits until the dispatcher has room for new webhooks, at most the
+    /// configured wait. Returns whether it had to wait, and whether room came (`None`: no
+    /// wait).
+    pub async fn wait_for_room(&self) -> Option<Waited> {
+        let has_room = || self.in_flight.load(Ordering::SeqCst) < self.limit;
+        if self.wait.is_zero() || self.sender.is_closed() || has_room() {
+            return None;
+        }
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.wait;
+        loop {
+            let freed = self.slot_freed.changes.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if has_room() || self.sender.is_closed() {
+                return Some(Waited {
+                    room: true,
+                    took: started.elapsed(),
+                });
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Some(Waited {
+                    room: has_room(),
+                    took: started.elapsed(),
+                });
+            }
+        }
     }
 
     /// Wakes the dispatcher: webhooks were written due (not handed off).
@@ -122,7 +190,7 @@ impl Reservation<'_> {
     fn give_back(&mut self) {
         if self.n > 0 {
             self.handoff.in_flight.fetch_sub(self.n, Ordering::SeqCst);
-            self.handoff.slot_freed.notify_one();
+            self.handoff.slot_freed.notify();
             self.n = 0;
         }
     }
@@ -140,13 +208,16 @@ impl Drop for Reservation<'_> {
 mod tests {
     use super::*;
 
+    const WAIT: Duration = Duration::from_secs(2);
+
     fn handoff(max: usize) -> (Handoff, mpsc::UnboundedReceiver<Vec<Claimed>>) {
         Handoff::new(
             "me".into(),
             Duration::from_secs(35),
             Arc::new(AtomicUsize::new(0)),
-            Arc::new(Notify::new()),
+            Arc::new(Freed::default()),
             max,
+            WAIT,
             Arc::new(Notify::new()),
         )
     }
@@ -178,5 +249,45 @@ mod tests {
         drop(rx);
         assert!(h.reserve(1, Millis(0)).is_none());
         assert_eq!(h.in_flight.load(Ordering::SeqCst), 0);
+    }
+
+    /// On tokio's paused clock: the wait's time is the runtime's, not the machine's.
+    #[tokio::test(start_paused = true)]
+    async fn a_change_waits_for_room_until_an_attempt_ends_or_the_wait_runs_out() {
+        let (h, _rx) = handoff(16);
+        let h = Arc::new(h);
+        assert!(h.wait_for_room().await.is_none(), "room: no wait");
+        let full = h.reserve(12, Millis(0)).expect("room for 12");
+
+        // Full: the wait ends when room is given back (here a reservation dropped; the
+        // dispatcher's record loop and hand-backs give room the same way).
+        let waiting = tokio::spawn({
+            let h = h.clone();
+            async move { h.wait_for_room().await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "no room yet");
+        drop(full);
+        let waited = waiting.await.unwrap().expect("it waited");
+        assert!(waited.room);
+        assert_eq!(waited.took, Duration::from_millis(300));
+
+        // Full and nothing ends: the wait runs out, and the webhooks will be written due.
+        let _full = h.reserve(12, Millis(0)).expect("room for 12");
+        let waited = h.wait_for_room().await.expect("it waited");
+        assert!(!waited.room);
+        assert_eq!(waited.took, WAIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_wait_for_room_when_it_is_turned_off_or_the_dispatcher_stopped() {
+        let (h, rx) = handoff(16);
+        let _full = h.reserve(12, Millis(0)).expect("room for 12");
+        drop(rx);
+        assert!(h.wait_for_room().await.is_none());
+        let (mut h, _rx) = handoff(16);
+        h.wait = Duration::ZERO;
+        let _full = h.reserve(12, Millis(0)).expect("room for 12");
+        assert!(h.wait_for_room().await.is_none());
     }
 }
