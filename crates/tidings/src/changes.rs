@@ -11,14 +11,14 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::clock::Clock;
-use crate::delivery::handoff::Waited;
+use crate::delivery::handoff::{Reservation, Waited};
 use crate::delivery::secrets::{self, SecretBox};
 use crate::delivery::Handoff;
 use crate::domain::endpoint::Endpoint;
 use crate::domain::entities::{merge_patch, BuildContext, Entity, Input, User};
 use crate::domain::routing::{recipients, route, Ancestor};
 use crate::domain::validate::{FieldError, UrlRules};
-use crate::domain::{Action, EntityId, EventType, Kind};
+use crate::domain::{Action, EntityId, EventType, Kind, Level};
 use crate::store::{Health, NewEvent, NewWebhook, Store, StoreError, Tx};
 use crate::tenancy::Principal;
 use crate::views::view;
@@ -103,6 +103,12 @@ pub struct Applied {
     pub waited: Option<Waited>,
 }
 
+/// Room in the dispatcher that a change took before it began, and how it waited for it.
+struct Admitted<'a> {
+    room: Option<Reservation<'a>>,
+    waited: Option<Waited>,
+}
+
 /// A level's endpoint settings with its health, as the API shows them.
 #[derive(Debug, Clone)]
 pub struct LevelEndpoint {
@@ -173,7 +179,7 @@ impl Hierarchy {
             .validate(self.rules.url_rules)
             .map_err(ChangeError::Invalid)?;
         let now = self.clock.now();
-        let (mut tx, waited) = self.begin_change().await?;
+        let (mut tx, admitted) = self.begin_change().await?;
         ensure_active(tx.as_mut(), who).await?;
         check_references(tx.as_mut(), who, &input, None).await?;
         check_consistency(tx.as_mut(), &input).await?;
@@ -188,7 +194,8 @@ impl Hierarchy {
             tx.put_secret(entity.id(), &self.keys.seal(&secrets::generate()), now)
                 .await?;
         }
-        self.emit(tx, waited, &entity, Action::Created, None).await
+        self.emit(tx, admitted, &entity, Action::Created, None)
+            .await
     }
 
     /// A level's current signing secret (`whsec_...`).
@@ -349,7 +356,7 @@ impl Hierarchy {
             )));
         }
         let now = self.clock.now();
-        let (mut tx, waited) = self.begin_change().await?;
+        let (mut tx, admitted) = self.begin_change().await?;
         let current = get_visible(tx.as_mut(), who, kind, id, true).await?;
         operator_only_for_packages(who, kind)?;
         ensure_active(tx.as_mut(), who).await?;
@@ -400,11 +407,12 @@ impl Hierarchy {
                 event: None,
                 webhooks: 0,
                 handed_off: 0,
-                waited,
+                waited: admitted.waited,
             });
         }
         tx.put(&entity, now).await?;
-        self.emit(tx, waited, &entity, Action::Changed, None).await
+        self.emit(tx, admitted, &entity, Action::Changed, None)
+            .await
     }
 
     /// Deletes an entity that nothing refers to any more.
@@ -414,7 +422,7 @@ impl Hierarchy {
         kind: Kind,
         id: &str,
     ) -> Result<Applied, ChangeError> {
-        let (mut tx, waited) = self.begin_change().await?;
+        let (mut tx, admitted) = self.begin_change().await?;
         let current = get_visible(tx.as_mut(), who, kind, id, true).await?;
         operator_only_for_packages(who, kind)?;
         ensure_active(tx.as_mut(), who).await?;
@@ -435,7 +443,8 @@ impl Hierarchy {
             )));
         }
         tx.delete(current.id()).await?;
-        self.emit(tx, waited, &current, Action::Deleted, None).await
+        self.emit(tx, admitted, &current, Action::Deleted, None)
+            .await
     }
 
     /// Records a meeting moment (start, end, takeover, ...) and emits its event.
@@ -446,7 +455,7 @@ impl Hierarchy {
         moment: Moment,
     ) -> Result<Applied, ChangeError> {
         let now = self.clock.now();
-        let (mut tx, waited) = self.begin_change().await?;
+        let (mut tx, admitted) = self.begin_change().await?;
         let Entity::Meeting(mut meeting) =
             get_visible(tx.as_mut(), who, Kind::Meeting, id, true).await?
         else {
@@ -466,7 +475,7 @@ impl Hierarchy {
         tx.put(&entity, now).await?;
         self.emit(
             tx,
-            waited,
+            admitted,
             &entity,
             Action::Moment,
             Some(moment.event_type()),
@@ -514,17 +523,18 @@ impl Hierarchy {
     }
 
     /// Begins a change that may emit an event: once the dispatcher has room for its
-    /// webhooks, or the back-pressure wait ran out (see [`Handoff::wait_for_room`]).
-    async fn begin_change(&self) -> Result<(Box<dyn Tx>, Option<Waited>), StoreError> {
-        let waited = self.handoff.wait_for_room().await;
-        Ok((self.store.write().await?, waited))
+    /// webhooks (as many as an event can have), or the back-pressure wait ran out (see
+    /// [`Handoff::admit`]).
+    async fn begin_change(&self) -> Result<(Box<dyn Tx>, Admitted<'_>), StoreError> {
+        let (room, waited) = self.handoff.admit(Level::ALL.len(), self.clock.now()).await;
+        Ok((self.store.write().await?, Admitted { room, waited }))
     }
 
     /// Writes the event for `entity` (if its kind emits one) and its webhooks, then commits.
     async fn emit(
         &self,
         mut tx: Box<dyn Tx>,
-        waited: Option<Waited>,
+        admitted: Admitted<'_>,
         entity: &Entity,
         action: Action,
         moment: Option<EventType>,
@@ -573,7 +583,10 @@ impl Hierarchy {
                 created_at: now,
             };
             // Claimed as they are written when the dispatcher has room (see `Handoff`).
-            let reservation = self.handoff.reserve(sendable, now);
+            let reservation = match admitted.room {
+                Some(room) => room.keep(sendable),
+                None => self.handoff.reserve(sendable, now),
+            };
             let claimed = tx
                 .add_event(&event, &webhooks, reservation.as_ref().map(|r| r.lease()))
                 .await?;
@@ -606,7 +619,7 @@ impl Hierarchy {
             event: event_type,
             webhooks: queued,
             handed_off,
-            waited,
+            waited: admitted.waited,
         })
     }
 }

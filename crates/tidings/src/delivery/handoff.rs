@@ -7,11 +7,12 @@
 //! committed, sent to the dispatcher in memory. Without room (the dispatcher is busy, or not
 //! running), they are written due at once and the dispatcher claims them when it can.
 //!
-//! Before its transaction begins, a change that may emit an event waits for such room
-//! ([`Handoff::wait_for_room`]), at most `TIDINGS_BACKPRESSURE_WAIT`: when delivery cannot keep
-//! up, the API slows down to its pace instead of queueing webhooks faster than they are sent,
-//! which would let their wait grow without bound. Only when the wait runs out (a dispatcher
-//! held up by slow receivers, say) are webhooks written due, for a claim.
+//! Before its transaction begins, a change that may emit an event reserves that room for as
+//! many webhooks as an event can have ([`Handoff::admit`]), waiting for it at most
+//! `TIDINGS_BACKPRESSURE_WAIT`: when delivery cannot keep up, the API slows down to its pace
+//! instead of queueing webhooks faster than they are sent, which would let their wait grow
+//! without bound. Only when the wait runs out (a dispatcher held up by slow receivers, say)
+//! are webhooks written due, for a claim.
 //!
 //! Nothing can be lost in between: the rows are committed with the change, and a webhook
 //! whose lease ends without a recorded attempt (the process died before the attempt) is due
@@ -131,13 +132,15 @@ impl Handoff {
         })
     }
 
-    /// Back-pressure: waits until the dispatcher has room for new webhooks, at most the
-    /// configured wait. Returns whether it had to wait, and whether room came (`None`: no
-    /// wait).
-    pub async fn wait_for_room(&self) -> Option<Waited> {
-        let has_room = || self.in_flight.load(Ordering::SeqCst) < self.limit;
-        if self.wait.is_zero() || self.sender.is_closed() || has_room() {
-            return None;
+    /// Back-pressure: reserves room for `n` webhooks (the most the change can write), waiting
+    /// for it at most the configured wait. Returns the reservation (`None`: the wait ran out
+    /// or the dispatcher stopped) and, if it had to wait, how. `now` gives the lease.
+    pub async fn admit(&self, n: usize, now: Millis) -> (Option<Reservation<'_>>, Option<Waited>) {
+        if let Some(r) = self.reserve(n, now) {
+            return (Some(r), None);
+        }
+        if self.wait.is_zero() || self.sender.is_closed() {
+            return (None, None);
         }
         let started = tokio::time::Instant::now();
         let deadline = started + self.wait;
@@ -145,17 +148,20 @@ impl Handoff {
             let freed = self.slot_freed.changes.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if has_room() || self.sender.is_closed() {
-                return Some(Waited {
-                    room: true,
+            let reserved = self.reserve(n, now);
+            if reserved.is_some() || self.sender.is_closed() {
+                let waited = Waited {
+                    room: reserved.is_some(),
                     took: started.elapsed(),
-                });
+                };
+                return (reserved, Some(waited));
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return Some(Waited {
-                    room: has_room(),
+                let waited = Waited {
+                    room: false,
                     took: started.elapsed(),
-                });
+                };
+                return (None, Some(waited));
             }
         }
     }
@@ -170,6 +176,18 @@ impl Reservation<'_> {
     /// The claim to write the webhooks with.
     pub fn lease(&self) -> &Lease {
         &self.lease
+    }
+
+    /// Keeps room for `n` webhooks at most and gives back the rest; `None` for none.
+    pub fn keep(mut self, n: usize) -> Option<Self> {
+        if n >= self.n {
+            return Some(self);
+        }
+        let extra = self.n - n;
+        self.n = extra;
+        self.give_back();
+        self.n = n;
+        (n > 0).then_some(self)
     }
 
     /// Hands the committed, claimed webhooks to the dispatcher.
@@ -256,25 +274,35 @@ mod tests {
     async fn a_change_waits_for_room_until_an_attempt_ends_or_the_wait_runs_out() {
         let (h, _rx) = handoff(16);
         let h = Arc::new(h);
-        assert!(h.wait_for_room().await.is_none(), "room: no wait");
-        let full = h.reserve(12, Millis(0)).expect("room for 12");
+        let (room, waited) = h.admit(4, Millis(0)).await;
+        assert!(room.is_some() && waited.is_none(), "room: no wait");
+        drop(room);
+        let full = h.reserve(10, Millis(0)).expect("room for 10");
 
-        // Full: the wait ends when room is given back (here a reservation dropped; the
-        // dispatcher's record loop and hand-backs give room the same way).
+        // Not room for 4 more: the wait ends when room is given back (here a reservation
+        // dropped; the dispatcher's record loop and hand-backs give room the same way).
         let waiting = tokio::spawn({
             let h = h.clone();
-            async move { h.wait_for_room().await }
+            async move {
+                let (room, waited) = h.admit(4, Millis(0)).await;
+                (room.map(|r| r.keep(1).is_some()), waited)
+            }
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!waiting.is_finished(), "no room yet");
         drop(full);
-        let waited = waiting.await.unwrap().expect("it waited");
+        let (kept, waited) = waiting.await.unwrap();
+        assert_eq!(kept, Some(true), "room came, and one of the four was kept");
+        let waited = waited.expect("it waited");
         assert!(waited.room);
         assert_eq!(waited.took, Duration::from_millis(300));
+        assert_eq!(h.in_flight.load(Ordering::SeqCst), 0, "all given back");
 
         // Full and nothing ends: the wait runs out, and the webhooks will be written due.
         let _full = h.reserve(12, Millis(0)).expect("room for 12");
-        let waited = h.wait_for_room().await.expect("it waited");
+        let (room, waited) = h.admit(4, Millis(0)).await;
+        assert!(room.is_none());
+        let waited = waited.expect("it waited");
         assert!(!waited.room);
         assert_eq!(waited.took, WAIT);
     }
@@ -284,10 +312,20 @@ mod tests {
         let (h, rx) = handoff(16);
         let _full = h.reserve(12, Millis(0)).expect("room for 12");
         drop(rx);
-        assert!(h.wait_for_room().await.is_none());
+        assert!(matches!(h.admit(1, Millis(0)).await, (None, None)));
         let (mut h, _rx) = handoff(16);
         h.wait = Duration::ZERO;
         let _full = h.reserve(12, Millis(0)).expect("room for 12");
-        assert!(h.wait_for_room().await.is_none());
+        assert!(matches!(h.admit(1, Millis(0)).await, (None, None)));
+    }
+
+    #[test]
+    fn a_reservation_keeps_what_the_change_needs() {
+        let (h, _rx) = handoff(16);
+        let r = h.reserve(4, Millis(0)).unwrap();
+        let r = r.keep(2).expect("two kept");
+        assert_eq!(h.in_flight.load(Ordering::SeqCst), 2);
+        assert!(r.keep(0).is_none());
+        assert_eq!(h.in_flight.load(Ordering::SeqCst), 0);
     }
 }
