@@ -1057,3 +1057,27 @@ async fn on_postgres_a_reference_and_a_delete_of_its_target_exclude_each_other()
     creating.commit().await.unwrap();
     assert_eq!(delete.await.unwrap(), vec![d.id().clone()]);
 }
+
+/// On PostgreSQL, work one instance queues for a claim (not handed to its own dispatcher)
+/// wakes the others, once it is committed: the notice follows the commit, outside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_queued_work_wakes_the_other_instances_after_its_commit() {
+    let s = stores::postgres().await;
+    let other = tidings::store::SqlStore::open(&s.url).await.unwrap();
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    other.listen_for_work(wake.clone());
+    // The listener's first wake-up says it is listening (and covers what came before).
+    tokio::time::timeout(std::time::Duration::from_secs(10), wake.notified())
+        .await
+        .expect("the listener connects");
+
+    let (_, ids) = queue(s.store.as_ref(), 3, T0).await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), wake.notified())
+        .await
+        .expect("the other instance is woken");
+    let claimed = other
+        .claim_due("other", T0, Millis(T0.0 + 60_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), ids.len(), "and finds the work committed");
+}

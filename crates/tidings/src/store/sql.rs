@@ -71,6 +71,8 @@ pub struct SqlStore {
     pub(super) reader: AnyPool,
     /// SQLite's single writer, driven in place (`None` on PostgreSQL).
     lite: Option<LiteWriter>,
+    /// Tells other instances that work was queued (PostgreSQL; `None` on SQLite).
+    work_signal: Option<Arc<WorkSignal>>,
     /// On SQLite, the database file with an exclusive `flock` held for the store's life.
     _owner: Option<std::fs::File>,
 }
@@ -130,6 +132,7 @@ impl SqlStore {
                 writer,
                 reader,
                 lite,
+                work_signal: None,
                 _owner: Some(owner),
             }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -143,6 +146,7 @@ impl SqlStore {
                 backend: Backend::Postgres,
                 url: url.to_owned(),
                 writer: pool.clone(),
+                work_signal: Some(Arc::new(WorkSignal::new(pool.clone()))),
                 reader: pool,
                 lite: None,
                 _owner: None,
@@ -254,11 +258,10 @@ impl Store for SqlStore {
                 change: " FOR UPDATE",
             },
         };
-        let signal_work = self.backend == Backend::Postgres;
         Ok(Box::new(SqlTx::new(
             self.begin_write().await?,
             locks,
-            signal_work,
+            self.work_signal.clone(),
         )))
     }
 
@@ -266,7 +269,7 @@ impl Store for SqlStore {
         Ok(Box::new(SqlTx::new(
             self.begin_read().await?,
             RowLocks::NONE,
-            false,
+            None,
         )))
     }
 
@@ -401,6 +404,9 @@ impl Store for SqlStore {
                             tracing::warn!(error = %e, "LISTEN failed; retrying in 1s");
                         } else {
                             tracing::debug!("listening for work queued by other instances");
+                            // What was queued before it listened is found by the claim this
+                            // wakes.
+                            wake.notify_one();
                             while listener.recv().await.is_ok() {
                                 wake.notify_one();
                             }
@@ -617,12 +623,21 @@ impl Store for SqlStore {
 
     async fn release(&self, owner: &str, ids: &[EntityId], due_at: Millis) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        for id in ids {
-            tx.execute(
-                "UPDATE webhooks SET due_at = $1, claimed_by = NULL WHERE id = $2 AND claimed_by = $3",
-                &[due_at.0.into(), id.as_str().into(), owner.into()],
-            )
-            .await?;
+        for chunk in statement_chunks(ids) {
+            static RELEASES: SqlBySize = SqlBySize::new();
+            let sql = RELEASES.get(chunk.len(), |n| {
+                format!(
+                    "UPDATE webhooks SET due_at = $1, claimed_by = NULL \
+                     WHERE claimed_by = $2 AND id IN ({})",
+                    (3..n + 3)
+                        .map(|i| format!("${i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            });
+            let mut params: Vec<Param> = vec![due_at.0.into(), owner.into()];
+            params.extend(chunk.iter().map(|id| Param::from(id.as_str())));
+            tx.execute(&sql, &params).await?;
         }
         tx.commit().await
     }
@@ -925,16 +940,79 @@ impl SqlBySize {
 struct SqlTx {
     exec: Box<dyn Exec>,
     locks: RowLocks,
-    /// Tell other instances (LISTEN/NOTIFY, sent at commit) when webhooks are queued.
-    signal_work: bool,
+    /// Tells other instances when this transaction queued webhooks, once it has committed.
+    work_signal: Option<Arc<WorkSignal>>,
+    /// Whether it did.
+    queued_work: bool,
+    /// What attempts need of each level this transaction read the endpoint of.
+    level_keys: HashMap<String, LevelKeys>,
     /// Entities as this transaction last read or wrote them (`None`: known absent). An API
     /// change reads the same parents for validation, the view and routing; this reads each
     /// once, and lets `put` skip rewriting references that did not change.
     seen: HashMap<EntityId, Option<Entity>>,
 }
 
+/// What an attempt needs of its level besides the webhook: the signing secrets and what
+/// counts as success.
+struct LevelKeys {
+    secrets: Option<SealedSecrets>,
+    success: SuccessRule,
+}
+
 /// The PostgreSQL channel on which instances announce newly queued work.
 pub const WORK_CHANNEL: &str = "tidings_work";
+
+/// Announces newly queued work to the other instances (`NOTIFY`), after the commit that
+/// queued it and on a connection of its own, at most one at a time: changes that queue work
+/// while one is being sent are covered by one more after it.
+///
+/// A `NOTIFY` inside the change's own transaction would make every such commit take
+/// PostgreSQL's one lock on the notification queue, and hold it through the commit's WAL
+/// flush: concurrent changes would commit one at a time. Should the process die between a
+/// commit and its notice, the work is found by the other instances' next claim all the same
+/// (their idle wake-up), only later.
+pub(super) struct WorkSignal {
+    pool: AnyPool,
+    /// 0: idle; 1: sending; 2: sending, and one more is needed after.
+    state: std::sync::atomic::AtomicU8,
+}
+
+impl WorkSignal {
+    fn new(pool: AnyPool) -> Self {
+        WorkSignal {
+            pool,
+            state: std::sync::atomic::AtomicU8::new(0),
+        }
+    }
+
+    fn raise(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .state
+            .fetch_update(SeqCst, SeqCst, |s| Some(if s == 0 { 1 } else { 2 }))
+            .is_ok_and(|before| before != 0)
+        {
+            return; // the one being sent (or the one after it) covers this work
+        }
+        let signal = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(WORK_CHANNEL)
+                    .execute(&signal.pool)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not tell other instances about queued work; they find it at their next claim");
+                }
+                // Done, unless work was queued meanwhile (2): then once more.
+                if signal.state.compare_exchange(1, 0, SeqCst, SeqCst).is_ok() {
+                    return;
+                }
+                signal.state.store(1, SeqCst);
+            }
+        });
+    }
+}
 
 /// The row-lock clause a transaction adds to the read of a row it will change.
 #[derive(Clone, Copy)]
@@ -967,11 +1045,13 @@ fn entity_and_above_sql(lock: &str) -> String {
 }
 
 impl SqlTx {
-    fn new(exec: Box<dyn Exec>, locks: RowLocks, signal_work: bool) -> Self {
+    fn new(exec: Box<dyn Exec>, locks: RowLocks, work_signal: Option<Arc<WorkSignal>>) -> Self {
         SqlTx {
             exec,
             locks,
-            signal_work,
+            work_signal,
+            queued_work: false,
+            level_keys: HashMap::new(),
             seen: HashMap::new(),
         }
     }
@@ -1140,13 +1220,8 @@ impl Tx for SqlTx {
             lease.is_some() && !w.disabled && !(w.ordered && blocked.contains(w.level_id.as_str()))
         };
         let due_unclaimed = webhooks.iter().any(|w| !w.disabled && !claims(w));
-        if self.signal_work && due_unclaimed {
-            // Delivered to listeners only if and when this transaction commits. Claimed
-            // webhooks are this instance's own work: nobody else needs waking.
-            self.exec
-                .fetch("SELECT pg_notify($1, '')", &[WORK_CHANNEL.into()])
-                .await?;
-        }
+        // Claimed webhooks are this instance's own work: nobody else needs waking.
+        self.queued_work |= due_unclaimed;
         self.exec
             .execute(
                 "INSERT INTO events (id, type, subject_id, data, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -1234,26 +1309,12 @@ impl Tx for SqlTx {
             l.dedup();
             l
         };
-        static SELECTS: SqlBySize = SqlBySize::new();
-        let sql = SELECTS.get(levels.len(), |n| {
-            format!(
-                "SELECT s.level_id, s.current, s.previous, s.previous_until, \
-                 (SELECT en.success FROM endpoints en WHERE en.level_id = s.level_id) \
-                 FROM level_secrets s WHERE s.level_id IN ({})",
-                (1..=n)
-                    .map(|i| format!("${i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        });
-        let params: Vec<Param> = levels.iter().map(|id| id.as_str().into()).collect();
-        let mut secrets: HashMap<String, SealedSecrets> = HashMap::new();
-        let mut success: HashMap<String, SuccessRule> = HashMap::new();
-        for row in self.exec.fetch(&sql, &params).await? {
-            if let Some(s) = secrets_from_row(&row, 1)? {
-                secrets.insert(row.text(0)?.to_owned(), s);
-            }
-            success.insert(row.text(0)?.to_owned(), success_from(row.opt_text(4)?)?);
+        // Read with the endpoints (`Tx::endpoints`), which a change reads before it routes.
+        if levels
+            .iter()
+            .any(|l| !self.level_keys.contains_key(l.as_str()))
+        {
+            self.endpoints(&levels).await?;
         }
         Ok(handed
             .into_iter()
@@ -1272,10 +1333,14 @@ impl Tx for SqlTx {
                     due_at: Some(lease.until),
                     data: event.data.clone(),
                 },
-                secrets: secrets.get(w.level_id.as_str()).cloned(),
-                success: success
+                secrets: self
+                    .level_keys
                     .get(w.level_id.as_str())
-                    .copied()
+                    .and_then(|k| k.secrets.clone()),
+                success: self
+                    .level_keys
+                    .get(w.level_id.as_str())
+                    .map(|k| k.success)
                     .unwrap_or_default(),
             })
             .collect())
@@ -1285,23 +1350,42 @@ impl Tx for SqlTx {
         if level_ids.is_empty() {
             return Ok(Vec::new());
         }
+        // With each level's settings, what its attempts need if `add_event` hands them off
+        // (the signing secrets): one round trip, not two.
         static SELECTS: SqlBySize = SqlBySize::new();
         let sql = SELECTS.get(level_ids.len(), |n| {
+            let columns = ENDPOINT_COLUMNS
+                .split(", ")
+                .map(|c| format!("en.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             format!(
-                "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE level_id IN ({})",
+                "SELECT {columns}, v.column1, s.current, s.previous, s.previous_until \
+                 FROM (VALUES {}) AS v \
+                 LEFT JOIN endpoints en ON en.level_id = v.column1 \
+                 LEFT JOIN level_secrets s ON s.level_id = v.column1",
                 (1..=n)
-                    .map(|i| format!("${i}"))
+                    .map(|i| format!("(CAST(${i} AS TEXT))"))
                     .collect::<Vec<_>>()
                     .join(", ")
             )
         });
         let params: Vec<Param> = level_ids.iter().map(|id| id.as_str().into()).collect();
-        self.exec
-            .fetch(&sql, &params)
-            .await?
-            .iter()
-            .map(endpoints::endpoint_from_row)
-            .collect()
+        let mut found = Vec::new();
+        for row in self.exec.fetch(&sql, &params).await? {
+            let width = ENDPOINT_COLUMNS.split(", ").count();
+            let endpoint = match row.opt_text(0)? {
+                Some(_) => Some(endpoints::endpoint_from_row(&row)?),
+                None => None,
+            };
+            let keys = LevelKeys {
+                secrets: secrets_from_row(&row, width + 1)?,
+                success: endpoint.as_ref().map(|(_, e)| e.success).unwrap_or_default(),
+            };
+            self.level_keys.insert(row.text(width)?.to_owned(), keys);
+            found.extend(endpoint);
+        }
+        Ok(found)
     }
 
     async fn enable_endpoint(&mut self, level_id: &EntityId, now: Millis) -> Result<bool> {
@@ -1328,9 +1412,19 @@ impl Tx for SqlTx {
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
-        let SqlTx { mut exec, seen, .. } = *self;
+        let SqlTx {
+            mut exec,
+            seen,
+            work_signal,
+            queued_work,
+            ..
+        } = *self;
         exec.remember(seen);
-        exec.commit().await
+        exec.commit().await?;
+        if let (Some(signal), true) = (work_signal, queued_work) {
+            signal.raise();
+        }
+        Ok(())
     }
 }
 
