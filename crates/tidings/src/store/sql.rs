@@ -1360,7 +1360,7 @@ impl Tx for SqlTx {
                 .collect::<Vec<_>>()
                 .join(", ");
             format!(
-                "SELECT {columns}, v.column1, s.current, s.previous, s.previous_until \
+                "SELECT {columns}, s.level_id, s.current, s.previous, s.previous_until \
                  FROM (VALUES {}) AS v \
                  LEFT JOIN endpoints en ON en.level_id = v.column1 \
                  LEFT JOIN level_secrets s ON s.level_id = v.column1",
@@ -1378,11 +1378,18 @@ impl Tx for SqlTx {
                 Some(_) => Some(endpoints::endpoint_from_row(&row)?),
                 None => None,
             };
-            let keys = LevelKeys {
-                secrets: secrets_from_row(&row, width + 1)?,
-                success: endpoint.as_ref().map(|(_, e)| e.success).unwrap_or_default(),
-            };
-            self.level_keys.insert(row.text(width)?.to_owned(), keys);
+            // A level without secrets (none were ever made for it) gets none, as its
+            // attempts say (`no_secret`).
+            if let Some(level) = row.opt_text(width)? {
+                let keys = LevelKeys {
+                    secrets: secrets_from_row(&row, width + 1)?,
+                    success: endpoint
+                        .as_ref()
+                        .map(|(_, e)| e.success)
+                        .unwrap_or_default(),
+                };
+                self.level_keys.insert(level.to_owned(), keys);
+            }
             found.extend(endpoint);
         }
         Ok(found)
