@@ -16,7 +16,7 @@ use tidings::domain::Millis;
 use tidings::schedule::RetrySchedule;
 use tidings_verify::{Secret, Verifier};
 
-use crate::helpers::app::{settle, Setup};
+use crate::helpers::app::Setup;
 use crate::helpers::receiver::{Received, Receiver, Reply};
 use crate::helpers::tls::TestCa;
 use crate::helpers::{eventually, free_port};
@@ -65,7 +65,7 @@ async fn a_200_answer_is_delivered_exactly_once() {
     assert_eq!(a[0]["status_code"], 200);
     assert_eq!(a[0]["error"], Value::Null);
     assert_eq!(a[0]["body"], "ok");
-    settle().await;
+    app.idle().await;
     let requests = receiver.requests();
     assert_eq!(requests.len(), 1, "delivered once, not again");
     let r = &requests[0];
@@ -136,7 +136,7 @@ async fn any_status_but_200_is_a_failed_attempt_with_its_code_and_body_excerpt()
         assert!(error.contains(&status.to_string()), "{path}: {error}");
         assert_eq!(receiver.requests_to(path).len(), 1, "{path}");
     }
-    settle().await;
+    app.idle().await;
     assert!(
         receiver.requests_to("/target").is_empty(),
         "a redirect is not followed"
@@ -240,7 +240,7 @@ async fn five_failed_attempts_end_failed_with_one_notification_and_every_request
         assert_eq!(attempt["status_code"], 500);
         assert_eq!(attempt["body"], "down for maintenance");
     }
-    settle().await;
+    app.idle().await;
     let requests = receiver.requests_to("/down");
     assert_eq!(requests.len(), 5, "five attempts, no more");
     let verifier = verifier(&app.secret("resellers", &reseller).await);
@@ -308,7 +308,7 @@ async fn retries_follow_the_default_schedule_of_1m_10m_1h_24h() {
         // One millisecond before it is due, nothing happens.
         clock.advance(delay - MS);
         app.wake();
-        settle().await;
+        app.idle().await;
         let w = app.webhook(&id).await;
         assert_eq!(
             w["attempt_count"],
@@ -558,7 +558,7 @@ async fn a_restart_in_the_middle_of_the_schedule_keeps_the_next_attempt_time() {
     assert_eq!(w["next_attempt_at"], before["next_attempt_at"]);
     clock.advance(MINUTE - MS);
     app.wake();
-    settle().await;
+    app.idle().await;
     assert_eq!(app.webhook(&id).await["attempt_count"], 1);
     assert_eq!(
         receiver.requests().len(),
@@ -725,7 +725,7 @@ async fn retrying_a_failed_webhook_makes_a_sixth_attempt() {
     assert_eq!(sixth["number"], 6);
     assert_eq!(sixth["status_code"], 200);
     assert_eq!(sixth["error"], Value::Null);
-    settle().await;
+    app.idle().await;
     let requests = receiver.requests();
     assert_eq!(requests.len(), 6, "exactly one more attempt");
     assert_eq!(requests[5].json()["id"], id.as_str());
@@ -770,7 +770,7 @@ async fn recover_requeues_the_failed_webhooks_of_a_level_since_a_time() {
         let w = app.wait_status(id, "succeeded").await;
         assert_eq!(w["attempt_count"], 6);
     }
-    settle().await;
+    app.idle().await;
     let w = app.webhook(&earlier).await;
     assert_eq!(w["status"], "failed", "created before `since`");
     assert_eq!(w["attempt_count"], 5);

@@ -13,9 +13,6 @@ use crate::helpers::receiver::{Receiver, Reply};
 use crate::helpers::smtp::{eventually, SmtpServer};
 use crate::helpers::{free_port, stores};
 
-/// Long enough for many mailer rounds (20 ms apart): what has not happened by then would not.
-const SETTLE: Duration = Duration::from_millis(600);
-
 /// Tidings for these tests: plain-HTTP receivers on loopback, five attempts 10 ms apart, a
 /// 5 s request timeout, and the mailer, sending through the SMTP server on `smtp_port` (none:
 /// e-mails stay queued); on the database at `database_url`, or the store the harness picks.
@@ -203,7 +200,7 @@ async fn five_failed_attempts_send_exactly_one_email(database_url: Option<String
             .map(|e| (e, list.len()))
     })
     .await;
-    tokio::time::sleep(SETTLE).await;
+    t.idle().await;
     assert_eq!(smtp.messages().len(), 1, "exactly one e-mail");
     let list = t.emails(&format!("level_id={reseller}")).await;
     assert_eq!(list.len(), 1, "{list:?}");
@@ -353,7 +350,7 @@ async fn failures_within_the_window_make_one_digest(database_url: Option<String>
     assert!(!digest.body.contains(&first[0]), "{}", digest.body);
     assert_eq!(digest.body.matches("    #5 at ").count(), 3);
 
-    tokio::time::sleep(SETTLE).await;
+    t.idle().await;
     assert_eq!(smtp.messages().len(), 2);
     let list = t.emails(&format!("level_id={reseller}&status=sent")).await;
     assert_eq!(list.len(), 2, "{list:?}");
@@ -433,7 +430,7 @@ async fn smtp_down_when_the_webhook_fails_the_email_arrives_once_it_is_up() {
     let metrics = t.metrics().await;
     let line = format!("tidings_emails_failed_total {failed_sends}");
     assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
-    tokio::time::sleep(SETTLE).await;
+    t.idle().await;
     assert_eq!(smtp.messages().len(), 1);
     t.stop().await;
 }
@@ -479,7 +476,7 @@ async fn window_zero_sends_one_email_per_failed_webhook() {
         mailed.insert(id.clone());
     }
     assert_eq!(mailed, failed);
-    tokio::time::sleep(SETTLE).await;
+    t.idle().await;
     assert_eq!(smtp.messages().len(), 3);
     let list = t.emails(&format!("level_id={reseller}")).await;
     assert_eq!(list.len(), 3);
@@ -530,7 +527,7 @@ async fn no_recipient_at_any_level_is_recorded_and_listed() {
             receiver.url
         )
     );
-    tokio::time::sleep(SETTLE).await;
+    t.idle().await;
     assert!(smtp.messages().is_empty());
     assert!(t.emails("status=queued").await.is_empty());
     assert_eq!(t.emails("").await.len(), 1);
@@ -607,7 +604,8 @@ async fn two_instances_on_postgres_send_each_email_once() {
     }
     let failed: BTreeSet<String> = a.failed_webhooks(&reseller, 6).await.into_iter().collect();
     let mails = smtp.wait_for(6).await;
-    tokio::time::sleep(SETTLE).await;
+    a.idle().await;
+    b.idle().await;
     let mails_after = smtp.messages();
     assert_eq!(mails_after.len(), 6, "no e-mail sent twice");
     let mailed: BTreeSet<String> = mails
@@ -689,7 +687,7 @@ async fn gone_disables_the_endpoint_and_recover_sends_what_was_kept(database_url
         .map(|w| w["subject_id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(subjects, BTreeSet::from([first.clone(), second.clone()]));
-    tokio::time::sleep(SETTLE).await;
+    t.idle().await;
     assert_eq!(receiver.bodies().len(), 1, "nothing sent while disabled");
     assert_eq!(smtp.messages().len(), 1, "one e-mail");
     let metrics = t.metrics().await;

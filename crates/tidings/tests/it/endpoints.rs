@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tidings::clock::{Clock, ManualClock, SystemClock};
 use tidings::domain::Millis;
 
-use crate::helpers::app::{settle, Setup, TestApp};
+use crate::helpers::app::{Setup, TestApp};
 use crate::helpers::receiver::{Receiver, Reply};
 use crate::helpers::tls::TestCa;
 use crate::helpers::tree::Line;
@@ -120,7 +120,7 @@ async fn an_ordered_level_gets_a_meetings_second_change_only_after_the_first_suc
         clock.advance(advance);
         app.wake();
         app.wait_attempts(&first, attempts).await;
-        settle().await;
+        app.idle().await;
         let w = app.webhook(&second).await;
         assert_eq!(
             (w["status"].as_str(), w["attempt_count"].as_u64()),
@@ -171,7 +171,7 @@ async fn a_level_that_wants_only_meeting_ended_gets_only_that() {
     .await;
     let ended = moment(&app, m, "end").await;
     app.wait_status(&ended, "succeeded").await;
-    settle().await;
+    app.idle().await;
     assert_eq!(
         received_about(&receiver, "/hook", m),
         vec![("MEETING_ENDED".to_owned(), 1)]

@@ -3,8 +3,9 @@
 //! socket needed), the real dispatcher with its guarded HTTPS client and, when a test asks,
 //! the mailer and the pruner; on the system clock or a [`ManualClock`].
 //!
-//! Waiting is always bounded polling ([`eventually`]); tests assert on what happened and in
-//! which order, never on how long it took.
+//! Tests assert on what happened and in which order, never on how long it took: waits are
+//! bounded polling ([`eventually`]), and before asserting that nothing (more) happened a test
+//! waits until the work that could have done it has run ([`TestApp::idle`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,7 @@ use tower::ServiceExt;
 
 use super::tls::TestCa;
 use super::tree::{self, Api, Kind};
-use super::{eventually, id_of, stores, OPERATOR_KEY};
+use super::{eventually, id_of, metric, stores, OPERATOR_KEY};
 
 /// Settings for one test's Tidings, before it starts.
 pub struct Setup {
@@ -349,6 +350,37 @@ impl TestApp {
         self.state.hierarchy.wake_dispatcher();
     }
 
+    /// Waits until the dispatcher has, since this call, looked for due webhooks and found
+    /// none with no attempt in flight, and then (when the mailer runs) until the mailer has
+    /// completed a round: whatever could still have been sent has been. Tests call it before
+    /// asserting that nothing (more) happened.
+    ///
+    /// A pass counted after the count read here may have begun before it; the one after that
+    /// began after it, hence two.
+    pub async fn idle(&self) {
+        let since = self.count("tidings_dispatcher_idle_total").await;
+        eventually("the dispatcher found nothing to do", || async {
+            self.wake();
+            let now = self.count("tidings_dispatcher_idle_total").await;
+            (now >= since + 2.0).then_some(())
+        })
+        .await;
+        if self.mailing {
+            let since = self.count("tidings_mailer_rounds_total").await;
+            eventually("the mailer completed a round", || async {
+                let now = self.count("tidings_mailer_rounds_total").await;
+                (now >= since + 2.0).then_some(())
+            })
+            .await;
+        }
+    }
+
+    /// A counter of `/metrics`.
+    async fn count(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        metric(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
     /// Calls the API with `key` (None: no `Authorization` header) and a raw body.
     pub async fn raw(
         &self,
@@ -627,10 +659,4 @@ impl Snapshot {
         }
         out
     }
-}
-
-/// Gives the dispatcher time to do something it must not do (used only before asserting
-/// that nothing happened).
-pub async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
 }
