@@ -2,9 +2,10 @@
 //! subtree and the webhooks and e-mails addressed to it, and nothing else exists for it.
 //!
 //! The matrix: for each key level (and the operator key as the baseline), on a fresh copy of
-//! the standard tree, every resource and method is tried against every object, and the
-//! answer is compared with what a model of the tree says the key may do, the fields that
-//! express the authority of the levels above (`suspended`, `package`, parents) included.
+//! the tenancy tree ([`build_tree`]), every resource and method is tried against every
+//! object, and the answer is compared with what a model of the tree says the key may do, the
+//! fields that express the authority of the levels above (`suspended`, `package`, parents)
+//! included.
 //! Every refused request is checked to have changed nothing stored. The matrix runs again
 //! for keys under a suspended level: reads as before, every change 403. A property test
 //! throws generated JSON at every collection: never a 5xx, never a change on a 4xx, and some
@@ -24,7 +25,7 @@ use crate::helpers::app::{Answer, Setup, Snapshot, TestApp};
 use crate::helpers::tree::{node_for, references, Kind, Model, Node, Position, Who};
 use crate::helpers::OPERATOR_KEY;
 
-/// The label of the level each key level is bound to in the standard tree.
+/// The label of the level each key level is bound to in the tenancy tree.
 fn bound_label(level: Kind) -> &'static str {
     match level {
         Kind::Reseller => "RA",
@@ -2503,7 +2504,7 @@ fn contact(name: &str) -> Value {
     json!({"first_name": name, "last_name": "Contact", "email": format!("{}@contact.example", name.to_lowercase())})
 }
 
-/// Where the standard tree's levels send their webhooks (never reached: no test that uses
+/// Where the tenancy tree's levels send their webhooks (never reached: no test that uses
 /// these URLs runs a dispatcher).
 const HOOKS: &str = "https://hooks.example";
 
@@ -2554,7 +2555,7 @@ fn meeting_body(label: &str, company: &str, site: Option<&str>, created_by: &str
     body
 }
 
-/// The standard tree, every level with a `webhook_url` (so webhooks exist at every level):
+/// The tenancy tree: two resellers' subtrees, every level with a `webhook_url` (so webhooks exist at every level):
 ///
 /// ```text
 /// RA ─ A1 ─ C1a ─ S1a1, S1a2      users U1a (C1a; S1a1, S1a2), UA1 (dealer A1), URA (reseller RA)
@@ -2568,7 +2569,7 @@ async fn build_tree(t: &TestApp) -> Model {
     build_tree_at(t, HOOKS).await
 }
 
-/// The standard tree with webhook URLs under `base`.
+/// [`build_tree`] with webhook URLs under `base`.
 async fn build_tree_at(t: &TestApp, base: &str) -> Model {
     let mut tree = Model::default();
     let p = tree

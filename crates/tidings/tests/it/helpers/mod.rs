@@ -16,8 +16,6 @@
 //! Nothing here sleeps in place of a condition: every wait polls for what it needs and gives
 //! up at a deadline.
 
-#![allow(dead_code)] // each test module uses a different part of the harness
-
 pub mod app;
 pub mod examples;
 pub mod receiver;

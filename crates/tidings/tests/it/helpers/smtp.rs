@@ -55,7 +55,6 @@ pub struct Mail {
 /// An aiosmtpd process accepting every message into a Maildir; killed on drop.
 pub struct SmtpServer {
     child: Child,
-    pub port: u16,
     maildir: PathBuf,
     python: PathBuf,
 }
@@ -81,7 +80,6 @@ impl SmtpServer {
             .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
         let mut server = SmtpServer {
             child,
-            port,
             maildir: maildir.to_owned(),
             python,
         };

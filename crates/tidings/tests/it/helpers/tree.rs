@@ -257,11 +257,8 @@ impl Tree {
 #[derive(Debug, Clone)]
 pub struct Line {
     pub reseller: String,
-    pub dealer: String,
     pub company: String,
-    pub agent: String,
     pub meetings: Vec<String>,
-    pub model: Model,
 }
 
 impl Line {
@@ -314,11 +311,8 @@ impl Line {
         }
         Line {
             reseller,
-            dealer,
             company,
-            agent,
             meetings: made,
-            model: m,
         }
     }
 }
@@ -367,8 +361,6 @@ impl Kind {
         Kind::Meeting,
         Kind::Package,
     ];
-    pub const LEVELS: [Kind; 4] = [Kind::Reseller, Kind::Dealer, Kind::Company, Kind::Site];
-
     pub fn collection(self) -> &'static str {
         match self {
             Kind::Reseller => "resellers",
@@ -526,13 +518,6 @@ impl Model {
 
     pub fn id(&self, label: &str) -> String {
         self.by_label(label).id.clone()
-    }
-
-    pub fn label(&self, id: &str) -> String {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .map_or_else(|| id.to_owned(), |n| n.label.clone())
     }
 
     pub fn of_kind(&self, kind: Kind) -> Vec<Node> {
