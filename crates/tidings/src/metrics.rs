@@ -85,6 +85,8 @@ pub struct Metrics {
     pruned: Family<KindLabel, Counter>,
     backpressure_wait: Histogram,
     backpressure_timeouts: Counter,
+    dispatcher_idle: Counter,
+    mailer_rounds: Counter,
     gauges: Mutex<Gauges>,
     /// [`CHEAP_READ`] and [`COST_RATIO`] (other values in tests).
     reuse_from: Duration,
@@ -203,6 +205,18 @@ impl Metrics {
             "API changes that waited TIDINGS_BACKPRESSURE_WAIT for room in vain and wrote their webhooks to the queue",
             backpressure_timeouts.clone(),
         );
+        let dispatcher_idle = Counter::default();
+        registry.register(
+            "dispatcher_idle",
+            "Times the dispatcher looked for due webhooks and found none it could claim, with no attempt of its own in flight: it had nothing to do until a webhook comes due or new work arrives",
+            dispatcher_idle.clone(),
+        );
+        let mailer_rounds = Counter::default();
+        registry.register(
+            "mailer_rounds",
+            "Rounds the mailer completed: each places new failures into e-mails and sends the e-mails that are due",
+            mailer_rounds.clone(),
+        );
         Metrics {
             registry,
             backpressure_wait,
@@ -222,6 +236,8 @@ impl Metrics {
             emails_sent,
             emails_failed,
             pruned,
+            dispatcher_idle,
+            mailer_rounds,
             gauges: Mutex::new(Gauges::default()),
             reuse_from: CHEAP_READ,
             reuse_ratio: COST_RATIO,
@@ -362,6 +378,16 @@ impl Metrics {
 
     pub fn email_failed(&self) {
         self.emails_failed.inc();
+    }
+
+    /// Counts one claim pass that found the dispatcher with nothing to do.
+    pub fn dispatcher_idle(&self) {
+        self.dispatcher_idle.inc();
+    }
+
+    /// Counts one completed round of the mailer.
+    pub fn mailer_round(&self) {
+        self.mailer_rounds.inc();
     }
 
     /// Counts the rows one pruning batch removed.

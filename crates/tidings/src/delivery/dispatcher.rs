@@ -210,6 +210,10 @@ impl Dispatcher {
                 }
             };
             if batch.is_empty() {
+                if self.in_flight.load(Ordering::SeqCst) == 0 {
+                    // Whatever this instance could send by now, it has sent and recorded.
+                    self.metrics.dispatcher_idle();
+                }
                 let wait = match self.store.next_due_at().await {
                     Ok(Some(t)) => Duration::from_millis((t.0 - now.0).max(0) as u64)
                         .min(self.config.idle_wake),

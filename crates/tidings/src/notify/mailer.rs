@@ -154,7 +154,10 @@ impl Mailer {
         }
         while !shutdown.is_cancelled() {
             let wait = match self.round(&shutdown).await {
-                Ok(wait) => wait,
+                Ok(wait) => {
+                    self.metrics.mailer_round();
+                    wait
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "mailer round failed; retrying in 1s");
                     Duration::from_secs(1)

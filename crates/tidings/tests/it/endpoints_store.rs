@@ -1,0 +1,453 @@
+//! Endpoint settings in the store, on both stores: ordered claims, 410 Gone, health.
+
+use crate::helpers::stores;
+
+use std::collections::HashSet;
+
+use tidings::domain::endpoint::{Endpoint, SuccessRule};
+use tidings::domain::{EntityId, EventType, Level, Millis};
+use tidings::store::{
+    Attempt, EmailFilter, Lease, NewEvent, NewWebhook, Next, Recorded, Store, WebhookFilter,
+    WebhookStatus,
+};
+
+const T0: Millis = Millis(1_700_000_000_000);
+const LEASE: Millis = Millis(T0.0 + 1_000_000);
+
+fn id() -> EntityId {
+    EntityId::generate(T0)
+}
+
+/// Commits one MEETING_CHANGED event about `subject` with one webhook to `level`; with a
+/// lease, returns what the hand-off got.
+async fn event(
+    store: &dyn Store,
+    level: &EntityId,
+    subject: &EntityId,
+    ordered: bool,
+    disabled: bool,
+    lease: Option<&Lease>,
+) -> (EntityId, usize) {
+    let e = NewEvent {
+        id: id(),
+        event_type: EventType::MeetingChanged,
+        subject_id: subject.clone(),
+        data: "{}".into(),
+        created_at: T0,
+    };
+    let w = NewWebhook {
+        id: id(),
+        level: Level::Company,
+        level_id: level.clone(),
+        url: "https://c.example/hook".into(),
+        ordered,
+        disabled,
+    };
+    let wid = w.id.clone();
+    let mut tx = store.write().await.unwrap();
+    let claimed = tx.add_event(&e, &[w], lease).await.unwrap();
+    tx.commit().await.unwrap();
+    (wid, claimed.len())
+}
+
+fn attempt(number: u32, status: u16, at: Millis) -> Attempt {
+    Attempt {
+        number,
+        started_at: at,
+        duration_ms: 1,
+        status_code: Some(status),
+        error: (status != 200).then(|| format!("HTTP {status}")),
+        body: String::new(),
+    }
+}
+
+fn record(webhook: &EntityId, number: u32, status: u16, at: Millis, next: Next) -> Recorded {
+    Recorded {
+        webhook_id: webhook.clone(),
+        attempt: attempt(number, status, at),
+        next,
+    }
+}
+
+async fn claim_ids(store: &dyn Store, owner: &str, now: Millis) -> HashSet<EntityId> {
+    store
+        .claim_due(owner, now, Millis(now.0 + 30_000), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.webhook.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_ordered_webhook_waits_for_the_older_one_about_its_subject_and_others_do_not() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let (level, meeting, other) = (id(), id(), id());
+        let (first, _) = event(store, &level, &meeting, true, false, None).await;
+        let (second, _) = event(store, &level, &meeting, true, false, None).await;
+        let (elsewhere, _) = event(store, &level, &other, true, false, None).await;
+        let (unordered, _) = event(store, &level, &meeting, false, false, None).await;
+
+        let got = claim_ids(store, "a", T0).await;
+        let want: HashSet<EntityId> = [first.clone(), elsewhere.clone(), unordered.clone()].into();
+        assert_eq!(got, want, "{}: the second waits for the first", s.name);
+
+        // The first fails and waits for a retry: the second still waits, even once due.
+        let retry_at = Millis(T0.0 + 60_000);
+        let t1 = Millis(T0.0 + 10);
+        let results = [
+            record(&first, 1, 500, t1, Next::RetryAt(retry_at)),
+            record(&elsewhere, 1, 200, t1, Next::Succeeded),
+            record(&unordered, 1, 200, t1, Next::Succeeded),
+        ];
+        assert_eq!(store.record("a", &results, t1).await.unwrap().len(), 3);
+        let (w2, _) = store.webhook(&second).await.unwrap().unwrap();
+        assert_eq!(
+            w2.due_at,
+            Some(retry_at),
+            "{}: held back until the first's retry",
+            s.name
+        );
+        assert!(claim_ids(store, "b", t1).await.is_empty(), "{}", s.name);
+        let got = claim_ids(store, "b", retry_at).await;
+        assert_eq!(got, [first.clone()].into(), "{}: the first only", s.name);
+        let t2 = Millis(retry_at.0 + 10);
+        assert!(claim_ids(store, "c", t2).await.is_empty(), "{}", s.name);
+
+        // Once the first succeeded, the second goes.
+        let done = [record(&first, 2, 200, t2, Next::Succeeded)];
+        assert_eq!(store.record("b", &done, t2).await.unwrap(), vec![0]);
+        assert_eq!(
+            claim_ids(store, "c", t2).await,
+            [second.clone()].into(),
+            "{}",
+            s.name
+        );
+
+        // A finally failed one lets the next go.
+        let (third, _) = event(store, &level, &meeting, true, false, None).await;
+        let failed = [record(&second, 1, 500, t2, Next::Failed)];
+        assert!(claim_ids(store, "d", t2).await.is_empty(), "{}", s.name);
+        store.record("c", &failed, t2).await.unwrap();
+        assert_eq!(
+            claim_ids(store, "d", t2).await,
+            [third].into(),
+            "{}",
+            s.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_ordered_webhook_is_handed_off_only_when_nothing_older_is_unfinished() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let (level, meeting) = (id(), id());
+        let lease = Lease {
+            owner: "me".into(),
+            until: LEASE,
+        };
+        let (first, handed) = event(store, &level, &meeting, true, false, Some(&lease)).await;
+        assert_eq!(handed, 1, "{}: nothing older", s.name);
+        let (second, handed) = event(store, &level, &meeting, true, false, Some(&lease)).await;
+        assert_eq!(handed, 0, "{}: the first is in flight", s.name);
+        let (w2, _) = store.webhook(&second).await.unwrap().unwrap();
+        assert_eq!(
+            (w2.status, w2.due_at),
+            (WebhookStatus::Pending, Some(T0)),
+            "{}",
+            s.name
+        );
+        // An unordered one is handed off whatever is in flight.
+        let (_, handed) = event(store, &level, &meeting, false, false, Some(&lease)).await;
+        assert_eq!(handed, 1, "{}", s.name);
+        assert!(claim_ids(store, "x", T0).await.is_empty(), "{}", s.name);
+        store
+            .record("me", &[record(&first, 1, 200, T0, Next::Succeeded)], T0)
+            .await
+            .unwrap();
+        assert_eq!(
+            claim_ids(store, "x", T0).await,
+            [second].into(),
+            "{}",
+            s.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn gone_disables_the_endpoint_its_pending_webhooks_and_queues_one_email() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let (level, meeting) = (id(), id());
+        let (gone, _) = event(store, &level, &meeting, false, false, None).await;
+        let (in_flight, _) = event(store, &level, &meeting, false, false, None).await;
+        let claimed = claim_ids(store, "a", T0).await;
+        assert_eq!(claimed.len(), 2, "{}", s.name);
+        let (waiting, _) = event(store, &level, &meeting, false, false, None).await;
+
+        let t1 = Millis(T0.0 + 5);
+        store
+            .record("a", &[record(&gone, 1, 410, t1, Next::Gone)], t1)
+            .await
+            .unwrap();
+        let e = store.endpoint(&level).await.unwrap();
+        assert!(!e.enabled, "{}", s.name);
+        assert_eq!(
+            e.disabled_reason.as_deref(),
+            Some("the receiver answered 410 Gone at 2023-11-14T22:13:20.005Z"),
+            "{}",
+            s.name
+        );
+        for (w, want) in [
+            (&gone, WebhookStatus::Disabled),
+            (&waiting, WebhookStatus::Disabled),
+            (&in_flight, WebhookStatus::Pending),
+        ] {
+            let (w, _) = store.webhook(w).await.unwrap().unwrap();
+            assert_eq!(w.status, want, "{}", s.name);
+        }
+        // The one in flight comes back for a retry: it waits as disabled too.
+        let t2 = Millis(T0.0 + 6);
+        store
+            .record(
+                "a",
+                &[record(
+                    &in_flight,
+                    1,
+                    500,
+                    t2,
+                    Next::RetryAt(Millis(T0.0 + 60_000)),
+                )],
+                t2,
+            )
+            .await
+            .unwrap();
+        let disabled = store
+            .webhooks(&WebhookFilter {
+                status: Some(WebhookStatus::Disabled),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(disabled.len(), 3, "{}", s.name);
+        assert!(disabled.iter().all(|w| w.due_at.is_none()), "{}", s.name);
+        assert_eq!(store.next_due_at().await.unwrap(), None, "{}", s.name);
+
+        let emails = store
+            .emails(&EmailFilter {
+                level_id: Some(level.clone()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(emails.len(), 1, "{}: one e-mail", s.name);
+        assert_eq!(
+            emails[0].subject,
+            "[Tidings] Endpoint https://c.example/hook disabled: it answered 410 Gone",
+            "{}",
+            s.name
+        );
+        assert_eq!(emails[0].disabled_reason, e.disabled_reason, "{}", s.name);
+
+        // Enabled again, recover makes them due.
+        let on = e
+            .patched(Level::Company, &serde_json::json!({"enabled": true}))
+            .unwrap();
+        // A change of other settings leaves `enabled` as the store has it.
+        let ordered_only = e
+            .patched(Level::Company, &serde_json::json!({"ordered": true}))
+            .unwrap();
+        let stale = Endpoint {
+            enabled: true,
+            ..ordered_only
+        };
+        store.put_endpoint(&level, &stale, false, t2).await.unwrap();
+        let still = store.endpoint(&level).await.unwrap();
+        assert!(still.ordered && !still.enabled, "{}", s.name);
+        assert_eq!(still.disabled_reason, e.disabled_reason, "{}", s.name);
+        store.put_endpoint(&level, &on, true, t2).await.unwrap();
+        assert_eq!(
+            store.recover(&level, T0, t2).await.unwrap(),
+            3,
+            "{}",
+            s.name
+        );
+        assert_eq!(claim_ids(store, "b", t2).await.len(), 3, "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn settings_round_trip_and_new_webhooks_of_a_disabled_endpoint_are_kept_disabled() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let (level, meeting) = (id(), id());
+        assert_eq!(store.endpoint(&level).await.unwrap(), Endpoint::default());
+        let settings = Endpoint {
+            event_types: Some(vec![EventType::MeetingEnded, EventType::UserCreated]),
+            ordered: true,
+            enabled: true,
+            disabled_reason: None,
+            success: SuccessRule::Any2xx,
+        };
+        store
+            .put_endpoint(&level, &settings, true, T0)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.endpoint(&level).await.unwrap(),
+            settings,
+            "{}",
+            s.name
+        );
+        let mut tx = store.read().await.unwrap();
+        let other = id();
+        assert_eq!(
+            tx.endpoints(&[&level, &other]).await.unwrap(),
+            vec![(level.clone(), settings.clone())],
+            "{}",
+            s.name
+        );
+        drop(tx);
+        // The claim carries the level's success rule.
+        event(store, &level, &meeting, false, false, None).await;
+        let claimed = store.claim_due("a", T0, LEASE, 10).await.unwrap();
+        assert_eq!(claimed[0].success, SuccessRule::Any2xx, "{}", s.name);
+
+        let (kept, handed) = event(
+            store,
+            &level,
+            &meeting,
+            false,
+            true,
+            Some(&Lease {
+                owner: "a".into(),
+                until: LEASE,
+            }),
+        )
+        .await;
+        assert_eq!(handed, 0, "{}: never handed off", s.name);
+        let (w, _) = store.webhook(&kept).await.unwrap().unwrap();
+        assert_eq!((w.status, w.due_at), (WebhookStatus::Disabled, None));
+
+        // A new webhook URL enables the endpoint (as the API's change does).
+        let off = settings
+            .patched(Level::Company, &serde_json::json!({"enabled": false}))
+            .unwrap();
+        store.put_endpoint(&level, &off, true, T0).await.unwrap();
+        let mut tx = store.write().await.unwrap();
+        assert!(tx.enable_endpoint(&level, T0).await.unwrap(), "{}", s.name);
+        assert!(!tx.enable_endpoint(&level, T0).await.unwrap(), "{}", s.name);
+        tx.commit().await.unwrap();
+        let on = store.endpoint(&level).await.unwrap();
+        assert!(on.enabled && on.disabled_reason.is_none(), "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn health_is_kept_as_attempts_are_recorded_and_read_for_many_levels_at_once() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let (a, b, quiet) = (id(), id(), id());
+        let mut hooks = Vec::new();
+        for level in [&a, &a, &a, &b] {
+            hooks.push(event(store, level, &id(), false, false, None).await.0);
+        }
+        claim_ids(store, "o", T0).await;
+        let t1 = Millis(T0.0 + 1_000);
+        let t2 = Millis(T0.0 + 2_000);
+        store
+            .record(
+                "o",
+                &[
+                    record(&hooks[0], 1, 200, t1, Next::Succeeded),
+                    record(&hooks[1], 1, 500, t2, Next::RetryAt(Millis(T0.0 + 60_000))),
+                    record(&hooks[3], 1, 200, t1, Next::Succeeded),
+                ],
+                t2,
+            )
+            .await
+            .unwrap();
+        let t3 = Millis(T0.0 + 3_000);
+        store
+            .record("o", &[record(&hooks[2], 1, 503, t3, Next::Failed)], t3)
+            .await
+            .unwrap();
+        let health = store
+            .endpoint_health(&[a.clone(), b.clone(), quiet.clone()], t3)
+            .await
+            .unwrap();
+        assert_eq!(
+            health.len(),
+            2,
+            "{}: no row for a level never attempted",
+            s.name
+        );
+        let ha = &health[&a];
+        assert_eq!(ha.last_success_at, Some(t1), "{}", s.name);
+        assert_eq!(ha.last_failure_at, Some(t3), "{}", s.name);
+        assert_eq!(ha.last_error.as_deref(), Some("HTTP 503"), "{}", s.name);
+        assert_eq!(ha.consecutive_failures, 2, "{}", s.name);
+        assert_eq!((ha.successes_24h, ha.failures_24h), (1, 2), "{}", s.name);
+        let hb = &health[&b];
+        assert_eq!(
+            (hb.consecutive_failures, hb.successes_24h, hb.failures_24h),
+            (0, 1, 0)
+        );
+        // A day later the counters have aged out; the last times stay.
+        let later = Millis(T0.0 + 25 * 3_600_000);
+        let health = store
+            .endpoint_health(std::slice::from_ref(&a), later)
+            .await
+            .unwrap();
+        assert_eq!(
+            (health[&a].successes_24h, health[&a].failures_24h),
+            (0, 0),
+            "{}",
+            s.name
+        );
+        assert_eq!(health[&a].last_success_at, Some(t1), "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_held_back_for_a_retry_goes_as_soon_as_an_early_retry_succeeds() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let (level, meeting) = (id(), id());
+        let (first, _) = event(store, &level, &meeting, true, false, None).await;
+        let (second, _) = event(store, &level, &meeting, true, false, None).await;
+        assert_eq!(claim_ids(store, "a", T0).await, [first.clone()].into());
+        let hour_later = Millis(T0.0 + 3_600_000);
+        store
+            .record(
+                "a",
+                &[record(&first, 1, 500, T0, Next::RetryAt(hour_later))],
+                T0,
+            )
+            .await
+            .unwrap();
+        // Retried by hand (the API's retry), long before its hour.
+        let t1 = Millis(T0.0 + 1_000);
+        store.retry(&first, t1).await.unwrap();
+        assert_eq!(
+            claim_ids(store, "b", t1).await,
+            [first.clone()].into(),
+            "{}",
+            s.name
+        );
+        store
+            .record("b", &[record(&first, 2, 200, t1, Next::Succeeded)], t1)
+            .await
+            .unwrap();
+        assert_eq!(
+            claim_ids(store, "c", t1).await,
+            [second].into(),
+            "{}: due at once, not in an hour",
+            s.name
+        );
+    }
+}
