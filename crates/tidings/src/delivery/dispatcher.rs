@@ -599,7 +599,20 @@ fn outcome_label(o: &tidings_egress::Outcome) -> &'static str {
     }
 }
 
-/// Records finished attempts in batches; a failed write is retried, never dropped.
+/// How many batches of attempts are recorded at once. SQLite has one writer, which
+/// records one batch at a time whatever the number. On PostgreSQL each batch is a
+/// transaction of its own, written side by side: with one at a time, an attempt waited for
+/// the batch before its own, and the room it held in the dispatcher (which back-pressure
+/// lends to the API) was given back that much later.
+fn recorders(store: &dyn Store) -> usize {
+    match store.backend() {
+        "postgres" => 4,
+        _ => 1,
+    }
+}
+
+/// Records finished attempts in batches; a failed write is retried, never dropped. Returns
+/// once the channel is closed and every batch is recorded.
 #[allow(clippy::too_many_arguments)]
 async fn record_loop(
     store: Arc<dyn Store>,
@@ -611,8 +624,16 @@ async fn record_loop(
     slot_freed: Arc<Freed>,
     new_work: Arc<Notify>,
 ) {
-    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    let parallel = recorders(store.as_ref());
+    let recorders = Arc::new(tokio::sync::Semaphore::new(parallel));
     while let Some(first) = rx.recv().await {
+        // The batch grows while every recorder is busy.
+        let recorder = recorders
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
         batch.push(first);
         while batch.len() < RECORD_BATCH {
             match rx.try_recv() {
@@ -620,29 +641,40 @@ async fn record_loop(
                 Err(_) => break,
             }
         }
-        loop {
-            match store.record(&owner, &batch, clock.now()).await {
-                Ok(recorded) => {
-                    for i in recorded {
-                        metrics.recorded(&batch[i].next);
+        let (store, metrics, owner, clock) =
+            (store.clone(), metrics.clone(), owner.clone(), clock.clone());
+        let (in_flight, slot_freed, new_work) =
+            (in_flight.clone(), slot_freed.clone(), new_work.clone());
+        tokio::spawn(async move {
+            loop {
+                match store.record(&owner, &batch, clock.now()).await {
+                    Ok(recorded) => {
+                        for i in recorded {
+                            metrics.recorded(&batch[i].next);
+                        }
+                        break;
                     }
-                    break;
-                }
-                Err(e) => {
-                    metrics.record_failed();
-                    tracing::error!(error = %e, count = batch.len(), "recording attempts failed; retrying in 1s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Err(e) => {
+                        metrics.record_failed();
+                        tracing::error!(error = %e, count = batch.len(), "recording attempts failed; retrying in 1s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
             }
-        }
-        in_flight.fetch_sub(batch.len(), Ordering::SeqCst);
-        slot_freed.notify();
-        if batch.iter().any(|r| matches!(r.next, Next::RetryAt(_))) {
-            // A retry may be due earlier than the loop's sleep.
-            new_work.notify_one();
-        }
-        batch.clear();
+            in_flight.fetch_sub(batch.len(), Ordering::SeqCst);
+            slot_freed.notify();
+            if batch.iter().any(|r| matches!(r.next, Next::RetryAt(_))) {
+                // A retry may be due earlier than the loop's sleep.
+                new_work.notify_one();
+            }
+            drop(recorder);
+        });
     }
+    // Every batch under way is recorded before the loop ends.
+    let _all = recorders
+        .acquire_many(parallel as u32)
+        .await
+        .expect("the semaphore is never closed");
 }
 
 /// The destination a URL names, for per-destination limits: scheme, host and port.

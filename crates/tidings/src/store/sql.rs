@@ -578,19 +578,6 @@ impl Store for SqlStore {
                 _ => {}
             }
         }
-        let deltas = endpoints::health_deltas(kept.iter().map(|r| {
-            Outcome {
-                level_id: &rows[r.webhook_id.as_str()].0,
-                succeeded: r.next == Next::Succeeded,
-                at: r.attempt.started_at,
-                error: r
-                    .attempt
-                    .error
-                    .clone()
-                    .or_else(|| r.attempt.status_code.map(|c| format!("HTTP {c}"))),
-            }
-        }));
-        endpoints::record_health(tx.as_mut(), &deltas).await?;
         // The attempts themselves, many rows a statement.
         for chunk in statement_chunks(&kept) {
             static INSERTS: SqlBySize = SqlBySize::new();
@@ -617,6 +604,21 @@ impl Store for SqlStore {
                 .collect();
             tx.execute(&sql, &params).await?;
         }
+        // Last, so that the levels' health rows, which concurrent batches (PostgreSQL) and
+        // the levels' other webhooks share, are locked for as short a time as can be.
+        let deltas = endpoints::health_deltas(kept.iter().map(|r| {
+            Outcome {
+                level_id: &rows[r.webhook_id.as_str()].0,
+                succeeded: r.next == Next::Succeeded,
+                at: r.attempt.started_at,
+                error: r
+                    .attempt
+                    .error
+                    .clone()
+                    .or_else(|| r.attempt.status_code.map(|c| format!("HTTP {c}"))),
+            }
+        }));
+        endpoints::record_health(tx.as_mut(), &deltas).await?;
         tx.commit().await?;
         Ok(positions)
     }
