@@ -210,9 +210,18 @@ impl ConsoleStore for SqlStore {
         for chunk in level_chunks(levels) {
             let mut params: Vec<Param> = vec![limit.into()];
             let clause = level_clause("level_id", chunk, &mut params);
+            // Every level: in due order, so that PostgreSQL too reads the index of pending
+            // webhooks (it would rather scan the table, finished webhooks and all, when most
+            // rows are pending). Some levels: through the index on level.
+            let order = if chunk.is_none() {
+                " ORDER BY due_at"
+            } else {
+                ""
+            };
             let sql = format!(
                 "SELECT CAST(COUNT(*) AS BIGINT) FROM \
-                 (SELECT 1 AS one FROM webhooks WHERE due_at IS NOT NULL{clause} LIMIT $1) q"
+                 (SELECT 1 AS one FROM webhooks WHERE due_at IS NOT NULL{clause}{order} \
+                  LIMIT $1) q"
             );
             counted += count(first_int(self, &sql, &params).await?);
             let mut params: Vec<Param> = vec![now.0.into()];
