@@ -9,10 +9,14 @@ use super::layout::{self, Section};
 use super::tree::{self, Tree};
 use super::{Shared, Signed};
 use crate::domain::Millis;
-use crate::store::{Bucket, QueueStats};
+use crate::store::{Bucket, BucketWidth, QueueDepth};
 
-const MINUTE: i64 = 60_000;
-const HOUR: i64 = 3_600_000;
+const MINUTE: i64 = BucketWidth::Minute.millis();
+const HOUR: i64 = BucketWidth::Hour.millis();
+/// The queue is counted up to this many webhooks: counting a million pending ones takes
+/// PostgreSQL most of a second, ten thousand a few milliseconds, and past this a figure says
+/// no more at a glance than "over 10,000" (the `tidings_queue_depth` metric has them all).
+const QUEUE_CAP: u64 = 10_000;
 
 pub async fn page(State(c): State<Shared>, signed: Signed) -> Response {
     match render(&c, &signed).await {
@@ -29,15 +33,12 @@ async fn render(c: &Shared, signed: &Signed) -> Result<Response, crate::store::S
     let hour_start = Millis((now.0 / MINUTE - 59) * MINUTE);
     let day_start = Millis((now.0 / HOUR - 23) * HOUR);
     let per_minute = store
-        .attempt_buckets(scope.as_deref(), hour_start, MINUTE)
+        .attempt_buckets(scope.as_deref(), hour_start, BucketWidth::Minute)
         .await?;
     let per_hour = store
-        .attempt_buckets(scope.as_deref(), day_start, HOUR)
+        .attempt_buckets(scope.as_deref(), day_start, BucketWidth::Hour)
         .await?;
-    let queue = match &scope {
-        None => store.queue_stats(now).await?,
-        Some(ids) => store.level_queue(ids, now).await?,
-    };
+    let queue = store.queue_depth(scope.as_deref(), now, QUEUE_CAP).await?;
     // Kept up to date as attempts are recorded: one read for every level in view.
     let health = store.endpoint_health(&tree.ids(), now).await?;
     let mut failing: Vec<_> = health
@@ -60,8 +61,13 @@ async fn render(c: &Shared, signed: &Signed) -> Result<Response, crate::store::S
             }
             div.card {
                 h2 { "Queue" }
-                p.figure { (queue.pending) }
-                p.muted { "waiting for an attempt" }
+                @if queue.more {
+                    p.figure { "over " (thousands(queue.pending)) }
+                    p.muted { "waiting for an attempt (counting stops there)" }
+                } @else {
+                    p.figure { (thousands(queue.pending)) }
+                    p.muted { "waiting for an attempt" }
+                }
             }
             div.card {
                 h2 { "Oldest due" }
@@ -119,7 +125,20 @@ fn ratio(ok: u64, bad: u64) -> String {
     }
 }
 
-fn oldest(now: Millis, q: &QueueStats) -> Markup {
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn oldest(now: Millis, q: &QueueDepth) -> Markup {
     html! {
         @match q.oldest_due {
             Some(t) => { p.figure { (layout::age(now, t)) } p.muted { "overdue since " (layout::time(t)) } },
@@ -185,5 +204,19 @@ fn chart(buckets: &[Bucket], n: usize, start: Millis, width_ms: i64, unit: &str)
                 span.ends { (ago) " ago … now" }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn figures_are_grouped_by_thousands() {
+        let shown: Vec<String> = [0, 999, 1_000, 100_000, 1_234_567]
+            .into_iter()
+            .map(thousands)
+            .collect();
+        assert_eq!(shown, ["0", "999", "1,000", "100,000", "1,234,567"]);
     }
 }

@@ -1,14 +1,44 @@
 //! Aggregate reads for the web console: each page's figures in one query over the levels it
-//! shows, never a query per row.
+//! shows, never a query per row, and none that reads rows in proportion to the store: the
+//! charts read the counters kept as attempts are recorded (`endpoint_hours` and
+//! `endpoint_minutes`, see [`super::endpoints`]), the queue is counted up to a cap, and the
+//! lists of failed and of disabled webhooks read their own partial indexes (migration 0009).
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
 
+use super::endpoints::{Slots, HOUR_MS, MINUTE_MS};
 use super::exec::Param;
 use super::sql::{webhook_from_row, SqlStore, WEBHOOK_COLUMNS, WEBHOOK_FROM};
-use super::{QueueStats, Result, Webhook, WebhookFilter};
+use super::{Result, Webhook, WebhookFilter};
 use crate::domain::{EntityId, Millis};
+
+/// What one chart bar spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketWidth {
+    Minute,
+    Hour,
+}
+
+impl BucketWidth {
+    pub const fn millis(self) -> i64 {
+        match self {
+            BucketWidth::Minute => MINUTE_MS,
+            BucketWidth::Hour => HOUR_MS,
+        }
+    }
+
+    /// The counters kept at this width: a ring of 60 minutes or of 24 hours per level.
+    fn slots(self) -> Slots {
+        match self {
+            BucketWidth::Minute => Slots::MINUTES,
+            BucketWidth::Hour => Slots::HOURS,
+        }
+    }
+}
 
 /// Delivery attempts in one time bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -17,6 +47,17 @@ pub struct Bucket {
     pub index: i64,
     pub succeeded: u64,
     pub failed: u64,
+}
+
+/// The queue as the overview shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueDepth {
+    /// Webhooks waiting for an attempt (due now or later, or in flight), at most the cap.
+    pub pending: u64,
+    /// Whether more than `pending` wait: counting stopped at the cap.
+    pub more: bool,
+    /// The due time of the oldest webhook that is due and not claimed.
+    pub oldest_due: Option<Millis>,
 }
 
 /// How a webhook's latest attempt ended.
@@ -29,18 +70,25 @@ pub struct LastAttempt {
 
 #[async_trait]
 pub trait ConsoleStore {
-    /// Attempts started since `since`, counted per `bucket_ms`, of the webhooks addressed to
-    /// `levels` (every level when `None`); buckets without attempts are left out.
+    /// Attempts started in the minute (or hour) holding `since` and after it, counted per
+    /// `width`, of the webhooks addressed to `levels` (every level when `None`); buckets
+    /// without attempts are left out. Read from the counters the record transaction keeps,
+    /// which hold the last 60 minutes and the last 24 hours.
     async fn attempt_buckets(
         &self,
         levels: Option<&[EntityId]>,
         since: Millis,
-        bucket_ms: i64,
+        width: BucketWidth,
     ) -> Result<Vec<Bucket>>;
 
-    /// Webhooks waiting for an attempt among `levels`, and the due time of the oldest one
-    /// due by `now` and not claimed.
-    async fn level_queue(&self, levels: &[EntityId], now: Millis) -> Result<QueueStats>;
+    /// Webhooks waiting for an attempt among `levels` (every level when `None`), counted up
+    /// to `cap`, and the due time of the oldest one due by `now` and not claimed.
+    async fn queue_depth(
+        &self,
+        levels: Option<&[EntityId]>,
+        now: Millis,
+        cap: u64,
+    ) -> Result<QueueDepth>;
 
     /// The latest attempt's status code and error of each of `webhooks` that has one.
     async fn last_attempts(&self, webhooks: &[EntityId]) -> Result<Vec<LastAttempt>>;
@@ -53,6 +101,9 @@ pub trait ConsoleStore {
         levels: Option<&[EntityId]>,
     ) -> Result<Vec<Webhook>>;
 }
+
+/// Largest number of level ids in one query.
+const LEVEL_CHUNK: usize = 500;
 
 /// ` AND <column> IN ($n, ...)` for the ids in `levels`, appending them to `params`.
 fn level_clause<'a>(
@@ -69,6 +120,15 @@ fn level_clause<'a>(
         marks.push(format!("${}", params.len()));
     }
     format!(" AND {column} IN ({})", marks.join(", "))
+}
+
+/// `levels` in lists of at most [`LEVEL_CHUNK`] ids, each read with one query: `None`
+/// (every level) stays one read, and no level at all needs none.
+fn level_chunks(levels: Option<&[EntityId]>) -> Vec<Option<&[EntityId]>> {
+    match levels {
+        None => vec![None],
+        Some(ids) => ids.chunks(LEVEL_CHUNK).map(Some).collect(),
+    }
 }
 
 fn count(v: Option<i64>) -> u64 {
@@ -94,62 +154,90 @@ fn int(r: &AnyRow, i: usize) -> Result<Option<i64>> {
     Ok(r.try_get::<Option<i64>, _>(i)?)
 }
 
+/// The first column of a read's first row.
+async fn first_int(store: &SqlStore, sql: &str, params: &[Param<'_>]) -> Result<Option<i64>> {
+    match fetch(store, sql, params).await?.first() {
+        Some(r) => int(r, 0),
+        None => Ok(None),
+    }
+}
+
 #[async_trait]
 impl ConsoleStore for SqlStore {
     async fn attempt_buckets(
         &self,
         levels: Option<&[EntityId]>,
         since: Millis,
-        bucket_ms: i64,
+        width: BucketWidth,
     ) -> Result<Vec<Bucket>> {
-        if levels.is_some_and(<[EntityId]>::is_empty) {
-            return Ok(Vec::new());
+        let first = since.0.div_euclid(width.millis());
+        let Slots { table, unit, .. } = width.slots();
+        let mut sums: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
+        for chunk in level_chunks(levels) {
+            let mut params: Vec<Param> = vec![first.into()];
+            let clause = level_clause("level_id", chunk, &mut params);
+            let sql = format!(
+                "SELECT {unit} - $1, CAST(SUM(successes) AS BIGINT), \
+                        CAST(SUM(failures) AS BIGINT) \
+                 FROM {table} WHERE {unit} >= $1{clause} GROUP BY {unit}"
+            );
+            for r in fetch(self, &sql, &params).await? {
+                let sum = sums.entry(int(&r, 0)?.unwrap_or(0)).or_default();
+                sum.0 += count(int(&r, 1)?);
+                sum.1 += count(int(&r, 2)?);
+            }
         }
-        let mut params: Vec<Param> = vec![since.0.into(), bucket_ms.max(1).into()];
-        let (join, clause) = match levels {
-            Some(_) => (
-                " JOIN webhooks w ON w.id = t.webhook_id",
-                level_clause("w.level_id", levels, &mut params),
-            ),
-            None => ("", String::new()),
-        };
-        let sql = format!(
-            "SELECT CAST((t.started_at - $1) / $2 AS BIGINT) AS bucket, \
-                    CAST(SUM(CASE WHEN t.error IS NULL THEN 1 ELSE 0 END) AS BIGINT), \
-                    CAST(SUM(CASE WHEN t.error IS NULL THEN 0 ELSE 1 END) AS BIGINT) \
-             FROM attempts t{join} WHERE t.started_at >= $1{clause} \
-             GROUP BY 1 ORDER BY 1"
-        );
-        let rows = fetch(self, &sql, &params).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Bucket {
-                    index: int(r, 0)?.unwrap_or(0),
-                    succeeded: count(int(r, 1)?),
-                    failed: count(int(r, 2)?),
-                })
+        Ok(sums
+            .into_iter()
+            .map(|(index, (succeeded, failed))| Bucket {
+                index,
+                succeeded,
+                failed,
             })
-            .collect()
+            .collect())
     }
 
-    async fn level_queue(&self, levels: &[EntityId], now: Millis) -> Result<QueueStats> {
-        if levels.is_empty() {
-            return Ok(QueueStats::default());
+    async fn queue_depth(
+        &self,
+        levels: Option<&[EntityId]>,
+        now: Millis,
+        cap: u64,
+    ) -> Result<QueueDepth> {
+        // Counting one more than the cap tells whether more wait.
+        let limit = i64::try_from(cap).unwrap_or(i64::MAX - 1) + 1;
+        let mut counted = 0;
+        let mut oldest: Option<i64> = None;
+        for chunk in level_chunks(levels) {
+            let mut params: Vec<Param> = vec![limit.into()];
+            let clause = level_clause("level_id", chunk, &mut params);
+            // Every level: in due order, so that PostgreSQL too reads the index of pending
+            // webhooks (it would rather scan the table, finished webhooks and all, when most
+            // rows are pending). Some levels: through the index on level.
+            let order = if chunk.is_none() {
+                " ORDER BY due_at"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM \
+                 (SELECT 1 AS one FROM webhooks WHERE due_at IS NOT NULL{clause}{order} \
+                  LIMIT $1) q"
+            );
+            counted += count(first_int(self, &sql, &params).await?);
+            let mut params: Vec<Param> = vec![now.0.into()];
+            let clause = level_clause("level_id", chunk, &mut params);
+            let sql = format!(
+                "SELECT MIN(due_at) FROM webhooks \
+                 WHERE due_at IS NOT NULL AND due_at <= $1 AND claimed_by IS NULL{clause}"
+            );
+            if let Some(t) = first_int(self, &sql, &params).await? {
+                oldest = Some(oldest.map_or(t, |o| o.min(t)));
+            }
         }
-        let mut params: Vec<Param> = vec![now.0.into()];
-        let clause = level_clause("level_id", Some(levels), &mut params);
-        let sql = format!(
-            "SELECT CAST(COUNT(*) AS BIGINT), \
-                    MIN(CASE WHEN due_at <= $1 AND claimed_by IS NULL THEN due_at END) \
-             FROM webhooks WHERE due_at IS NOT NULL{clause}"
-        );
-        let rows = fetch(self, &sql, &params).await?;
-        let Some(r) = rows.first() else {
-            return Ok(QueueStats::default());
-        };
-        Ok(QueueStats {
-            pending: count(int(r, 0)?),
-            oldest_due: int(r, 1)?.map(Millis),
+        Ok(QueueDepth {
+            pending: counted.min(cap),
+            more: counted > cap,
+            oldest_due: oldest.map(Millis),
         })
     }
 
@@ -192,8 +280,9 @@ impl ConsoleStore for SqlStore {
             sql.push_str(&format!(" AND w.id < ${}", params.len()));
         }
         if let Some(s) = f.status {
-            params.push(s.as_str().into());
-            sql.push_str(&format!(" AND w.status = ${}", params.len()));
+            // Written out rather than bound, so that both planners see that the partial index
+            // of failed (or of disabled) webhooks holds every row asked for.
+            sql.push_str(&format!(" AND w.status = '{}'", s.as_str()));
         }
         if let Some(t) = f.event_type {
             params.push(t.as_str().into());
@@ -216,8 +305,9 @@ impl ConsoleStore for SqlStore {
             sql.push_str(&format!(" AND w.created_at < ${}", params.len()));
         }
         sql.push_str(&level_clause("w.level_id", levels, &mut params));
-        params.push((f.limit as i64).into());
-        sql.push_str(&format!(" ORDER BY w.id DESC LIMIT ${}", params.len()));
+        // The page size written out too: PostgreSQL's generic plan for an unknown limit
+        // reads the table in parallel workers, whose start alone costs more than the page.
+        sql.push_str(&format!(" ORDER BY w.id DESC LIMIT {}", f.limit));
         let rows = self.begin_read().await?.fetch(&sql, &params).await?;
         rows.iter().map(webhook_from_row).collect()
     }

@@ -2,8 +2,8 @@
 //!
 //! Settings live in `endpoints` (a level without a row has the defaults). Health is kept up
 //! to date by the transaction that records attempts ([`record_health`]): one row per level
-//! with the last success and failure, and 24 hourly slots of counters per level, so reading
-//! health never scans attempts.
+//! with the last success and failure, 24 hourly slots of counters per level and 60 slots of
+//! counters by minute, so reading health or the console's charts never scans attempts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -11,7 +11,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 
 use super::exec::{Exec, Param, Row};
-use super::sql::SqlStore;
+use super::sql::{SqlBySize, SqlStore};
 use super::{Result, StoreError};
 use crate::domain::endpoint::{Endpoint, SuccessRule};
 use crate::domain::{EntityId, Millis};
@@ -64,7 +64,8 @@ pub trait EndpointStore: Send + Sync {
     ) -> Result<HashMap<EntityId, Health>>;
 }
 
-const HOUR_MS: i64 = 3_600_000;
+pub(super) const HOUR_MS: i64 = 3_600_000;
+pub(super) const MINUTE_MS: i64 = 60_000;
 /// Largest number of level ids in one health query.
 const HEALTH_CHUNK: usize = 500;
 
@@ -134,6 +135,8 @@ pub(super) struct HealthDelta {
     pub trailing_failures: i64,
     /// Successes and failures by hour (Unix milliseconds / one hour).
     pub hours: BTreeMap<i64, (i64, i64)>,
+    /// Successes and failures by minute (Unix milliseconds / one minute).
+    pub minutes: BTreeMap<i64, (i64, i64)>,
 }
 
 /// One recorded attempt as health sees it: its level, whether it succeeded, when, and
@@ -154,12 +157,15 @@ pub(super) fn health_deltas<'a>(
     for o in outcomes {
         let d = deltas.entry(o.level_id).or_default();
         let hour = d.hours.entry(o.at.0.div_euclid(HOUR_MS)).or_default();
+        let minute = d.minutes.entry(o.at.0.div_euclid(MINUTE_MS)).or_default();
         if o.succeeded {
             hour.0 += 1;
+            minute.0 += 1;
             d.last_success_at = Some(d.last_success_at.map_or(o.at, |t| t.max(o.at)));
             d.trailing_failures = 0;
         } else {
             hour.1 += 1;
+            minute.1 += 1;
             if d.last_failure_at.is_none_or(|t| o.at >= t) {
                 d.last_failure_at = Some(o.at);
                 d.last_error = o.error;
@@ -170,7 +176,8 @@ pub(super) fn health_deltas<'a>(
     deltas
 }
 
-/// Adds a batch's health deltas in the record transaction: two statements per 64 levels.
+/// Adds a batch's health deltas in the record transaction: one statement per 64 levels for
+/// the health rows, one per 64 (level, hour) and one per 64 (level, minute) for the counters.
 pub(super) async fn record_health(
     tx: &mut dyn Exec,
     deltas: &BTreeMap<&EntityId, HealthDelta>,
@@ -203,34 +210,98 @@ pub(super) async fn record_health(
             .collect();
         tx.execute(&sql, &params).await?;
     }
-    let hours: Vec<(&EntityId, i64, i64, i64)> = deltas
-        .iter()
-        .flat_map(|(id, d)| d.hours.iter().map(move |(h, (s, f))| (*id, *h, *s, *f)))
-        .collect();
-    for chunk in super::sql::statement_chunks(&hours) {
-        // A slot holding an older hour is overwritten; one holding a newer hour is kept.
-        let sql = format!(
-            "INSERT INTO endpoint_hours (level_id, slot, hour, successes, failures) VALUES {} \
-             ON CONFLICT (level_id, slot) DO UPDATE SET \
-             successes = CASE WHEN endpoint_hours.hour = excluded.hour \
-             THEN endpoint_hours.successes + excluded.successes \
-             WHEN endpoint_hours.hour > excluded.hour THEN endpoint_hours.successes \
-             ELSE excluded.successes END, \
-             failures = CASE WHEN endpoint_hours.hour = excluded.hour \
-             THEN endpoint_hours.failures + excluded.failures \
-             WHEN endpoint_hours.hour > excluded.hour THEN endpoint_hours.failures \
-             ELSE excluded.failures END, \
-             hour = CASE WHEN endpoint_hours.hour > excluded.hour THEN endpoint_hours.hour \
-             ELSE excluded.hour END",
-            super::sql::value_rows(chunk.len(), 5)
+    static HOURS: SqlBySize = SqlBySize::new();
+    static MINUTES: SqlBySize = SqlBySize::new();
+    add_to_slots(tx, &HOURS, Slots::HOURS, deltas, |d| &d.hours).await?;
+    add_to_slots(tx, &MINUTES, Slots::MINUTES, deltas, |d| &d.minutes).await?;
+    Ok(())
+}
+
+/// A table of counters by level and time unit, kept in a ring of slots per level.
+pub(super) struct Slots {
+    pub table: &'static str,
+    /// The column holding the unit's number (Unix milliseconds / the unit's length).
+    pub unit: &'static str,
+    /// Slots per level: `slot` = unit number mod this.
+    pub count: i64,
+}
+
+impl Slots {
+    /// The last 24 hours (endpoint health, the console's per-hour chart).
+    pub const HOURS: Slots = Slots {
+        table: "endpoint_hours",
+        unit: "hour",
+        count: 24,
+    };
+    /// The last 60 minutes (the console's per-minute chart).
+    pub const MINUTES: Slots = Slots {
+        table: "endpoint_minutes",
+        unit: "minute",
+        count: 60,
+    };
+}
+
+/// The rows a batch adds to a ring of `count` slots per level: (level, unit, successes,
+/// failures), by level and unit. Of a level's units, only those within `count` of its newest
+/// are kept: an older one would share a slot with a newer one and be overwritten by it, and
+/// PostgreSQL refuses one statement that changes the same row twice.
+fn slot_rows<'a>(
+    deltas: &BTreeMap<&'a EntityId, HealthDelta>,
+    count: i64,
+    counts: impl Fn(&HealthDelta) -> &BTreeMap<i64, (i64, i64)>,
+) -> Vec<(&'a EntityId, i64, i64, i64)> {
+    let mut rows = Vec::new();
+    for (id, d) in deltas {
+        let units = counts(d);
+        let Some(newest) = units.keys().next_back() else {
+            continue;
+        };
+        rows.extend(
+            units
+                .range(newest - count + 1..)
+                .map(|(u, (s, f))| (*id, *u, *s, *f)),
         );
+    }
+    rows
+}
+
+/// Adds a batch's successes and failures per level and time unit to `slots`: one row per
+/// level and unit the batch touched, 64 rows a statement.
+async fn add_to_slots(
+    tx: &mut dyn Exec,
+    texts: &SqlBySize,
+    slots: Slots,
+    deltas: &BTreeMap<&EntityId, HealthDelta>,
+    counts: impl Fn(&HealthDelta) -> &BTreeMap<i64, (i64, i64)>,
+) -> Result<()> {
+    let Slots { table, unit, count } = slots;
+    let rows = slot_rows(deltas, count, counts);
+    for chunk in super::sql::statement_chunks(&rows) {
+        // A slot holding an older unit is overwritten; one holding a newer unit is kept.
+        let sql = texts.get(chunk.len(), |n| {
+            format!(
+                "INSERT INTO {table} (level_id, slot, {unit}, successes, failures) VALUES {} \
+                 ON CONFLICT (level_id, slot) DO UPDATE SET \
+                 successes = CASE WHEN {table}.{unit} = excluded.{unit} \
+                 THEN {table}.successes + excluded.successes \
+                 WHEN {table}.{unit} > excluded.{unit} THEN {table}.successes \
+                 ELSE excluded.successes END, \
+                 failures = CASE WHEN {table}.{unit} = excluded.{unit} \
+                 THEN {table}.failures + excluded.failures \
+                 WHEN {table}.{unit} > excluded.{unit} THEN {table}.failures \
+                 ELSE excluded.failures END, \
+                 {unit} = CASE WHEN {table}.{unit} > excluded.{unit} THEN {table}.{unit} \
+                 ELSE excluded.{unit} END",
+                super::sql::value_rows(n, 5)
+            )
+        });
         let params: Vec<Param> = chunk
             .iter()
-            .flat_map(|(id, h, s, f)| {
+            .flat_map(|(id, u, s, f)| {
                 [
                     id.as_str().into(),
-                    h.rem_euclid(24).into(),
-                    (*h).into(),
+                    u.rem_euclid(count).into(),
+                    (*u).into(),
                     (*s).into(),
                     (*f).into(),
                 ]
@@ -371,9 +442,39 @@ mod tests {
             da.hours.iter().map(|(h, c)| (*h, *c)).collect::<Vec<_>>(),
             vec![(10, (1, 2)), (11, (0, 1))]
         );
+        assert_eq!(
+            da.minutes.iter().map(|(m, c)| (*m, *c)).collect::<Vec<_>>(),
+            vec![(600, (1, 2)), (660, (0, 1))]
+        );
         let db = &deltas[&b];
         assert_eq!((db.trailing_failures, db.last_failure_at), (0, None));
         assert_eq!(deltas.keys().copied().collect::<Vec<_>>(), vec![&a, &b]);
+    }
+
+    #[test]
+    fn a_batch_longer_than_the_ring_adds_only_the_units_the_ring_holds() {
+        let (a, b) = (id(1), id(2));
+        let o = |level, minute: i64| Outcome {
+            level_id: level,
+            succeeded: true,
+            at: Millis(minute * MINUTE_MS),
+            error: None,
+        };
+        // a: minutes 100, 139, 160 and 161 (100 shares 160's slot, which it would overwrite).
+        let deltas = health_deltas([o(&a, 160), o(&a, 100), o(&b, 5), o(&a, 161), o(&a, 139)]);
+        let rows: Vec<(EntityId, i64, i64, i64)> = slot_rows(&deltas, 60, |d| &d.minutes)
+            .into_iter()
+            .map(|(l, u, s, f)| (l.clone(), u, s, f))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (a.clone(), 139, 1, 0),
+                (a.clone(), 160, 1, 0),
+                (a, 161, 1, 0),
+                (b, 5, 1, 0)
+            ]
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::domain::entities::Entity;
 use crate::domain::{EntityId, EventType, Kind, Level, Millis};
 
 pub use backup::backup_sqlite;
-pub use console::{Bucket, ConsoleStore, LastAttempt};
+pub use console::{Bucket, BucketWidth, ConsoleStore, LastAttempt, QueueDepth};
 pub use endpoints::{EndpointStore, Health};
 pub use keys::{ApiKeyRecord, KeyStore};
 pub use notifications::*;

@@ -8,8 +8,8 @@ use stores::{contact, id, T0};
 use tidings::domain::entities::{Dealer, Entity, Reseller};
 use tidings::domain::{EntityId, EventType, Level, Millis};
 use tidings::store::{
-    Attempt, Bucket, LastAttempt, NewEvent, NewWebhook, Next, Recorded, Store, WebhookFilter,
-    WebhookStatus,
+    Attempt, Bucket, BucketWidth, LastAttempt, NewEvent, NewWebhook, Next, QueueDepth, Recorded,
+    Store, WebhookFilter, WebhookStatus,
 };
 
 /// Commits a reseller with `n` DEALER_CREATED webhooks to it.
@@ -129,14 +129,17 @@ async fn console_aggregates_count_attempts_health_and_queue_per_level() {
 
         // Per minute from T0: a0, b0 delivered and b1 failed in the first; a1, a2 in the second.
         assert_eq!(
-            store.attempt_buckets(None, T0, 60_000).await.unwrap(),
+            store
+                .attempt_buckets(None, T0, BucketWidth::Minute)
+                .await
+                .unwrap(),
             vec![bucket(0, 2, 1), bucket(1, 0, 2)],
             "{}",
             s.name
         );
         assert_eq!(
             store
-                .attempt_buckets(Some(std::slice::from_ref(&a)), T0, 60_000)
+                .attempt_buckets(Some(std::slice::from_ref(&a)), T0, BucketWidth::Minute)
                 .await
                 .unwrap(),
             vec![bucket(0, 1, 0), bucket(1, 0, 2)],
@@ -144,38 +147,61 @@ async fn console_aggregates_count_attempts_health_and_queue_per_level() {
             s.name
         );
         assert_eq!(
-            store.attempt_buckets(Some(&[]), T0, 60_000).await.unwrap(),
+            store
+                .attempt_buckets(Some(&[]), T0, BucketWidth::Minute)
+                .await
+                .unwrap(),
             vec![],
             "{}",
             s.name
         );
 
         // a1 waits for its retry; nothing of b does.
-        let qa = store
-            .level_queue(std::slice::from_ref(&a), Millis(retry_at.0 + 1))
-            .await
-            .unwrap();
+        let queue = |levels: Option<&[EntityId]>, now: Millis, cap: u64| {
+            let levels = levels.map(<[EntityId]>::to_vec);
+            async move {
+                store
+                    .queue_depth(levels.as_deref(), now, cap)
+                    .await
+                    .unwrap()
+            }
+        };
+        let depth = |pending, more, oldest_due| QueueDepth {
+            pending,
+            more,
+            oldest_due,
+        };
+        let after_retry = Millis(retry_at.0 + 1);
         assert_eq!(
-            (qa.pending, qa.oldest_due),
-            (1, Some(retry_at)),
+            queue(Some(std::slice::from_ref(&a)), after_retry, 10).await,
+            depth(1, false, Some(retry_at)),
             "{}",
             s.name
         );
-        let qa_early = store
-            .level_queue(std::slice::from_ref(&a), T0)
-            .await
-            .unwrap();
         assert_eq!(
-            (qa_early.pending, qa_early.oldest_due),
-            (1, None),
+            queue(Some(std::slice::from_ref(&a)), T0, 10).await,
+            depth(1, false, None),
             "{}",
             s.name
         );
-        let qb = store
-            .level_queue(std::slice::from_ref(&b), Millis(retry_at.0 + 1))
-            .await
-            .unwrap();
-        assert_eq!((qb.pending, qb.oldest_due), (0, None), "{}", s.name);
+        assert_eq!(
+            queue(Some(std::slice::from_ref(&b)), after_retry, 10).await,
+            depth(0, false, None),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            queue(Some(&[]), after_retry, 10).await,
+            depth(0, false, None),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            queue(None, after_retry, 10).await,
+            depth(1, false, Some(retry_at)),
+            "{}",
+            s.name
+        );
 
         // The latest attempt of each webhook asked about that has one.
         let mut last = store
@@ -262,5 +288,380 @@ async fn console_aggregates_count_attempts_health_and_queue_per_level() {
             .await
             .unwrap()
             .is_empty());
+    }
+}
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+
+/// The charts' figures as the console read them before it kept counters: a scan of the
+/// attempts started since `since`, bucketed by `width` from there, of the webhooks addressed
+/// to `levels` (every level when `None`).
+async fn scanned_buckets(
+    url: &str,
+    levels: Option<&[EntityId]>,
+    since: Millis,
+    width: i64,
+) -> Vec<Bucket> {
+    use sqlx::{Connection as _, Row as _};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let clause = match levels {
+        None => String::new(),
+        Some(ids) => {
+            let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
+            format!(" AND w.level_id IN ({})", marks.join(", "))
+        }
+    };
+    let sql = format!(
+        "SELECT CAST((t.started_at - $1) / $2 AS BIGINT), \
+                CAST(SUM(CASE WHEN t.error IS NULL THEN 1 ELSE 0 END) AS BIGINT), \
+                CAST(SUM(CASE WHEN t.error IS NULL THEN 0 ELSE 1 END) AS BIGINT) \
+         FROM attempts t JOIN webhooks w ON w.id = t.webhook_id \
+         WHERE t.started_at >= $1{clause} GROUP BY 1 ORDER BY 1"
+    );
+    let mut q = sqlx::query(&sql).bind(since.0).bind(width);
+    for id in levels.unwrap_or_default() {
+        q = q.bind(id.as_str().to_owned());
+    }
+    q.fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| Bucket {
+            index: r.get::<i64, _>(0),
+            succeeded: r.get::<i64, _>(1) as u64,
+            failed: r.get::<i64, _>(2) as u64,
+        })
+        .collect()
+}
+
+/// Claims every due webhook, then records `plan` (webhook, start time, delivered?) in
+/// batches: one `record` call per batch.
+async fn record_batches(store: &dyn Store, batches: &[Vec<(&EntityId, Millis, bool)>]) {
+    store
+        .claim_due("o", T0, Millis(T0.0 + 600_000), 1_000)
+        .await
+        .unwrap();
+    for batch in batches {
+        let results: Vec<Recorded> = batch
+            .iter()
+            .map(|(webhook, at, delivered)| Recorded {
+                webhook_id: (*webhook).clone(),
+                attempt: Attempt {
+                    number: 1,
+                    started_at: *at,
+                    duration_ms: 3,
+                    status_code: Some(if *delivered { 200 } else { 500 }),
+                    error: (!*delivered).then(|| "HTTP 500".to_owned()),
+                    body: String::new(),
+                },
+                next: if *delivered {
+                    Next::Succeeded
+                } else {
+                    Next::Failed
+                },
+            })
+            .collect();
+        let kept = store.record("o", &results, Millis(T0.0 + 1)).await.unwrap();
+        assert_eq!(kept.len(), results.len());
+    }
+}
+
+#[tokio::test]
+async fn chart_counters_give_what_a_scan_of_the_attempts_gives_at_minute_and_hour_edges() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let (a, wa) = level_with_webhooks(store, 6).await;
+        let (b, wb) = level_with_webhooks(store, 4).await;
+        let (c, wc) = level_with_webhooks(store, 4).await;
+        // An hour's start after T0; the overview is looked at 5 h 30 min 10 s later.
+        let h = Millis((T0.0.div_euclid(HOUR) + 1) * HOUR);
+        let at =
+            |hours: i64, minutes: i64, ms: i64| Millis(h.0 + hours * HOUR + minutes * MINUTE + ms);
+        let now = at(5, 30, 10_000);
+        let minute_start = Millis((now.0 / MINUTE - 59) * MINUTE);
+        let day_start = Millis((now.0 / HOUR - 23) * HOUR);
+        assert_eq!((minute_start, day_start), (at(4, 31, 0), at(-18, 0, 0)));
+        record_batches(
+            store,
+            &[
+                vec![
+                    (&wa[0], at(5, 30, 0), true),
+                    (&wa[1], at(5, 29, MINUTE - 1), false),
+                    (&wa[2], at(5, 29, 0), true),
+                    // The window's first minute, and the last millisecond before it.
+                    (&wb[0], at(4, 31, 0), true),
+                    (&wb[1], at(4, 30, MINUTE - 1), false),
+                    // Either side of an hour's start.
+                    (&wc[0], at(5, 0, 0), false),
+                    (&wc[1], at(4, 59, MINUTE - 1), true),
+                ],
+                vec![
+                    // 61 minutes old: the per-minute slot it shares holds a newer minute of a.
+                    (&wa[3], at(4, 29, 0), true),
+                    (&wb[2], at(-18, 0, 0), true),
+                    (&wb[3], at(-18, 0, -1), false),
+                    (&wc[2], at(5, 29, 30_000), false),
+                    // Added to the minute a's first batch counted.
+                    (&wa[4], at(5, 29, 10_000), false),
+                ],
+                vec![
+                    // 60 minutes old, 24 hours old: recorded after newer ones in their slots.
+                    (&wa[5], at(4, 30, 0), true),
+                    (&wc[3], at(-19, 0, 0), false),
+                ],
+            ],
+        )
+        .await;
+
+        let minutes = |levels: Option<Vec<EntityId>>| async move {
+            store
+                .attempt_buckets(levels.as_deref(), minute_start, BucketWidth::Minute)
+                .await
+                .unwrap()
+        };
+        let hours = |levels: Option<Vec<EntityId>>| async move {
+            store
+                .attempt_buckets(levels.as_deref(), day_start, BucketWidth::Hour)
+                .await
+                .unwrap()
+        };
+        let every = None;
+        let only_a = Some(vec![a.clone()]);
+        let b_and_c = Some(vec![b.clone(), c.clone()]);
+        assert_eq!(
+            minutes(every.clone()).await,
+            vec![
+                bucket(0, 1, 0),
+                bucket(28, 1, 0),
+                bucket(29, 0, 1),
+                bucket(58, 1, 3),
+                bucket(59, 1, 0)
+            ],
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            minutes(only_a.clone()).await,
+            vec![bucket(58, 1, 2), bucket(59, 1, 0)],
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            minutes(b_and_c.clone()).await,
+            vec![
+                bucket(0, 1, 0),
+                bucket(28, 1, 0),
+                bucket(29, 0, 1),
+                bucket(58, 0, 1)
+            ],
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            hours(every.clone()).await,
+            vec![bucket(0, 1, 0), bucket(22, 4, 1), bucket(23, 2, 4)],
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            hours(only_a.clone()).await,
+            vec![bucket(22, 2, 0), bucket(23, 2, 2)],
+            "{}",
+            s.name
+        );
+        assert_eq!(hours(Some(vec![])).await, vec![], "{}", s.name);
+
+        for levels in [
+            every,
+            only_a,
+            b_and_c,
+            Some(vec![a.clone(), b.clone(), c.clone()]),
+        ] {
+            assert_eq!(
+                minutes(levels.clone()).await,
+                scanned_buckets(&s.url, levels.as_deref(), minute_start, MINUTE).await,
+                "per minute, {levels:?}: {}",
+                s.name
+            );
+            assert_eq!(
+                hours(levels.clone()).await,
+                scanned_buckets(&s.url, levels.as_deref(), day_start, HOUR).await,
+                "per hour, {levels:?}: {}",
+                s.name
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_queue_is_counted_up_to_the_cap_and_says_when_more_wait() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let (a, _) = level_with_webhooks(store, 5).await;
+        let (b, _) = level_with_webhooks(store, 2).await;
+        let depth = |levels: Option<Vec<EntityId>>, cap: u64| async move {
+            let q = store.queue_depth(levels.as_deref(), T0, cap).await.unwrap();
+            (q.pending, q.more, q.oldest_due)
+        };
+        assert_eq!(depth(None, 100).await, (7, false, Some(T0)), "{}", s.name);
+        assert_eq!(depth(None, 7).await, (7, false, Some(T0)), "{}", s.name);
+        assert_eq!(depth(None, 6).await, (6, true, Some(T0)), "{}", s.name);
+        assert_eq!(
+            depth(Some(vec![a.clone()]), 3).await,
+            (3, true, Some(T0)),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            depth(Some(vec![b.clone()]), 3).await,
+            (2, false, Some(T0)),
+            "{}",
+            s.name
+        );
+        // Claimed webhooks still wait for their attempt, but none of them is due unclaimed.
+        store
+            .claim_due("o", T0, Millis(T0.0 + 600_000), 100)
+            .await
+            .unwrap();
+        assert_eq!(depth(None, 100).await, (7, false, None), "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn failed_and_disabled_lists_are_newest_first_and_page_by_cursor() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let (a, wa) = level_with_webhooks(store, 8).await;
+        let (b, wb) = level_with_webhooks(store, 3).await;
+        // a: 0, 2, 4, 6 fail for good, 1 and 5 succeed, 3 and 7 stay pending; b: 0 fails.
+        let batch: Vec<(&EntityId, Millis, bool)> = [
+            (&wa[0], false),
+            (&wa[1], true),
+            (&wa[2], false),
+            (&wa[4], false),
+            (&wa[5], true),
+            (&wa[6], false),
+            (&wb[0], false),
+        ]
+        .into_iter()
+        .map(|(w, ok)| (w, T0, ok))
+        .collect();
+        record_batches(store, &[batch]).await;
+        // Back in the queue: wa[3], wa[7] and b's 1 and 2; disabling b disables its two.
+        store.release_all(T0).await.unwrap();
+        store
+            .put_endpoint(
+                &b,
+                &tidings::domain::endpoint::Endpoint {
+                    enabled: false,
+                    disabled_reason: Some("off".into()),
+                    ..Default::default()
+                },
+                true,
+                T0,
+            )
+            .await
+            .unwrap();
+
+        let newest_first = |mut ids: Vec<EntityId>| {
+            ids.sort();
+            ids.reverse();
+            ids
+        };
+        let list = |status: WebhookStatus,
+                    levels: Option<Vec<EntityId>>,
+                    after: Option<EntityId>,
+                    limit: u32| async move {
+            store
+                .webhooks_newest(
+                    &WebhookFilter {
+                        status: Some(status),
+                        after,
+                        limit,
+                        ..WebhookFilter::default()
+                    },
+                    levels.as_deref(),
+                )
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|w| {
+                    assert_eq!(w.status, status);
+                    w.id
+                })
+                .collect::<Vec<_>>()
+        };
+
+        let failed = newest_first(vec![
+            wa[0].clone(),
+            wa[2].clone(),
+            wa[4].clone(),
+            wa[6].clone(),
+            wb[0].clone(),
+        ]);
+        assert_eq!(
+            list(WebhookStatus::Failed, None, None, 10).await,
+            failed,
+            "{}",
+            s.name
+        );
+        // Two a page, each page after the last id of the one before.
+        let mut pages = Vec::new();
+        let mut after = None;
+        loop {
+            let page = list(WebhookStatus::Failed, None, after.clone(), 2).await;
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().cloned();
+            pages.push(page);
+        }
+        assert_eq!(
+            pages,
+            failed
+                .chunks(2)
+                .map(<[EntityId]>::to_vec)
+                .collect::<Vec<_>>(),
+            "{}",
+            s.name
+        );
+        let failed_a: Vec<EntityId> = failed.iter().filter(|w| **w != wb[0]).cloned().collect();
+        assert_eq!(
+            list(WebhookStatus::Failed, Some(vec![a.clone()]), None, 10).await,
+            failed_a,
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            list(
+                WebhookStatus::Failed,
+                Some(vec![a.clone()]),
+                Some(failed_a[1].clone()),
+                10
+            )
+            .await,
+            failed_a[2..].to_vec(),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            list(WebhookStatus::Disabled, None, None, 10).await,
+            newest_first(vec![wb[1].clone(), wb[2].clone()]),
+            "{}",
+            s.name
+        );
+        assert!(
+            list(WebhookStatus::Disabled, Some(vec![a.clone()]), None, 10)
+                .await
+                .is_empty()
+        );
+        assert_eq!(
+            list(WebhookStatus::Pending, None, None, 10).await,
+            newest_first(vec![wa[3].clone(), wa[7].clone()]),
+            "{}",
+            s.name
+        );
     }
 }
