@@ -1,8 +1,10 @@
 //! Aggregate reads for the web console: each page's figures in one query over the levels it
-//! shows, never a query per row, and none that reads rows in proportion to the store: the
-//! charts read the counters kept as attempts are recorded (`endpoint_hours` and
-//! `endpoint_minutes`, see [`super::endpoints`]), the queue is counted up to a cap, and the
-//! lists of failed and of disabled webhooks read their own partial indexes (migration 0009).
+//! shows, never a query per row. For every level (the operator) none reads rows in proportion
+//! to the store: the charts read the counters kept as attempts are recorded (`endpoint_hours`
+//! and `endpoint_minutes`, see [`super::endpoints`]), the queue is counted up to a cap, and
+//! the lists of failed and of disabled webhooks walk their own partial indexes (migration
+//! 0009). Narrowed to some levels, the queue and the lists read those levels' webhooks
+//! through the index on level.
 
 use std::collections::BTreeMap;
 
