@@ -6,11 +6,13 @@
 //! It never decides who receives what; that is the domain's job.
 
 mod backup;
+mod change;
 mod console;
 mod endpoints;
 mod exec;
 mod keys;
 mod notifications;
+mod queue;
 mod retention;
 mod sql;
 

@@ -17,7 +17,8 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::exec::Exec;
-use super::sql::{parse_id, Backend, Queue, SqlStore};
+use super::queue::Queue;
+use super::sql::{parse_id, Backend, SqlStore};
 use super::{Attempt, Result, StoreError};
 use crate::domain::{EntityId, EventType, Level, Millis};
 use crate::notify::compose::{self, FailedWebhook};

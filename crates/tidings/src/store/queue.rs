@@ -1,0 +1,364 @@
+//! The delivery queue's statements: claiming due webhooks, recording attempts (with what
+//! follows from them: failure notifications, ordered successors, disabled endpoints, health
+//! counters), handing claims back, retries. The webhooks table is the queue: `due_at` is
+//! when a row is next due (a claim's lease end while claimed), `claimed_by` who holds it.
+
+use std::collections::HashMap;
+
+use sqlx::Row as _;
+
+use super::endpoints::{self, Outcome};
+use super::exec::Param;
+use super::sql::{
+    parse_id, secrets_from_row, statement_chunks, success_from, value_rows, webhook_from_row,
+    SqlBySize, SqlStore, WEBHOOK_WIDTH,
+};
+use super::{Claimed, Next, Recorded, Result, RetryOutcome, WebhookStatus};
+use crate::domain::{EntityId, Millis};
+
+/// The two outboxes that are worked as queues: webhooks and failure e-mails.
+#[derive(Clone, Copy)]
+pub(super) enum Queue {
+    Webhooks,
+    Emails,
+}
+
+impl Queue {
+    fn table(self) -> &'static str {
+        match self {
+            Queue::Webhooks => "webhooks",
+            Queue::Emails => "emails",
+        }
+    }
+}
+
+impl SqlStore {
+    /// Records a batch of finished attempts (see [`Store::record`]).
+    pub(super) async fn record_attempts(
+        &self,
+        owner: &str,
+        results: &[Recorded],
+        now: Millis,
+    ) -> Result<Vec<usize>> {
+        let mut tx = self.begin_write().await?;
+        // Each webhook's new state, many rows a statement (`$1` now, four per row, the owner
+        // last); only rows this owner still holds are updated, and returned.
+        let mut kept: Vec<&Recorded> = Vec::with_capacity(results.len());
+        let mut positions = Vec::with_capacity(results.len());
+        // What the returned rows say of each kept webhook: level, URL, ordered, subject.
+        let mut rows: HashMap<String, (EntityId, String, bool, String)> =
+            HashMap::with_capacity(results.len());
+        let mut first = 0;
+        for chunk in statement_chunks(results) {
+            let n = first;
+            first += chunk.len();
+            static UPDATES: SqlBySize = SqlBySize::new();
+            let sql = UPDATES.get(chunk.len(), |n| {
+                let rows: Vec<String> = (0..n)
+                    .map(|i| {
+                        let p = 2 + i * 4;
+                        format!(
+                            "(${p}, ${}, CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                            p + 1,
+                            p + 2,
+                            p + 3
+                        )
+                    })
+                    .collect();
+                // A retry of a webhook whose endpoint was disabled meanwhile waits as
+                // `disabled` instead.
+                let held = "v.column2 = 'pending' AND EXISTS (SELECT 1 FROM endpoints en \
+                            WHERE en.level_id = webhooks.level_id AND en.enabled = 0)";
+                format!(
+                    "UPDATE webhooks SET status = CASE WHEN {held} THEN 'disabled' ELSE v.column2 END, \
+                     attempts = v.column3, due_at = CASE WHEN {held} THEN NULL ELSE v.column4 END, \
+                     claimed_by = NULL, updated_at = $1 FROM (VALUES {}) AS v \
+                     WHERE webhooks.id = v.column1 AND webhooks.claimed_by = ${} \
+                     RETURNING webhooks.id, webhooks.level_id, webhooks.url, webhooks.ordered, \
+                     webhooks.subject_id",
+                    rows.join(", "),
+                    2 + n * 4
+                )
+            });
+            let mut params: Vec<Param> = vec![now.0.into()];
+            for r in chunk {
+                let (status, due_at) = match r.next {
+                    Next::Succeeded => (WebhookStatus::Succeeded, None),
+                    Next::RetryAt(t) => (WebhookStatus::Pending, Some(t.0)),
+                    Next::Failed => (WebhookStatus::Failed, None),
+                    Next::Gone => (WebhookStatus::Disabled, None),
+                };
+                params.extend::<[Param; 4]>([
+                    r.webhook_id.as_str().into(),
+                    status.as_str().into(),
+                    (r.attempt.number as i64).into(),
+                    due_at.into(),
+                ]);
+            }
+            params.push(owner.into());
+            for row in tx.fetch(&sql, &params).await? {
+                rows.insert(
+                    row.text(0)?.to_owned(),
+                    (
+                        parse_id(row.text(1)?)?,
+                        row.text(2)?.to_owned(),
+                        row.int(3)? != 0,
+                        row.text(4)?.to_owned(),
+                    ),
+                );
+            }
+            for (i, r) in chunk.iter().enumerate() {
+                if rows.contains_key(r.webhook_id.as_str()) {
+                    kept.push(r);
+                    positions.push(n + i);
+                } else {
+                    tracing::warn!(webhook = %r.webhook_id, "claim was lost before the attempt was recorded (lease ended); another attempt may follow");
+                }
+            }
+        }
+        for r in kept.iter().filter(|r| r.next == Next::Failed) {
+            tx.execute(
+                "INSERT INTO notifications (id, webhook_id, level_id, url, status, created_at, updated_at) \
+                 SELECT $1, id, level_id, url, 'queued', $2, $2 FROM webhooks WHERE id = $3 \
+                 ON CONFLICT (webhook_id) DO NOTHING",
+                &[
+                    EntityId::generate(now).as_str().into(),
+                    now.0.into(),
+                    r.webhook_id.as_str().into(),
+                ],
+            )
+            .await?;
+        }
+        for r in &kept {
+            let (level_id, url, ordered, subject) = &rows[r.webhook_id.as_str()];
+            match r.next {
+                // The webhooks queued behind an ordered one that waits for a retry wait as
+                // long, so that claims do not keep reading past them meanwhile.
+                Next::RetryAt(t) if *ordered => {
+                    let seq = self.backend.seq();
+                    tx.execute(
+                        &format!(
+                            "UPDATE webhooks SET due_at = $1 WHERE level_id = $2 AND subject_id = $3 \
+                             AND ordered = 1 AND due_at IS NOT NULL AND due_at < $1 \
+                             AND claimed_by IS NULL \
+                             AND {seq} > (SELECT h.{seq} FROM webhooks h WHERE h.id = $4)"
+                        ),
+                        &[
+                            t.0.into(),
+                            level_id.as_str().into(),
+                            subject.as_str().into(),
+                            r.webhook_id.as_str().into(),
+                        ],
+                    )
+                    .await?;
+                }
+                // Finished after a retry: what was held back until that retry is due now
+                // (the retry may have come early, through the API).
+                Next::Succeeded | Next::Failed if *ordered && r.attempt.number > 1 => {
+                    let seq = self.backend.seq();
+                    tx.execute(
+                        &format!(
+                            "UPDATE webhooks SET due_at = $1 WHERE level_id = $2 AND subject_id = $3 \
+                             AND ordered = 1 AND due_at IS NOT NULL AND due_at > $1 \
+                             AND claimed_by IS NULL AND attempts = 0 \
+                             AND {seq} > (SELECT h.{seq} FROM webhooks h WHERE h.id = $4)"
+                        ),
+                        &[
+                            now.0.into(),
+                            level_id.as_str().into(),
+                            subject.as_str().into(),
+                            r.webhook_id.as_str().into(),
+                        ],
+                    )
+                    .await?;
+                }
+                Next::Gone => {
+                    let reason = crate::domain::endpoint::gone_reason(r.attempt.started_at);
+                    if endpoints::disable(tx.as_mut(), level_id, &reason, now).await? {
+                        tracing::warn!(level = %level_id, webhook = %r.webhook_id, "the receiver answered 410 Gone: endpoint disabled, its contact is e-mailed");
+                        crate::store::notifications::queue_disabled_email(
+                            tx.as_mut(),
+                            level_id,
+                            url,
+                            &reason,
+                            now,
+                        )
+                        .await?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The attempts themselves, many rows a statement.
+        for chunk in statement_chunks(&kept) {
+            static INSERTS: SqlBySize = SqlBySize::new();
+            let sql = INSERTS.get(chunk.len(), |n| {
+                format!(
+                    "INSERT INTO attempts (webhook_id, number, started_at, duration_ms, status_code, error, body) \
+                     VALUES {} ON CONFLICT (webhook_id, number) DO NOTHING",
+                    value_rows(n, 7)
+                )
+            });
+            let params: Vec<Param> = chunk
+                .iter()
+                .flat_map(|r| {
+                    [
+                        r.webhook_id.as_str().into(),
+                        (r.attempt.number as i64).into(),
+                        r.attempt.started_at.0.into(),
+                        r.attempt.duration_ms.into(),
+                        r.attempt.status_code.map(i64::from).into(),
+                        r.attempt.error.as_deref().into(),
+                        r.attempt.body.as_str().into(),
+                    ]
+                })
+                .collect();
+            tx.execute(&sql, &params).await?;
+        }
+        // Last, so that the levels' health rows, which concurrent batches (PostgreSQL) and
+        // the levels' other webhooks share, are locked for as short a time as can be.
+        let deltas = endpoints::health_deltas(kept.iter().map(|r| {
+            Outcome {
+                level_id: &rows[r.webhook_id.as_str()].0,
+                succeeded: r.next == Next::Succeeded,
+                at: r.attempt.started_at,
+                error: r
+                    .attempt
+                    .error
+                    .clone()
+                    .or_else(|| r.attempt.status_code.map(|c| format!("HTTP {c}"))),
+            }
+        }));
+        endpoints::record_health(tx.as_mut(), &deltas).await?;
+        tx.commit().await?;
+        Ok(positions)
+    }
+
+    pub(super) async fn release_claims(
+        &self,
+        owner: &str,
+        ids: &[EntityId],
+        due_at: Millis,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        for chunk in statement_chunks(ids) {
+            static RELEASES: SqlBySize = SqlBySize::new();
+            let sql = RELEASES.get(chunk.len(), |n| {
+                format!(
+                    "UPDATE webhooks SET due_at = $1, claimed_by = NULL \
+                     WHERE claimed_by = $2 AND id IN ({})",
+                    (3..n + 3)
+                        .map(|i| format!("${i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            });
+            let mut params: Vec<Param> = vec![due_at.0.into(), owner.into()];
+            params.extend(chunk.iter().map(|id| Param::from(id.as_str())));
+            tx.execute(&sql, &params).await?;
+        }
+        tx.commit().await
+    }
+
+    pub(super) async fn retry_now(&self, id: &EntityId, now: Millis) -> Result<RetryOutcome> {
+        let mut tx = self.begin_write().await?;
+        let Some(row) = tx
+            .fetch(
+                "SELECT claimed_by FROM webhooks WHERE id = $1",
+                &[id.as_str().into()],
+            )
+            .await?
+            .pop()
+        else {
+            return Ok(RetryOutcome::NotFound);
+        };
+        if row.opt_text(0)?.is_some() {
+            return Ok(RetryOutcome::InFlight);
+        }
+        tx.execute(
+            "UPDATE webhooks SET status = 'pending', due_at = $1, updated_at = $1 WHERE id = $2",
+            &[now.0.into(), id.as_str().into()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(RetryOutcome::Queued)
+    }
+
+    /// When the earliest waiting row of `queue` is due (claimed rows count at their lease's end).
+    pub(super) async fn earliest_due(&self, queue: Queue) -> Result<Option<Millis>> {
+        let sql = format!(
+            "SELECT MIN(due_at) AS next FROM {} WHERE due_at IS NOT NULL",
+            queue.table()
+        );
+        let row = sqlx::query(&sql).fetch_one(&self.reader).await?;
+        Ok(row.try_get::<Option<i64>, _>("next")?.map(Millis))
+    }
+
+    /// Ends every claim on `queue` at once, making those rows due at `now`.
+    pub(super) async fn end_all_claims(&self, queue: Queue, now: Millis) -> Result<u64> {
+        let sql = format!(
+            "UPDATE {} SET due_at = $1, claimed_by = NULL WHERE claimed_by IS NOT NULL",
+            queue.table()
+        );
+        self.write_one(&sql, &[now.0.into()]).await
+    }
+
+    pub(crate) async fn claim(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Claimed>> {
+        let skip_locked = self.backend.skip_locked();
+        // One statement claims the rows and returns what their attempts need (SQLite allows
+        // no UPDATE inside WITH, so the event's data and the secrets come as subqueries).
+        let secret = |col: &str| {
+            format!("(SELECT s.{col} FROM level_secrets s WHERE s.level_id = webhooks.level_id)")
+        };
+        // An ordered webhook goes only when no older one to its level about its subject is
+        // unfinished (pending, in flight or waiting for a retry): the check sits in the claim
+        // itself, so it holds across restarts and instances. An unfinished webhook keeps its
+        // `due_at` until its attempt is recorded, so a claim that runs beside another one's
+        // attempt still sees it.
+        let seq = self.backend.seq();
+        let sql = format!(
+            "UPDATE webhooks SET due_at = $1, claimed_by = $2 WHERE id IN \
+             (SELECT w.id FROM webhooks w WHERE w.due_at <= $3 AND (w.ordered = 0 OR NOT EXISTS \
+             (SELECT 1 FROM webhooks o WHERE o.level_id = w.level_id AND o.subject_id = w.subject_id \
+             AND o.ordered = 1 AND o.due_at IS NOT NULL AND o.{seq} < w.{seq})) \
+             ORDER BY w.due_at LIMIT $4{skip_locked}) \
+             RETURNING id, event_id, type, subject_id, level, level_id, url, created_at, status, \
+             attempts, due_at, (SELECT e.data FROM events e WHERE e.id = webhooks.event_id), {}, {}, {}, \
+             (SELECT en.success FROM endpoints en WHERE en.level_id = webhooks.level_id)",
+            secret("current"),
+            secret("previous"),
+            secret("previous_until"),
+        );
+        let mut tx = self.begin_write_now().await?;
+        let rows = tx
+            .fetch(
+                &sql,
+                &[
+                    lease_until.0.into(),
+                    owner.into(),
+                    now.0.into(),
+                    (limit as i64).into(),
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        let mut claimed = rows
+            .iter()
+            .map(|r| {
+                Ok(Claimed {
+                    webhook: webhook_from_row(r)?,
+                    secrets: secrets_from_row(r, WEBHOOK_WIDTH)?,
+                    success: success_from(r.opt_text(WEBHOOK_WIDTH + 3)?)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        claimed.sort_by(|a, b| a.webhook.id.cmp(&b.webhook.id));
+        Ok(claimed)
+    }
+}
