@@ -457,8 +457,8 @@ impl Tx for SqlTx {
         });
         let params: Vec<Param> = level_ids.iter().map(|id| id.as_str().into()).collect();
         let mut found = Vec::new();
+        let width = ENDPOINT_COLUMNS.split(", ").count();
         for row in self.exec.fetch(&sql, &params).await? {
-            let width = ENDPOINT_COLUMNS.split(", ").count();
             let endpoint = match row.opt_text(0)? {
                 Some(_) => Some(endpoints::endpoint_from_row(&row)?),
                 None => None,
