@@ -336,7 +336,17 @@ impl Writer {
             return Ok(());
         };
         let began = Instant::now();
-        let outcome = run(&self.db, "COMMIT").map_err(|e| (e.to_string(), super::sqlite_fault(&e)));
+        // SQLite ends the whole transaction by itself when a statement finds the database
+        // full (`max_page_count` or the disk) at some points of a write: the batch's other
+        // changes were rolled back with it, for that reason.
+        let outcome = if self.db.is_autocommit() {
+            Err((
+                "SQLite rolled the batch back: the database or disk is full".to_owned(),
+                Fault::Full,
+            ))
+        } else {
+            run(&self.db, "COMMIT").map_err(|e| (e.to_string(), super::sqlite_fault(&e)))
+        };
         if let Err(e) = &outcome {
             tracing::error!(error = %e.0, "committing a batch of SQLite transactions failed");
             // Its members' entities are not in the database after all.
