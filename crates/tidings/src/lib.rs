@@ -16,7 +16,8 @@
 //! * `tenancy`: who a key is (the operator, or a tenant bound to one level) and which part of
 //!   the tree it may see.
 //! * `changes`: applies a create, change, delete or meeting moment, and writes its event and
-//!   one webhook per receiving level in the same transaction (the transactional outbox).
+//!   one webhook per receiving level in the same transaction (the transactional outbox);
+//!   who may do what lives in its `rules`, a level's secret and endpoint in its `levels`.
 //! * `domain`: the pure core: ids and timestamps, the four levels and 22 event types, who
 //!   receives what (`domain::routing`), the entities, their inputs and wire shapes, the
 //!   webhook envelope (`domain::payload`).
@@ -24,12 +25,19 @@
 //!   both built by it.
 //! * `store`: persistence behind one trait, on SQLite (one writer, group commit) or
 //!   PostgreSQL (row claims with leases); the outbox for webhooks, attempts and e-mails.
-//! * `delivery`: the dispatcher that claims due webhooks and sends them through the guarded
-//!   client of the `tidings-egress` crate (HTTPS only, SSRF refused at connect time), the
-//!   hand-off of new webhooks straight from an API change, and each level's signing secret.
+//! * `delivery`: the dispatcher that claims due webhooks, admits them under each
+//!   destination's limit, sends each attempt through the guarded client of the
+//!   `tidings-egress` crate (HTTPS only, SSRF refused at connect time) and records the
+//!   outcomes in batches; the hand-off of new webhooks straight from an API change (with the
+//!   API's back-pressure), and each level's signing secret.
 //! * `schedule`: the retry policy: how many attempts, and the delay after each failure.
 //! * `notify`: failure e-mails: whom to tell, the digest rule, the text, the SMTP outbox loop.
 //! * `metrics`: the Prometheus counters and the gauges read from the store.
+//! * `retention`: the background pruning of finished webhooks, events and e-mails past
+//!   `TIDINGS_RETENTION`.
+//! * `telemetry`: logs, and OpenTelemetry spans when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! * `console`: the web console at `/`, pages rendered by the server; its reads and changes
+//!   are requests to the API's own handlers, on behalf of the signed-in key.
 //! * `clock`: the one source of "now", replaced by a manual clock in tests.
 //! * `config`: the settings, from defaults, a TOML file and `TIDINGS_*` variables.
 //! * `startup`: wires the parts together for `tidings serve`, and shuts them down in order.

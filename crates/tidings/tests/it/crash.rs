@@ -665,11 +665,23 @@ fn an_ordered_webhook_still_waits_for_the_older_one_after_a_sigkill() {
         "the second attempt of the first, after the restart",
         || (attempts(&server, &first).1 >= 2).then_some(()),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // The attempt's record moved the second behind the first's next retry, in the same
+    // transaction: it is a state to read, not a quiet spell to wait out.
     assert_eq!(
         attempts(&server, &second),
         ("pending".to_owned(), 0),
         "the second waits while the first is pending"
+    );
+    let next_attempt = |id: &str| -> String {
+        let w = server.get_ok(&format!("/v1/webhooks/{id}"));
+        w["next_attempt_at"].as_str().unwrap().to_owned()
+    };
+    // Both read as `YYYY-MM-DDTHH:MM:SS.mmmZ`, which sorts as the time does.
+    assert!(
+        next_attempt(&second) >= next_attempt(&first),
+        "the second is due no sooner than the first's retry: {} < {}",
+        next_attempt(&second),
+        next_attempt(&first)
     );
 
     receiver.on("/hook", Reply::ok());

@@ -5,6 +5,10 @@
 //! write it, compose the subject's wire shape, route the event through the domain's level
 //! table and write one webhook per receiving level with its URL snapshot, then commit.
 //! Nothing is written when any step refuses; nothing is emitted when nothing changed.
+//!
+//! - `rules`: who may do what, and what must hold (visibility, suspension, authority,
+//!   references);
+//! - `levels`: a level's signing secret and endpoint settings.
 
 use std::sync::Arc;
 
@@ -14,14 +18,22 @@ use crate::clock::Clock;
 use crate::delivery::handoff::{Reservation, Waited};
 use crate::delivery::secrets::{self, SecretBox};
 use crate::delivery::Handoff;
-use crate::domain::endpoint::Endpoint;
-use crate::domain::entities::{merge_patch, BuildContext, Entity, Input, User};
-use crate::domain::routing::{recipients, route, Ancestor};
+use crate::domain::entities::{merge_patch, BuildContext, Entity, Input};
+use crate::domain::routing::{recipients, route};
 use crate::domain::validate::{FieldError, UrlRules};
 use crate::domain::{Action, EntityId, EventType, Kind, Level};
-use crate::store::{Health, NewEvent, NewWebhook, Store, StoreError, Tx};
+use crate::store::{NewEvent, NewWebhook, Store, StoreError, Tx};
 use crate::tenancy::Principal;
 use crate::views::view;
+
+mod levels;
+mod rules;
+
+pub use levels::LevelEndpoint;
+use rules::{
+    ancestors, check_consistency, check_references, ensure_active, ensure_authority, ensure_within,
+    find_user, get_visible, load_agents, operator_only_for_packages, sees,
+};
 
 /// Why a change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -109,15 +121,6 @@ struct Admitted<'a> {
     waited: Option<Waited>,
 }
 
-/// A level's endpoint settings with its health, as the API shows them.
-#[derive(Debug, Clone)]
-pub struct LevelEndpoint {
-    pub level: crate::domain::Level,
-    pub level_id: EntityId,
-    pub settings: Endpoint,
-    pub health: Health,
-}
-
 /// The settings the hierarchy needs from configuration.
 #[derive(Debug, Clone)]
 pub struct HierarchyRules {
@@ -196,149 +199,6 @@ impl Hierarchy {
         }
         self.emit(tx, admitted, &entity, Action::Created, None)
             .await
-    }
-
-    /// A level's current signing secret (`whsec_...`).
-    pub async fn secret(
-        &self,
-        who: &Principal,
-        kind: Kind,
-        id: &str,
-    ) -> Result<String, ChangeError> {
-        let level = self.level_id(who, kind, id).await?;
-        let sealed = self
-            .store
-            .secrets(&level)
-            .await?
-            .ok_or_else(|| ChangeError::NotFound {
-                kind,
-                id: id.to_owned(),
-            })?;
-        let secret = self
-            .keys
-            .open(&sealed.current)
-            .map_err(|e| ChangeError::Store(StoreError::Corrupt(e.to_string())))?;
-        Ok(secret.to_string())
-    }
-
-    /// Replaces a level's signing secret; the old one keeps signing for 24 hours.
-    pub async fn rotate_secret(
-        &self,
-        who: &Principal,
-        kind: Kind,
-        id: &str,
-    ) -> Result<String, ChangeError> {
-        let level = self.level_id(who, kind, id).await?;
-        self.may_change(who).await?;
-        let now = self.clock.now();
-        let new = secrets::generate();
-        let until = crate::domain::Millis(now.0 + secrets::ROTATION_OVERLAP_MS);
-        self.store
-            .rotate_secret(&level, &self.keys.seal(&new), until, now)
-            .await?;
-        tracing::info!(level = %level, "signing secret rotated; the previous one signs too for 24 h");
-        Ok(new.to_string())
-    }
-
-    /// A level's endpoint settings and health.
-    pub async fn endpoint(
-        &self,
-        who: &Principal,
-        kind: Kind,
-        id: &str,
-    ) -> Result<LevelEndpoint, ChangeError> {
-        let level_id = self.level_id(who, kind, id).await?;
-        self.endpoint_of(kind, level_id).await
-    }
-
-    /// Changes a level's endpoint settings (a partial update; see [`Endpoint::patched`]).
-    /// Disabling stops the level's pending webhooks; enabling lets `recover` send them.
-    pub async fn patch_endpoint(
-        &self,
-        who: &Principal,
-        kind: Kind,
-        id: &str,
-        body: Value,
-    ) -> Result<LevelEndpoint, ChangeError> {
-        let level_id = self.level_id(who, kind, id).await?;
-        let level = kind.level().ok_or_else(|| ChangeError::NotFound {
-            kind,
-            id: id.to_owned(),
-        })?;
-        let before = self.store.endpoint(&level_id).await?;
-        let after = before.patched(level, &body).map_err(ChangeError::Invalid)?;
-        if after != before {
-            let set_enabled = after.enabled != before.enabled;
-            self.store
-                .put_endpoint(&level_id, &after, set_enabled, self.clock.now())
-                .await?;
-            tracing::info!(level = %level_id, enabled = after.enabled, ordered = after.ordered, success = after.success.as_str(), "endpoint settings changed");
-        }
-        self.endpoint_of(kind, level_id).await
-    }
-
-    async fn endpoint_of(
-        &self,
-        kind: Kind,
-        level_id: EntityId,
-    ) -> Result<LevelEndpoint, ChangeError> {
-        let level = kind.level().ok_or_else(|| ChangeError::NotFound {
-            kind,
-            id: level_id.to_string(),
-        })?;
-        let settings = self.store.endpoint(&level_id).await?;
-        let health = self
-            .store
-            .endpoint_health(std::slice::from_ref(&level_id), self.clock.now())
-            .await?
-            .remove(&level_id)
-            .unwrap_or_default();
-        Ok(LevelEndpoint {
-            level,
-            level_id,
-            settings,
-            health,
-        })
-    }
-
-    async fn level_id(
-        &self,
-        who: &Principal,
-        kind: Kind,
-        id: &str,
-    ) -> Result<EntityId, ChangeError> {
-        let mut tx = self.store.read().await?;
-        Ok(get_visible(tx.as_mut(), who, kind, id, false)
-            .await?
-            .id()
-            .clone())
-    }
-
-    /// Refuses a change by a key whose level, or a level above it, is suspended: such a key
-    /// reads but changes nothing. Every change goes through this rule (entity changes here;
-    /// retries and recoveries call it from their handlers).
-    pub async fn may_change(&self, who: &Principal) -> Result<(), ChangeError> {
-        if who.is_operator() {
-            return Ok(());
-        }
-        let mut tx = self.store.read().await?;
-        ensure_active(tx.as_mut(), who).await
-    }
-
-    /// Whether the level `level_id` lies in the principal's subtree (for webhooks, e-mails).
-    pub async fn sees_level(
-        &self,
-        who: &Principal,
-        level_id: &EntityId,
-    ) -> Result<bool, ChangeError> {
-        if who.is_operator() {
-            return Ok(true);
-        }
-        let mut tx = self.store.read().await?;
-        match tx.get(level_id).await? {
-            Some(e) => Ok(sees(tx.as_mut(), who, &e).await?),
-            None => Ok(false),
-        }
     }
 
     /// Applies a JSON merge patch to an entity. A patch that changes nothing emits nothing.
@@ -622,284 +482,4 @@ impl Hierarchy {
             waited: admitted.waited,
         })
     }
-}
-
-/// The levels above `entity`, nearest first, as they are now.
-async fn ancestors(tx: &mut dyn Tx, entity: &Entity) -> Result<Vec<Ancestor>, StoreError> {
-    let mut chain = Vec::new();
-    let mut next = entity.up().cloned();
-    while let Some(id) = next {
-        let Some(e) = tx.get(&id).await? else {
-            return Err(StoreError::Corrupt(format!(
-                "{} refers to missing {id}",
-                entity.id()
-            )));
-        };
-        if let Some((level, url, _)) = e.level_settings() {
-            chain.push(Ancestor {
-                level,
-                id: id.clone(),
-                webhook_url: url.map(str::to_owned),
-            });
-        }
-        next = e.up().cloned();
-        if chain.len() > 8 {
-            return Err(StoreError::Corrupt(format!(
-                "{} has a cycle above it",
-                entity.id()
-            )));
-        }
-    }
-    Ok(chain)
-}
-
-/// Reads an entity of `kind` that the principal can see; anything else is "not found", so a
-/// key learns nothing about what lies outside its subtree. `for_change` locks it against
-/// concurrent changes.
-async fn get_visible(
-    tx: &mut dyn Tx,
-    who: &Principal,
-    kind: Kind,
-    id: &str,
-    for_change: bool,
-) -> Result<Entity, ChangeError> {
-    let not_found = || ChangeError::NotFound {
-        kind,
-        id: id.to_owned(),
-    };
-    let id = EntityId::parse(id).map_err(|_| not_found())?;
-    let found = if for_change {
-        tx.get_for_change(&id).await?
-    } else {
-        tx.get(&id).await?
-    };
-    match found {
-        Some(e) if e.kind() == kind && sees(tx, who, &e).await? => Ok(e),
-        _ => Err(not_found()),
-    }
-}
-
-/// Whether the principal can see `entity`. Packages are a catalogue everyone can read.
-async fn sees(tx: &mut dyn Tx, who: &Principal, entity: &Entity) -> Result<bool, StoreError> {
-    if who.is_operator() || entity.kind() == Kind::Package {
-        return Ok(true);
-    }
-    let above: Vec<EntityId> = ancestors(tx, entity)
-        .await?
-        .into_iter()
-        .map(|a| a.id)
-        .collect();
-    Ok(who.sees(entity.id(), &above))
-}
-
-/// A new or changed entity must stay inside the principal's subtree.
-async fn ensure_within(
-    tx: &mut dyn Tx,
-    who: &Principal,
-    entity: &Entity,
-) -> Result<(), ChangeError> {
-    if sees(tx, who, entity).await? {
-        Ok(())
-    } else {
-        Err(ChangeError::Forbidden(format!(
-            "this key cannot place a {} outside its own subtree",
-            entity.kind()
-        )))
-    }
-}
-
-/// A key whose level, or a level above it, is suspended reads but changes nothing.
-async fn ensure_active(tx: &mut dyn Tx, who: &Principal) -> Result<(), ChangeError> {
-    let Some(own) = who.own_level() else {
-        return Ok(());
-    };
-    let mut next = Some(own.clone());
-    let mut depth = 0;
-    while let Some(id) = next {
-        let Some(level) = tx.get(&id).await? else {
-            return Err(ChangeError::Forbidden(format!(
-                "this key's level {id} no longer exists"
-            )));
-        };
-        if level.is_suspended_level() {
-            let whose = if &id == own {
-                "this key's level".to_owned()
-            } else {
-                format!("{} {id}, above this key's level,", level.kind())
-            };
-            return Err(ChangeError::Forbidden(format!(
-                "{whose} is suspended: its keys may read but not change anything"
-            )));
-        }
-        next = level.up().cloned();
-        depth += 1;
-        if depth > 8 {
-            return Err(StoreError::Corrupt(format!("{own} has a cycle above it")).into());
-        }
-    }
-    Ok(())
-}
-
-/// The fields that express the authority of the levels above an entity (its suspension,
-/// package, parent: [`Entity::authority`]) change only by the operator or a key of a level
-/// strictly above it; a key cannot lift its own level's suspension or give it a package.
-async fn ensure_authority(
-    tx: &mut dyn Tx,
-    who: &Principal,
-    current: &Entity,
-    changed: &Entity,
-) -> Result<(), ChangeError> {
-    let before = current.authority();
-    let Some((field, _)) = changed
-        .authority()
-        .into_iter()
-        .zip(before)
-        .find_map(|(after, before)| (after != before).then_some(after))
-    else {
-        return Ok(());
-    };
-    if who.is_operator() {
-        return Ok(());
-    }
-    let above: Vec<EntityId> = ancestors(tx, current)
-        .await?
-        .into_iter()
-        .map(|a| a.id)
-        .collect();
-    if who.is_above(current.id(), &above) {
-        return Ok(());
-    }
-    Err(ChangeError::Forbidden(format!(
-        "`{field}` of {} {} is set by a level above it or the operator; this key cannot change it",
-        current.kind(),
-        current.id()
-    )))
-}
-
-fn operator_only_for_packages(who: &Principal, kind: Kind) -> Result<(), ChangeError> {
-    if kind == Kind::Package && !who.is_operator() {
-        return Err(ChangeError::Forbidden(
-            "only the operator key manages packages".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// References must agree with each other: a personal meeting's site belongs to the
-/// meeting's company and its creator to that company or a level above it; a user's sites lie
-/// under the user's owning entity. Otherwise a meeting's events would reach another
-/// company's site, or a site would list another company's user.
-async fn check_consistency(tx: &mut dyn Tx, input: &Input) -> Result<(), ChangeError> {
-    let refuse = |field: &str, reason: String| {
-        Err(ChangeError::InvalidReference(FieldError::new(
-            field, reason,
-        )))
-    };
-    match input {
-        Input::Meeting(m) => {
-            if let Some(site) = &m.site {
-                if let Some(Entity::Site(s)) = tx.get(&site.id).await? {
-                    if s.company != m.company.id {
-                        return refuse(
-                            "site.id",
-                            format!(
-                                "site {} belongs to another company than {}",
-                                site.id, m.company.id
-                            ),
-                        );
-                    }
-                }
-            }
-            if let Some(Entity::User(u)) = tx.get(&m.created_by.id).await? {
-                let company = tx
-                    .get(&m.company.id)
-                    .await?
-                    .ok_or_else(|| StoreError::Corrupt("company vanished".into()))?;
-                let mut chain: Vec<EntityId> = ancestors(tx, &company)
-                    .await?
-                    .into_iter()
-                    .map(|a| a.id)
-                    .collect();
-                chain.push(m.company.id.clone());
-                if !chain.contains(&u.owner.id) {
-                    return refuse(
-                        "created_by.id",
-                        format!(
-                            "user {} belongs to neither company {} nor a level above it",
-                            u.id, m.company.id
-                        ),
-                    );
-                }
-            }
-        }
-        Input::User(u) => {
-            for (n, site) in u.sites.iter().enumerate() {
-                if let Some(e @ Entity::Site(_)) = tx.get(&site.id).await? {
-                    let above: Vec<EntityId> =
-                        ancestors(tx, &e).await?.into_iter().map(|a| a.id).collect();
-                    if !above.contains(&u.entity.id) {
-                        return refuse(
-                            &format!("sites[{n}].id"),
-                            format!(
-                                "site {} is not under the user's {} {}",
-                                site.id, u.entity.level, u.entity.id
-                            ),
-                        );
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Every reference must name an entity of the right kind that the principal can see;
-/// references the record already had (`kept`, e.g. a key's own level's parent) stay valid.
-async fn check_references(
-    tx: &mut dyn Tx,
-    who: &Principal,
-    input: &Input,
-    kept: Option<&Entity>,
-) -> Result<(), ChangeError> {
-    let allowed = kept.map(Entity::refs).unwrap_or_default();
-    for r in input.references() {
-        let found = match tx.get(&r.id).await? {
-            Some(e) if allowed.contains(&r.id) || sees(tx, who, &e).await? => Some(e),
-            _ => None,
-        };
-        match found {
-            Some(e) if e.kind() == r.kind => {}
-            Some(e) => {
-                return Err(ChangeError::InvalidReference(FieldError::new(
-                    r.field,
-                    format!("{} is a {}, not a {}", r.id, e.kind(), r.kind),
-                )))
-            }
-            None => {
-                return Err(ChangeError::InvalidReference(FieldError::new(
-                    r.field,
-                    format!("no {} with id {}", r.kind, r.id),
-                )))
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The users an input names as agent participants (their names and e-mails are copied).
-async fn load_agents(tx: &mut dyn Tx, input: &Input) -> Result<Vec<User>, ChangeError> {
-    let mut users = Vec::new();
-    if let Input::Meeting(m) = input {
-        for id in m.participants.iter().filter_map(|p| p.user.as_ref()) {
-            if let Some(Entity::User(u)) = tx.get(id).await? {
-                users.push(u);
-            }
-        }
-    }
-    Ok(users)
-}
-
-fn find_user(users: &[User], id: &EntityId) -> Option<User> {
-    users.iter().find(|u| &u.id == id).cloned()
 }
