@@ -28,20 +28,32 @@ fn first_id_at(at: Millis) -> String {
     format!("{:012x}000000000000", at.0.clamp(0, 0xffff_ffff_ffff))
 }
 
-/// `DELETE … WHERE column IN (…)` over `ids`, a few statement texts for every count.
+/// `{head} column IN (…)` over `ids`, a few statement texts for every count. Each list's
+/// lowest and highest ids bound `column` as well: with the range a planner sees a short
+/// walk of the column's index even when its statistics lag behind (PostgreSQL, with no
+/// statistics on `attempts` yet, estimated 800 listed webhooks' attempts at the whole table
+/// and read all of it: 400 ms a batch, against a few ms through the index).
 async fn delete_listed(
     tx: &mut dyn Exec,
     texts: &SqlBySize,
     head: &str,
+    column: &str,
     ids: &[String],
 ) -> Result<u64> {
     let mut n = 0;
     for chunk in statement_chunks(ids) {
         let sql = texts.get(chunk.len(), |k| {
-            let list: Vec<String> = (1..=k).map(|i| format!("${i}")).collect();
-            format!("{head} ({})", list.join(", "))
+            let list: Vec<String> = (3..k + 3).map(|i| format!("${i}")).collect();
+            format!(
+                "{head} {column} >= $1 AND {column} <= $2 AND {column} IN ({})",
+                list.join(", ")
+            )
         });
-        let params: Vec<Param> = chunk.iter().map(|id| id.as_str().into()).collect();
+        let (Some(low), Some(high)) = (chunk.iter().min(), chunk.iter().max()) else {
+            continue;
+        };
+        let mut params: Vec<Param> = vec![low.as_str().into(), high.as_str().into()];
+        params.extend(chunk.iter().map(|id| Param::from(id.as_str())));
         n += tx.execute(&sql, &params).await?;
     }
     Ok(n)
@@ -80,14 +92,16 @@ impl SqlStore {
             pruned.notifications = delete_listed(
                 tx.as_mut(),
                 &NOTIFICATIONS,
-                "DELETE FROM notifications WHERE email_id IN",
+                "DELETE FROM notifications WHERE",
+                "email_id",
                 &emails,
             )
             .await?;
             pruned.emails = delete_listed(
                 tx.as_mut(),
                 &EMAILS,
-                "DELETE FROM emails WHERE status <> 'queued' AND id IN",
+                "DELETE FROM emails WHERE status <> 'queued' AND",
+                "id",
                 &emails,
             )
             .await?;
@@ -142,23 +156,29 @@ impl SqlStore {
             pruned.attempts = delete_listed(
                 tx.as_mut(),
                 &ATTEMPTS,
-                "DELETE FROM attempts WHERE webhook_id IN",
+                "DELETE FROM attempts WHERE",
+                "webhook_id",
                 &webhooks,
             )
             .await?;
             pruned.webhooks = delete_listed(
                 tx.as_mut(),
                 &WEBHOOKS,
-                "DELETE FROM webhooks WHERE id IN",
+                "DELETE FROM webhooks WHERE",
+                "id",
                 &webhooks,
             )
             .await?;
         }
+        // An event goes once no webhook of it is left: one probe of the webhooks' index on
+        // `event_id` per event. Written as a scalar subquery with LIMIT, not `NOT EXISTS`:
+        // PostgreSQL may turn `NOT EXISTS` into a hash anti-join that reads every webhook
+        // (3 s a batch at 1.6 million webhooks, against 7 ms this way), and never turns this
+        // into a join.
         pruned.events = tx
             .execute(
-                "DELETE FROM events WHERE id >= $1 AND id <= $2 AND NOT EXISTS \
-                 (SELECT 1 FROM webhooks w WHERE w.id >= substr(events.id, 1, 12) || '000000000000' \
-                 AND w.id <= substr(events.id, 1, 12) || 'ffffffffffff' AND w.event_id = events.id)",
+                "DELETE FROM events WHERE id >= $1 AND id <= $2 AND \
+                 (SELECT 1 FROM webhooks w WHERE w.event_id = events.id LIMIT 1) IS NULL",
                 &[first.as_str().into(), last.as_str().into()],
             )
             .await?;

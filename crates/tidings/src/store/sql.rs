@@ -145,6 +145,7 @@ impl SqlStore {
             }
             let pool = pool.connect(url).await?;
             POSTGRES_MIGRATIONS.run(&pool).await?;
+            warn_without_autovacuum(&pool).await;
             SqlStore {
                 backend: Backend::Postgres,
                 url: url.to_owned(),
@@ -158,6 +159,24 @@ impl SqlStore {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
         Ok(store)
+    }
+}
+
+/// Says so when the PostgreSQL server runs without autovacuum: the rows that deliveries
+/// update and that retention deletes are then never reclaimed, so the database grows
+/// whatever the retention, and the planner has no statistics to choose indexes by.
+async fn warn_without_autovacuum(pool: &AnyPool) {
+    let setting = sqlx::query("SELECT setting FROM pg_settings WHERE name = 'autovacuum'")
+        .fetch_optional(pool)
+        .await;
+    if let Ok(Some(row)) = setting {
+        if row.try_get::<String, _>(0).is_ok_and(|v| v == "off") {
+            tracing::warn!(
+                "autovacuum is off on this PostgreSQL server: space freed by retention and by \
+                 delivered webhooks is never reused, so the database keeps growing, and \
+                 queries run without statistics; turn autovacuum on (PostgreSQL's default)"
+            );
+        }
     }
 }
 
