@@ -87,6 +87,20 @@ impl Api {
         Ok(v)
     }
 
+    /// A new API key scoped to the `level` (`reseller`, `dealer`, ...) with id `id`.
+    pub async fn scoped_key(&self, level: &str, id: &str) -> anyhow::Result<String> {
+        let v = self
+            .post(
+                "/v1/api-keys",
+                json!({"level": level, "id": id, "label": "bench"}),
+            )
+            .await?;
+        Ok(v.get("key")
+            .and_then(Value::as_str)
+            .context("no key in the answer")?
+            .to_owned())
+    }
+
     /// `GET /metrics`, as (name with labels, value) pairs.
     pub async fn metrics(&self) -> anyhow::Result<Metrics> {
         let text = self
@@ -197,6 +211,9 @@ impl Meeting {
 }
 
 pub struct Hierarchy {
+    /// The resellers' ids in order of creation (with [`Failing::FirstSubtree`], the first
+    /// one's subtree answers 500).
+    pub resellers: Vec<String>,
     /// Levels with a webhook URL, and how many of them answer 500.
     pub levels: usize,
     pub failing_levels: usize,
@@ -252,6 +269,7 @@ pub async fn build_hierarchy(
         levels.1 += usize::from(failing);
     };
     let mut meetings = Vec::new();
+    let mut resellers = Vec::new();
     let contact = json!({"first_name": "Bench", "last_name": "Mark", "email": "bench@example.com"});
     // The URL for the next entity of `level`; failing ones on the failing ports.
     let mut url_for = |level: usize, in_failing_subtree: bool| {
@@ -285,6 +303,7 @@ pub async fn build_hierarchy(
             )
             .await?;
         let rid = id(&reseller)?;
+        resellers.push(rid.clone());
         register(api, sink, "resellers", &rid, &rpath, ordered).await?;
         count(&mut levels, rfail);
         for d in 0..shape.dealers {
@@ -344,6 +363,7 @@ pub async fn build_hierarchy(
         }
     }
     Ok(Hierarchy {
+        resellers,
         levels: levels.0,
         failing_levels: levels.1,
         meetings,

@@ -1,9 +1,8 @@
 //! The web console's pages timed with a big store (scenario d, once its backlog is stored):
-//! signed in as the operator, each page fetched a few times in turn.
+//! signed in with each of a few keys (the operator's, and keys scoped to a subtree), each
+//! page fetched a few times in turn.
 
 use std::time::Instant;
-
-use crate::child::ADMIN_KEY;
 
 /// What one page took.
 pub struct PageTime {
@@ -23,7 +22,8 @@ pub const PAGES: [&str; 5] = [
     "/emails",
 ];
 
-pub async fn time_pages(base: &str, rounds: usize) -> anyhow::Result<Vec<PageTime>> {
+/// Signs in with `key`, then fetches each of [`PAGES`] `rounds` times in turn.
+pub async fn time_pages(base: &str, key: &str, rounds: usize) -> anyhow::Result<Vec<PageTime>> {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
@@ -33,7 +33,7 @@ pub async fn time_pages(base: &str, rounds: usize) -> anyhow::Result<Vec<PageTim
             reqwest::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
         )
-        .body(format!("key={ADMIN_KEY}"))
+        .body(format!("key={key}"))
         .send()
         .await?;
     let cookie = signed_in

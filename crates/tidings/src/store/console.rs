@@ -3,8 +3,10 @@
 //! to the store: the charts read the counters kept as attempts are recorded (`endpoint_hours`
 //! and `endpoint_minutes`, see [`super::endpoints`]), the queue is counted up to a cap, and
 //! the lists of failed and of disabled webhooks walk their own partial indexes (migration
-//! 0009). Narrowed to some levels, the queue and the lists read those levels' webhooks
-//! through the index on level.
+//! 0009). Narrowed to some levels, each level is read on its own within one query, for at most
+//! what is needed: the queue counts each level's pending webhooks through the index on level
+//! (up to the cap in all), the oldest due one is the first of theirs in the index of pending
+//! webhooks, and the lists take at most a page from each level (see [`super::webhook_list`]).
 
 use std::collections::BTreeMap;
 
@@ -14,7 +16,8 @@ use sqlx::Row as _;
 
 use super::endpoints::{Slots, HOUR_MS, MINUTE_MS};
 use super::exec::Param;
-use super::sql::{webhook_from_row, SqlStore, WEBHOOK_COLUMNS, WEBHOOK_FROM};
+use super::sql::SqlStore;
+use super::webhook_list::Order;
 use super::{Result, Webhook, WebhookFilter};
 use crate::domain::{EntityId, Millis};
 
@@ -96,7 +99,8 @@ pub trait ConsoleStore {
     async fn last_attempts(&self, webhooks: &[EntityId]) -> Result<Vec<LastAttempt>>;
 
     /// Webhooks matching `filter`, newest first; `filter.after` is the cursor, read as
-    /// "older than this id". Only those addressed to `levels` when given.
+    /// "older than this id". Only those addressed to `levels` when given. The same list as
+    /// [`super::Store::webhooks`], from the other end.
     async fn webhooks_newest(
         &self,
         filter: &WebhookFilter,
@@ -205,32 +209,75 @@ impl ConsoleStore for SqlStore {
         now: Millis,
         cap: u64,
     ) -> Result<QueueDepth> {
-        // Counting one more than the cap tells whether more wait.
+        // Counting one more than the cap tells whether more wait. Written out (an integer),
+        // like the lists' page size, so that PostgreSQL plans for it.
         let limit = i64::try_from(cap).unwrap_or(i64::MAX - 1) + 1;
+        let Some(levels) = levels else {
+            // In due order, so that PostgreSQL too reads the index of pending webhooks (it
+            // would rather scan the table, finished webhooks and all, when most rows are
+            // pending).
+            let counted = count(
+                first_int(
+                    self,
+                    &format!(
+                        "SELECT CAST(COUNT(*) AS BIGINT) FROM (SELECT 1 AS one FROM webhooks \
+                         WHERE due_at IS NOT NULL ORDER BY due_at LIMIT {limit}) q"
+                    ),
+                    &[],
+                )
+                .await?,
+            );
+            let oldest = first_int(
+                self,
+                "SELECT MIN(due_at) FROM webhooks \
+                 WHERE due_at IS NOT NULL AND due_at <= $1 AND claimed_by IS NULL",
+                &[now.0.into()],
+            )
+            .await?;
+            return Ok(QueueDepth {
+                pending: counted.min(cap),
+                more: counted > cap,
+                oldest_due: oldest.map(Millis),
+            });
+        };
+        let mut levels = levels.to_vec();
+        levels.sort();
+        levels.dedup();
         let mut counted = 0;
         let mut oldest: Option<i64> = None;
-        for chunk in level_chunks(levels) {
-            let mut params: Vec<Param> = vec![limit.into()];
-            let clause = level_clause("level_id", chunk, &mut params);
-            // Every level: in due order, so that PostgreSQL too reads the index of pending
-            // webhooks (it would rather scan the table, finished webhooks and all, when most
-            // rows are pending). Some levels: through the index on level.
-            let order = if chunk.is_none() {
-                " ORDER BY due_at"
-            } else {
-                ""
-            };
-            let sql = format!(
-                "SELECT CAST(COUNT(*) AS BIGINT) FROM \
-                 (SELECT 1 AS one FROM webhooks WHERE due_at IS NOT NULL{clause}{order} \
-                  LIMIT $1) q"
-            );
-            counted += count(first_int(self, &sql, &params).await?);
+        for chunk in levels.chunks(LEVEL_CHUNK) {
+            // Each level's pending webhooks through its own walk of the index on level, a
+            // few at most from each: a walk of `level_id IN (...)` could read every webhook
+            // of the levels before counting (PostgreSQL's bitmap of them all).
+            if counted <= cap {
+                let mut params: Vec<Param> = Vec::new();
+                let parts: Vec<String> = chunk
+                    .iter()
+                    .map(|level| {
+                        params.push(level.as_str().into());
+                        let n = params.len();
+                        format!(
+                            "SELECT one FROM (SELECT 1 AS one FROM webhooks \
+                             WHERE level_id = ${n} AND due_at IS NOT NULL LIMIT {limit}) l{n}"
+                        )
+                    })
+                    .collect();
+                let sql = format!(
+                    "SELECT CAST(COUNT(*) AS BIGINT) FROM ({} LIMIT {limit}) q",
+                    parts.join(" UNION ALL ")
+                );
+                counted += count(first_int(self, &sql, &params).await?);
+            }
+            // The first due entry of the levels in the index of pending webhooks: the
+            // level is compared as an expression, so that neither planner reads the
+            // levels' webhooks through the index on level instead (all of them, for a
+            // minimum).
             let mut params: Vec<Param> = vec![now.0.into()];
-            let clause = level_clause("level_id", chunk, &mut params);
+            let clause = level_clause("level_id || ''", Some(chunk), &mut params);
             let sql = format!(
-                "SELECT MIN(due_at) FROM webhooks \
-                 WHERE due_at IS NOT NULL AND due_at <= $1 AND claimed_by IS NULL{clause}"
+                "SELECT due_at FROM webhooks \
+                 WHERE due_at IS NOT NULL AND due_at <= $1 AND claimed_by IS NULL{clause} \
+                 ORDER BY due_at LIMIT 1"
             );
             if let Some(t) = first_int(self, &sql, &params).await? {
                 oldest = Some(oldest.map_or(t, |o| o.min(t)));
@@ -272,45 +319,6 @@ impl ConsoleStore for SqlStore {
         f: &WebhookFilter,
         levels: Option<&[EntityId]>,
     ) -> Result<Vec<Webhook>> {
-        if levels.is_some_and(<[EntityId]>::is_empty) {
-            return Ok(Vec::new());
-        }
-        let mut sql = format!("SELECT {WEBHOOK_COLUMNS} {WEBHOOK_FROM} WHERE 1 = 1");
-        let mut params: Vec<Param> = Vec::new();
-        if let Some(a) = &f.after {
-            params.push(a.as_str().into());
-            sql.push_str(&format!(" AND w.id < ${}", params.len()));
-        }
-        if let Some(s) = f.status {
-            // Written out rather than bound, so that both planners see that the partial index
-            // of failed (or of disabled) webhooks holds every row asked for.
-            sql.push_str(&format!(" AND w.status = '{}'", s.as_str()));
-        }
-        if let Some(t) = f.event_type {
-            params.push(t.as_str().into());
-            sql.push_str(&format!(" AND w.type = ${}", params.len()));
-        }
-        if let Some(l) = &f.level_id {
-            params.push(l.as_str().into());
-            sql.push_str(&format!(" AND w.level_id = ${}", params.len()));
-        }
-        if let Some(s) = &f.subject_id {
-            params.push(s.as_str().into());
-            sql.push_str(&format!(" AND w.subject_id = ${}", params.len()));
-        }
-        if let Some(t) = f.since {
-            params.push(t.0.into());
-            sql.push_str(&format!(" AND w.created_at >= ${}", params.len()));
-        }
-        if let Some(t) = f.until {
-            params.push(t.0.into());
-            sql.push_str(&format!(" AND w.created_at < ${}", params.len()));
-        }
-        sql.push_str(&level_clause("w.level_id", levels, &mut params));
-        // The page size written out too: PostgreSQL's generic plan for an unknown limit
-        // reads the table in parallel workers, whose start alone costs more than the page.
-        sql.push_str(&format!(" ORDER BY w.id DESC LIMIT {}", f.limit));
-        let rows = self.begin_read().await?.fetch(&sql, &params).await?;
-        rows.iter().map(webhook_from_row).collect()
+        self.webhook_page(f, levels, Order::NewestFirst).await
     }
 }

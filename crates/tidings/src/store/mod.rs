@@ -15,6 +15,7 @@ mod notifications;
 mod queue;
 mod retention;
 mod sql;
+mod webhook_list;
 
 use async_trait::async_trait;
 
@@ -346,6 +347,8 @@ pub trait Store:
     /// Entities of one kind in id order, after the cursor.
     async fn list(&self, kind: Kind, after: Option<&EntityId>, limit: u32) -> Result<Vec<Entity>>;
 
+    /// Webhooks matching `filter`, oldest first; `filter.after` is the cursor, read as
+    /// "newer than this id".
     async fn webhooks(&self, filter: &WebhookFilter) -> Result<Vec<Webhook>>;
 
     async fn webhook(&self, id: &EntityId) -> Result<Option<(Webhook, Vec<Attempt>)>>;

@@ -26,6 +26,7 @@ use sqlx::{AnyPool, Row as _};
 use super::change::{RowLocks, SqlTx, WorkSignal, WORK_CHANNEL};
 use super::exec::{sqlite_path, Exec, LiteWriter, Param, Row, SQLITE_PRAGMAS};
 use super::queue::Queue;
+use super::webhook_list::Order;
 use super::{
     Attempt, Claimed, Counts, Pruned, QueueStats, Recorded, Result, RetryOutcome, Store,
     StoreError, StoreOptions, Tx, Webhook, WebhookFilter, WebhookStatus,
@@ -308,35 +309,7 @@ impl Store for SqlStore {
     }
 
     async fn webhooks(&self, f: &WebhookFilter) -> Result<Vec<Webhook>> {
-        let mut conditions: Vec<(&str, Param)> = Vec::new();
-        if let Some(s) = f.status {
-            conditions.push(("w.status =", s.as_str().into()));
-        }
-        if let Some(t) = f.event_type {
-            conditions.push(("w.type =", t.as_str().into()));
-        }
-        if let Some(l) = &f.level_id {
-            conditions.push(("w.level_id =", l.as_str().into()));
-        }
-        if let Some(s) = &f.subject_id {
-            conditions.push(("w.subject_id =", s.as_str().into()));
-        }
-        if let Some(t) = f.since {
-            conditions.push(("w.created_at >=", t.0.into()));
-        }
-        if let Some(t) = f.until {
-            conditions.push(("w.created_at <", t.0.into()));
-        }
-        let mut sql = format!("SELECT {WEBHOOK_COLUMNS} {WEBHOOK_FROM} WHERE w.id > $1");
-        let mut params: Vec<Param> = vec![f.after.as_ref().map_or("", EntityId::as_str).into()];
-        for (clause, param) in conditions {
-            params.push(param);
-            sql.push_str(&format!(" AND {clause} ${}", params.len()));
-        }
-        params.push((f.limit as i64).into());
-        sql.push_str(&format!(" ORDER BY w.id LIMIT ${}", params.len()));
-        let rows = self.begin_read().await?.fetch(&sql, &params).await?;
-        rows.iter().map(webhook_from_row).collect()
+        self.webhook_page(f, None, Order::OldestFirst).await
     }
 
     async fn webhook(&self, id: &EntityId) -> Result<Option<(Webhook, Vec<Attempt>)>> {

@@ -665,3 +665,420 @@ async fn failed_and_disabled_lists_are_newest_first_and_page_by_cursor() {
         );
     }
 }
+
+/// A webhook as the lists see it: its level (an index into the test's levels), type,
+/// subject (an index into the test's subjects), creation time and status.
+#[derive(Debug, Clone)]
+struct Listed {
+    id: EntityId,
+    level: usize,
+    event_type: EventType,
+    subject: usize,
+    created_at: Millis,
+    status: WebhookStatus,
+}
+
+/// 40 webhooks to `levels` in an irregular turn, one an event, each a millisecond newer than
+/// the one before (so ids and creation times follow the same order), some of them delivered,
+/// failed or disabled; the rest pending.
+async fn webhooks_across_levels(
+    store: &dyn Store,
+    levels: &[EntityId],
+    subjects: &[EntityId],
+) -> Vec<Listed> {
+    let made: Vec<Listed> = (0..40usize)
+        .map(|i| Listed {
+            id: EntityId::generate(Millis(T0.0 + i as i64)),
+            level: (i * 2 + i / 2) % levels.len(),
+            event_type: if i % 3 == 0 {
+                EventType::DealerChanged
+            } else {
+                EventType::DealerCreated
+            },
+            subject: (i / 2) % subjects.len(),
+            created_at: Millis(T0.0 + i as i64),
+            status: match (i % 7, i % 5) {
+                (6, _) => WebhookStatus::Disabled,
+                (_, 1) => WebhookStatus::Failed,
+                (_, 3) => WebhookStatus::Succeeded,
+                _ => WebhookStatus::Pending,
+            },
+        })
+        .collect();
+    let mut tx = store.write().await.unwrap();
+    for w in &made {
+        let event = NewEvent {
+            id: id(),
+            event_type: w.event_type,
+            subject_id: subjects[w.subject].clone(),
+            data: "{}".into(),
+            created_at: w.created_at,
+        };
+        let webhook = NewWebhook {
+            id: w.id.clone(),
+            level: Level::Reseller,
+            level_id: levels[w.level].clone(),
+            url: "https://r.example/hook".into(),
+            ordered: false,
+            disabled: w.status == WebhookStatus::Disabled,
+        };
+        tx.add_event(&event, &[webhook], None).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let now = Millis(T0.0 + 1_000);
+    store
+        .claim_due("o", now, Millis(now.0 + 60_000), 1_000)
+        .await
+        .unwrap();
+    let ended: Vec<Recorded> = made
+        .iter()
+        .filter_map(|w| {
+            let next = match w.status {
+                WebhookStatus::Succeeded => Next::Succeeded,
+                WebhookStatus::Failed => Next::Failed,
+                _ => return None,
+            };
+            Some(Recorded {
+                webhook_id: w.id.clone(),
+                attempt: attempt(0, (next == Next::Failed).then_some("HTTP 500")),
+                next,
+            })
+        })
+        .collect();
+    assert_eq!(
+        store.record("o", &ended, now).await.unwrap().len(),
+        ended.len()
+    );
+    store.release_all(now).await.unwrap();
+    made
+}
+
+#[tokio::test]
+async fn lists_narrowed_to_levels_give_the_rows_order_and_pages_of_the_filters() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        // a, b and c are in view; x is not.
+        let levels: Vec<EntityId> = (0..4).map(|_| id()).collect();
+        let (a, b, c, x) = (&levels[0], &levels[1], &levels[2], &levels[3]);
+        let subjects: Vec<EntityId> = (0..2).map(|_| id()).collect();
+        let made = webhooks_across_levels(store, &levels, &subjects).await;
+        for status in [
+            WebhookStatus::Pending,
+            WebhookStatus::Succeeded,
+            WebhookStatus::Failed,
+            WebhookStatus::Disabled,
+        ] {
+            assert!(
+                (0..4).all(|l| made.iter().any(|w| w.level == l && w.status == status)),
+                "every level has {status:?} webhooks"
+            );
+        }
+
+        let page = |limit: u32| WebhookFilter {
+            limit,
+            ..WebhookFilter::default()
+        };
+        let filters: Vec<WebhookFilter> = vec![
+            page(3),
+            page(50),
+            WebhookFilter {
+                status: Some(WebhookStatus::Failed),
+                ..page(2)
+            },
+            WebhookFilter {
+                status: Some(WebhookStatus::Disabled),
+                ..page(2)
+            },
+            WebhookFilter {
+                status: Some(WebhookStatus::Pending),
+                ..page(4)
+            },
+            WebhookFilter {
+                status: Some(WebhookStatus::Succeeded),
+                ..page(3)
+            },
+            WebhookFilter {
+                event_type: Some(EventType::DealerChanged),
+                ..page(3)
+            },
+            WebhookFilter {
+                subject_id: Some(subjects[1].clone()),
+                ..page(3)
+            },
+            WebhookFilter {
+                since: Some(Millis(T0.0 + 9)),
+                until: Some(Millis(T0.0 + 31)),
+                ..page(3)
+            },
+            WebhookFilter {
+                level_id: Some(b.clone()),
+                ..page(3)
+            },
+            WebhookFilter {
+                level_id: Some(x.clone()),
+                ..page(3)
+            },
+            WebhookFilter {
+                status: Some(WebhookStatus::Pending),
+                event_type: Some(EventType::DealerCreated),
+                subject_id: Some(subjects[0].clone()),
+                since: Some(Millis(T0.0 + 4)),
+                ..page(2)
+            },
+        ];
+        // More levels than one query reads: 600 that hold nothing, with a, b and c among them.
+        let mut many: Vec<EntityId> = (0..600).map(|_| id()).collect();
+        many.extend([c.clone(), a.clone(), b.clone()]);
+        let scopes: Vec<Option<Vec<EntityId>>> = vec![
+            None,
+            Some(vec![a.clone(), b.clone(), c.clone()]),
+            Some(vec![c.clone(), a.clone()]),
+            Some(vec![b.clone(), b.clone()]),
+            Some(many),
+            Some(vec![]),
+        ];
+
+        // What each list must hold: the model's matching webhooks in id order.
+        let expected = |f: &WebhookFilter, scope: Option<&[EntityId]>| -> Vec<EntityId> {
+            let mut ids: Vec<EntityId> = made
+                .iter()
+                .filter(|w| {
+                    let level = &levels[w.level];
+                    scope.is_none_or(|s| s.contains(level))
+                        && f.status.is_none_or(|x| x == w.status)
+                        && f.event_type.is_none_or(|t| t == w.event_type)
+                        && f.level_id.as_ref().is_none_or(|l| l == level)
+                        && f.subject_id
+                            .as_ref()
+                            .is_none_or(|x| *x == subjects[w.subject])
+                        && f.since.is_none_or(|t| w.created_at >= t)
+                        && f.until.is_none_or(|t| w.created_at < t)
+                })
+                .map(|w| w.id.clone())
+                .collect();
+            ids.sort();
+            ids
+        };
+        // Every page, each after the last id of the one before, until an empty one.
+        async fn pages(
+            store: &dyn Store,
+            f: &WebhookFilter,
+            scope: Option<&[EntityId]>,
+            newest_first: bool,
+        ) -> Vec<Vec<EntityId>> {
+            let mut out = Vec::new();
+            let mut after = None;
+            loop {
+                let f = WebhookFilter {
+                    after: after.clone(),
+                    ..f.clone()
+                };
+                let page: Vec<EntityId> = if newest_first {
+                    store.webhooks_newest(&f, scope).await.unwrap()
+                } else {
+                    store.webhooks(&f).await.unwrap()
+                }
+                .into_iter()
+                .map(|w| w.id)
+                .collect();
+                if page.is_empty() {
+                    return out;
+                }
+                assert!(page.len() <= f.limit as usize);
+                after = page.last().cloned();
+                out.push(page);
+                assert!(out.len() <= 40, "the cursor moves on");
+            }
+        }
+        let chunked = |ids: Vec<EntityId>, limit: u32| -> Vec<Vec<EntityId>> {
+            ids.chunks(limit as usize)
+                .map(<[EntityId]>::to_vec)
+                .collect()
+        };
+        for f in &filters {
+            for scope in &scopes {
+                let mut want = expected(f, scope.as_deref());
+                want.reverse();
+                assert_eq!(
+                    pages(store, f, scope.as_deref(), true).await,
+                    chunked(want, f.limit),
+                    "newest first, {f:?}, {} levels: {}",
+                    scope.as_ref().map_or(0, Vec::len),
+                    s.name
+                );
+            }
+            // The API's list: the same filters, oldest first, every level.
+            assert_eq!(
+                pages(store, f, None, false).await,
+                chunked(expected(f, None), f.limit),
+                "oldest first, {f:?}: {}",
+                s.name
+            );
+        }
+
+        // The newest page of a, b and c holds webhooks of more than one level, x's left out.
+        let first = store
+            .webhooks_newest(&page(5), Some(&levels[..3]))
+            .await
+            .unwrap();
+        let seen: std::collections::BTreeSet<&EntityId> =
+            first.iter().map(|w| &w.level_id).collect();
+        assert!(seen.len() > 1 && !seen.contains(x), "{seen:?}: {}", s.name);
+        assert!(
+            made.iter().rev().take(5).any(|w| w.level == 3),
+            "x has webhooks among the five newest"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_queue_of_some_levels_is_counted_across_them_up_to_the_cap() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        // a, b and c are in view; x is not.
+        let levels: Vec<EntityId> = (0..4).map(|_| id()).collect();
+        let (a, b, c, x) = (&levels[0], &levels[1], &levels[2], &levels[3]);
+        let add = |level: &EntityId, n: usize| {
+            let level = level.clone();
+            async move {
+                let mut tx = store.write().await.unwrap();
+                let mut ids = Vec::new();
+                for _ in 0..n {
+                    let event = NewEvent {
+                        id: id(),
+                        event_type: EventType::DealerCreated,
+                        subject_id: id(),
+                        data: "{}".into(),
+                        created_at: T0,
+                    };
+                    let w = NewWebhook {
+                        id: id(),
+                        level: Level::Reseller,
+                        level_id: level.clone(),
+                        url: "https://r.example/hook".into(),
+                        ordered: false,
+                        disabled: false,
+                    };
+                    ids.push(w.id.clone());
+                    tx.add_event(&event, &[w], None).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+                ids
+            }
+        };
+        let wa = add(a, 4).await;
+        let wb = add(b, 3).await;
+        let wx = add(x, 2).await;
+        let at = |hours: i64| Millis(T0.0 + hours * HOUR);
+        store.claim_due("o", T0, at(2), 100).await.unwrap();
+        // a: two wait until 5 h, two are delivered; b: two wait until 3 h and 4 h, one
+        // failed for good; x: both wait until 1 h.
+        let results: Vec<Recorded> = [
+            (&wa[0], Next::RetryAt(at(5))),
+            (&wa[1], Next::RetryAt(at(5))),
+            (&wa[2], Next::Succeeded),
+            (&wa[3], Next::Succeeded),
+            (&wb[0], Next::RetryAt(at(4))),
+            (&wb[1], Next::RetryAt(at(3))),
+            (&wb[2], Next::Failed),
+            (&wx[0], Next::RetryAt(at(1))),
+            (&wx[1], Next::RetryAt(at(1))),
+        ]
+        .into_iter()
+        .map(|(w, next)| Recorded {
+            webhook_id: w.clone(),
+            attempt: attempt(0, (next != Next::Succeeded).then_some("HTTP 500")),
+            next,
+        })
+        .collect();
+        assert_eq!(store.record("o", &results, T0).await.unwrap().len(), 9);
+        // c: two claimed, whose lease ended at 2 h: waiting, but not due unclaimed.
+        add(c, 2).await;
+        assert_eq!(
+            store.claim_due("p", T0, at(2), 100).await.unwrap().len(),
+            2,
+            "{}",
+            s.name
+        );
+
+        let depth = |levels: Option<Vec<EntityId>>, now: Millis, cap: u64| async move {
+            let q = store
+                .queue_depth(levels.as_deref(), now, cap)
+                .await
+                .unwrap();
+            (q.pending, q.more, q.oldest_due)
+        };
+        let abc = Some(vec![a.clone(), b.clone(), c.clone()]);
+        // Six wait among a, b and c: two of each.
+        assert_eq!(
+            depth(abc.clone(), at(6), 10).await,
+            (6, false, Some(at(3))),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            depth(abc.clone(), at(6), 6).await,
+            (6, false, Some(at(3))),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            depth(abc.clone(), at(6), 5).await,
+            (5, true, Some(at(3))),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            depth(abc.clone(), at(6), 3).await,
+            (3, true, Some(at(3))),
+            "{}",
+            s.name
+        );
+        // Before 3 h nothing of theirs is due unclaimed; x's are, since 1 h.
+        assert_eq!(
+            depth(abc.clone(), Millis(at(3).0 - 1), 10).await,
+            (6, false, None),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            depth(None, Millis(at(3).0 - 1), 10).await,
+            (8, false, Some(at(1))),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            depth(Some(vec![c.clone(), x.clone()]), at(6), 10).await,
+            (4, false, Some(at(1))),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            depth(Some(vec![a.clone()]), at(6), 10).await,
+            (2, false, Some(at(5))),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            depth(Some(vec![c.clone()]), at(6), 1).await,
+            (1, true, None),
+            "{}",
+            s.name
+        );
+        // More levels than one query reads: 600 that hold nothing, with b and c among them.
+        let mut many: Vec<EntityId> = (0..600).map(|_| id()).collect();
+        many.extend([c.clone(), b.clone()]);
+        assert_eq!(
+            depth(Some(many.clone()), at(6), 10).await,
+            (4, false, Some(at(3))),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            depth(Some(many), at(6), 3).await,
+            (3, true, Some(at(3))),
+            "{}",
+            s.name
+        );
+    }
+}
