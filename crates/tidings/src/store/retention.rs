@@ -28,23 +28,33 @@ fn first_id_at(at: Millis) -> String {
     format!("{:012x}000000000000", at.0.clamp(0, 0xffff_ffff_ffff))
 }
 
-/// `DELETE … WHERE column IN (…)` over `ids`, a few statement texts for every count.
-async fn delete_listed(
+/// Selects ids with `select` (`SELECT id …`), then runs each of `deletes` in turn over them
+/// (nothing for none): a `DELETE … WHERE column IN` head, to which the list is added, with
+/// the texts it was built to (a few for every count). Answers how many rows each removed.
+async fn delete_selected<const N: usize>(
     tx: &mut dyn Exec,
-    texts: &SqlBySize,
-    head: &str,
-    ids: &[String],
-) -> Result<u64> {
-    let mut n = 0;
-    for chunk in statement_chunks(ids) {
-        let sql = texts.get(chunk.len(), |k| {
-            let list: Vec<String> = (1..=k).map(|i| format!("${i}")).collect();
-            format!("{head} ({})", list.join(", "))
-        });
-        let params: Vec<Param> = chunk.iter().map(|id| id.as_str().into()).collect();
-        n += tx.execute(&sql, &params).await?;
+    select: &str,
+    params: &[Param<'_>],
+    deletes: [(&SqlBySize, &str); N],
+) -> Result<[u64; N]> {
+    let ids = tx
+        .fetch(select, params)
+        .await?
+        .iter()
+        .map(|r| r.text(0).map(str::to_owned))
+        .collect::<Result<Vec<_>>>()?;
+    let mut removed = [0; N];
+    for (n, (texts, head)) in removed.iter_mut().zip(deletes) {
+        for chunk in statement_chunks(&ids) {
+            let sql = texts.get(chunk.len(), |k| {
+                let list: Vec<String> = (1..=k).map(|i| format!("${i}")).collect();
+                format!("{head} ({})", list.join(", "))
+            });
+            let params: Vec<Param> = chunk.iter().map(|id| id.as_str().into()).collect();
+            *n += tx.execute(&sql, &params).await?;
+        }
     }
-    Ok(n)
+    Ok(removed)
 }
 
 impl SqlStore {
@@ -60,38 +70,29 @@ impl SqlStore {
         let mut tx = self.begin_write().await?;
 
         // Finished e-mails, and the rows that tie failed webhooks to them.
-        let emails: Vec<String> = tx
-            .fetch(
-                "SELECT id FROM emails WHERE status IN ('sent', 'no_recipient') AND id < $1 \
-                 AND updated_at < $2 ORDER BY id LIMIT $3",
-                &[
-                    before.as_str().into(),
-                    cutoff.0.into(),
-                    (limit as i64).into(),
-                ],
-            )
-            .await?
-            .iter()
-            .map(|r| r.text(0).map(str::to_owned))
-            .collect::<Result<_>>()?;
-        if !emails.is_empty() {
-            static NOTIFICATIONS: SqlBySize = SqlBySize::new();
-            static EMAILS: SqlBySize = SqlBySize::new();
-            pruned.notifications = delete_listed(
-                tx.as_mut(),
-                &NOTIFICATIONS,
-                "DELETE FROM notifications WHERE email_id IN",
-                &emails,
-            )
-            .await?;
-            pruned.emails = delete_listed(
-                tx.as_mut(),
-                &EMAILS,
-                "DELETE FROM emails WHERE status <> 'queued' AND id IN",
-                &emails,
-            )
-            .await?;
-        }
+        static NOTIFICATIONS: SqlBySize = SqlBySize::new();
+        static EMAILS: SqlBySize = SqlBySize::new();
+        [pruned.notifications, pruned.emails] = delete_selected(
+            tx.as_mut(),
+            "SELECT id FROM emails WHERE status IN ('sent', 'no_recipient') AND id < $1 \
+             AND updated_at < $2 ORDER BY id LIMIT $3",
+            &[
+                before.as_str().into(),
+                cutoff.0.into(),
+                (limit as i64).into(),
+            ],
+            [
+                (
+                    &NOTIFICATIONS,
+                    "DELETE FROM notifications WHERE email_id IN",
+                ),
+                (
+                    &EMAILS,
+                    "DELETE FROM emails WHERE status <> 'queued' AND id IN",
+                ),
+            ],
+        )
+        .await?;
 
         // Events created before the cutoff, from the cursor on.
         let events = tx
@@ -121,39 +122,24 @@ impl SqlStore {
              AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.webhook_id = w.id) \
              ORDER BY w.id{lock}"
         );
-        let webhooks: Vec<String> = tx
-            .fetch(
-                &sql,
-                &[
-                    low.as_str().into(),
-                    high.as_str().into(),
-                    first.as_str().into(),
-                    last.as_str().into(),
-                    cutoff.0.into(),
-                ],
-            )
-            .await?
-            .iter()
-            .map(|r| r.text(0).map(str::to_owned))
-            .collect::<Result<_>>()?;
-        if !webhooks.is_empty() {
-            static ATTEMPTS: SqlBySize = SqlBySize::new();
-            static WEBHOOKS: SqlBySize = SqlBySize::new();
-            pruned.attempts = delete_listed(
-                tx.as_mut(),
-                &ATTEMPTS,
-                "DELETE FROM attempts WHERE webhook_id IN",
-                &webhooks,
-            )
-            .await?;
-            pruned.webhooks = delete_listed(
-                tx.as_mut(),
-                &WEBHOOKS,
-                "DELETE FROM webhooks WHERE id IN",
-                &webhooks,
-            )
-            .await?;
-        }
+        static ATTEMPTS: SqlBySize = SqlBySize::new();
+        static WEBHOOKS: SqlBySize = SqlBySize::new();
+        [pruned.attempts, pruned.webhooks] = delete_selected(
+            tx.as_mut(),
+            &sql,
+            &[
+                low.as_str().into(),
+                high.as_str().into(),
+                first.as_str().into(),
+                last.as_str().into(),
+                cutoff.0.into(),
+            ],
+            [
+                (&ATTEMPTS, "DELETE FROM attempts WHERE webhook_id IN"),
+                (&WEBHOOKS, "DELETE FROM webhooks WHERE id IN"),
+            ],
+        )
+        .await?;
         pruned.events = tx
             .execute(
                 "DELETE FROM events WHERE id >= $1 AND id <= $2 AND NOT EXISTS \
