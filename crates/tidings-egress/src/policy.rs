@@ -328,6 +328,17 @@ mod tests {
         })
     }
 
+    /// Checks each address of `table` against `policy` and expects its verdict.
+    fn assert_verdicts(policy: &AddressPolicy, table: &[(&str, Result<(), Forbidden>)]) {
+        for (address, expected) in table {
+            assert_eq!(
+                &policy.check(ip(address)),
+                expected,
+                "verdict for {address}"
+            );
+        }
+    }
+
     #[test]
     fn default_policy_verdicts_for_every_range() {
         use Embedding::*;
@@ -417,13 +428,7 @@ mod tests {
             ("2002:c0a8:0101::", via(Private, SixToFour, "192.168.1.1")),
         ];
         let policy = AddressPolicy::default();
-        for (address, expected) in table {
-            assert_eq!(
-                &policy.check(ip(address)),
-                expected,
-                "verdict for {address}"
-            );
-        }
+        assert_verdicts(&policy, table);
     }
 
     #[test]
@@ -449,13 +454,7 @@ mod tests {
             ),
             ("fe80::1", direct(Reason::LinkLocal)),
         ];
-        for (address, expected) in table {
-            assert_eq!(
-                &policy.check(ip(address)),
-                expected,
-                "verdict for {address}"
-            );
-        }
+        assert_verdicts(&policy, table);
     }
 
     #[test]

@@ -19,16 +19,17 @@ async fn post(egress: &Egress, url: &str) -> tidings_egress::Outcome {
     bounded(egress.post(url, &HeaderMap::new(), body())).await
 }
 
+/// An HTTPS server on loopback answering with `reply`, its certificate from a CA made for the
+/// test, and an egress that trusts that CA and may reach loopback.
+async fn trusted_server(reply: Reply) -> (Server, Egress) {
+    let ca = TestCa::new("test CA");
+    let server = Server::https("127.0.0.1:0", &ca.loopback_identity(), reply).await;
+    (server, Egress::new(config(&ca, LOOPBACK)).unwrap())
+}
+
 #[tokio::test]
 async fn status_200_is_a_success_with_its_body_excerpt() {
-    let ca = TestCa::new("test CA");
-    let server = Server::https(
-        "127.0.0.1:0",
-        &ca.loopback_identity(),
-        Reply::status(200, "ok"),
-    )
-    .await;
-    let egress = Egress::new(config(&ca, LOOPBACK)).unwrap();
+    let (server, egress) = trusted_server(Reply::status(200, "ok")).await;
 
     let outcome = post(
         &egress,
@@ -104,17 +105,10 @@ async fn a_redirect_is_a_failed_attempt_and_its_target_receives_nothing() {
 
 #[tokio::test]
 async fn a_5_kib_error_body_is_cut_to_its_first_kib() {
-    let ca = TestCa::new("test CA");
     let long: String = (0..5 * 1024)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
-    let server = Server::https(
-        "127.0.0.1:0",
-        &ca.loopback_identity(),
-        Reply::status(500, long.clone()),
-    )
-    .await;
-    let egress = Egress::new(config(&ca, LOOPBACK)).unwrap();
+    let (server, egress) = trusted_server(Reply::status(500, long.clone())).await;
 
     let outcome = post(&egress, &format!("https://127.0.0.1:{}/", server.port())).await;
 
@@ -151,14 +145,7 @@ async fn the_excerpt_does_not_wait_for_the_rest_of_the_body() {
 
 #[tokio::test]
 async fn the_request_is_a_json_post_with_the_user_agent_and_given_headers() {
-    let ca = TestCa::new("test CA");
-    let server = Server::https(
-        "127.0.0.1:0",
-        &ca.loopback_identity(),
-        Reply::status(200, ""),
-    )
-    .await;
-    let egress = Egress::new(config(&ca, LOOPBACK)).unwrap();
+    let (server, egress) = trusted_server(Reply::status(200, "")).await;
     let mut headers = HeaderMap::new();
     headers.insert(
         "webhook-id",
@@ -205,14 +192,7 @@ async fn the_request_is_a_json_post_with_the_user_agent_and_given_headers() {
 
 #[tokio::test]
 async fn attempts_to_one_destination_reuse_the_connection() {
-    let ca = TestCa::new("test CA");
-    let server = Server::https(
-        "127.0.0.1:0",
-        &ca.loopback_identity(),
-        Reply::status(200, "ok"),
-    )
-    .await;
-    let egress = Egress::new(config(&ca, LOOPBACK)).unwrap();
+    let (server, egress) = trusted_server(Reply::status(200, "ok")).await;
     let url = format!("https://127.0.0.1:{}/", server.port());
 
     let first = post(&egress, &url).await;

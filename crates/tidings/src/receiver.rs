@@ -304,6 +304,14 @@ mod tests {
         (status, String::from_utf8(bytes.to_vec()).unwrap())
     }
 
+    /// The answer to a request whose signature does not hold, saying why.
+    fn unauthorized(error: &str) -> (StatusCode, String) {
+        (
+            StatusCode::UNAUTHORIZED,
+            format!(r#"{{"error":"{error}"}}"#),
+        )
+    }
+
     #[tokio::test]
     async fn get_root_answers_the_welcome_text() {
         let request = Request::get("/").body(Body::empty()).unwrap();
@@ -337,10 +345,7 @@ mod tests {
             Request::from_parts(parts, Body::from(webhook_body("000000000000000000000000")));
         assert_eq!(
             send(&app(), tampered).await,
-            (
-                StatusCode::UNAUTHORIZED,
-                r#"{"error":"no matching signature"}"#.to_owned()
-            )
+            unauthorized("no matching signature")
         );
     }
 
@@ -349,10 +354,7 @@ mod tests {
         let request = signed_post(SECRET, now() - 6 * 60, &webhook_body(ID));
         assert_eq!(
             send(&app(), request).await,
-            (
-                StatusCode::UNAUTHORIZED,
-                r#"{"error":"timestamp is more than 5 minutes old"}"#.to_owned()
-            )
+            unauthorized("timestamp is more than 5 minutes old")
         );
     }
 
@@ -361,10 +363,7 @@ mod tests {
         let request = signed_post(OTHER_SECRET, now(), &webhook_body(ID));
         assert_eq!(
             send(&app(), request).await,
-            (
-                StatusCode::UNAUTHORIZED,
-                r#"{"error":"no matching signature"}"#.to_owned()
-            )
+            unauthorized("no matching signature")
         );
     }
 
@@ -375,10 +374,7 @@ mod tests {
             request.headers_mut().remove(header);
             assert_eq!(
                 send(&app(), request).await,
-                (
-                    StatusCode::UNAUTHORIZED,
-                    format!(r#"{{"error":"missing header `{header}`"}}"#)
-                ),
+                unauthorized(&format!("missing header `{header}`")),
                 "without {header}"
             );
         }

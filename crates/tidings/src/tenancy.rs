@@ -54,10 +54,7 @@ impl Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(n: u8) -> EntityId {
-        EntityId::parse(&format!("{n:024x}")).unwrap()
-    }
+    use crate::domain::ids::numbered_id as id;
 
     #[test]
     fn a_tenant_sees_its_level_and_below_only() {

@@ -8,13 +8,13 @@ use axum::http::{Method, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::hierarchy::store_error;
 use super::layout::{self, field_error, Section};
 use super::session::CsrfOnly;
 use super::tree::{self, Tree};
-use super::{FormError, Shared, Signed};
+use super::{api_time, FormError, Shared, Signed};
 use crate::domain::{EntityId, EventType, Millis};
 use crate::store::{LastAttempt, Webhook, WebhookFilter, WebhookStatus};
 
@@ -140,9 +140,9 @@ pub async fn list_page(
             Ok(x) => x,
             Err(e) => return store_error(e),
         },
-        Err(_) => match Tree::load(c.app().hierarchy.store().as_ref(), &signed.who).await {
+        Err(_) => match c.tree(&signed).await {
             Ok(t) => (t, Vec::new()),
-            Err(e) => return store_error(e),
+            Err(r) => return r,
         },
     };
     let error = parsed.err();
@@ -152,8 +152,8 @@ pub async fn list_page(
     let older = (rows.len() as u32 == PAGE)
         .then(|| rows.last().map(|(w, _)| w.id.clone()))
         .flatten();
-    let names: HashMap<&EntityId, &tree::Node> = tree.nodes.iter().map(|n| (&n.id, n)).collect();
     let select = |v: &Option<String>, option: &str| given(v) == Some(option);
+    let types = EventType::ALL.map(EventType::as_str);
     let body = html! {
         @if let Some(n) = q.recovered {
             p.notice role="status" { (n) " failed webhook(s) queued again." }
@@ -161,22 +161,12 @@ pub async fn list_page(
         form.filters method="get" action="/deliveries" {
             div {
                 label for="f-status" { "Status" }
-                select #f-status name="status" {
-                    option value="" { "any" }
-                    @for s in ["pending", "succeeded", "failed"] {
-                        option value=(s) selected[select(&q.status, s)] { (s) }
-                    }
-                }
+                (layout::filter_select("f-status", "status", &["pending", "succeeded", "failed"], given(&q.status)))
                 (field_error("f-status", &on("status")))
             }
             div {
                 label for="f-type" { "Type" }
-                select #f-type name="type" {
-                    option value="" { "any" }
-                    @for t in EventType::ALL {
-                        option value=(t.as_str()) selected[select(&q.event_type, t.as_str())] { (t.as_str()) }
-                    }
-                }
+                (layout::filter_select("f-type", "type", &types, given(&q.event_type)))
                 (field_error("f-type", &on("type")))
             }
             div {
@@ -218,7 +208,7 @@ pub async fn list_page(
         table.deliveries {
             thead { tr { th { "Created" } th { "Status" } th { "Type" } th { "To" } th { "Attempts" } th { "Next attempt" } th { "Webhook" } } }
             tbody #rows data-live=[live.then(|| format!("/deliveries/rows?{query}"))] {
-                (table_rows(&rows, &names))
+                (table_rows(&rows, &tree))
             }
         }
         @if rows.is_empty() && !(filter.after.is_none() && query.is_empty()) && error.is_none() {
@@ -236,7 +226,7 @@ pub async fn list_page(
     r
 }
 
-fn table_rows(rows: &Rows, names: &HashMap<&EntityId, &tree::Node>) -> Markup {
+fn table_rows(rows: &Rows, tree: &Tree) -> Markup {
     html! {
         @for (w, last) in rows {
             tr {
@@ -249,7 +239,7 @@ fn table_rows(rows: &Rows, names: &HashMap<&EntityId, &tree::Node>) -> Markup {
                 }
                 td data-label="Type" { a href={ "/deliveries/" (w.id) } { code { (w.event_type.as_str()) } } }
                 td data-label="To" {
-                    @match names.get(&w.level_id) {
+                    @match tree.get(&w.level_id) {
                         Some(n) => { (n.name) " " span.muted { (w.level.as_str()) } },
                         None => { span.muted { (w.level.as_str()) " " (w.level_id) } },
                     }
@@ -275,11 +265,7 @@ pub async fn rows(State(c): State<Shared>, signed: Signed, RawQuery(raw): RawQue
         return StatusCode::UNPROCESSABLE_ENTITY.into_response();
     };
     match load(&c, &signed, &f).await {
-        Ok((tree, rows)) => {
-            let names: HashMap<&EntityId, &tree::Node> =
-                tree.nodes.iter().map(|n| (&n.id, n)).collect();
-            Html(table_rows(&rows, &names).into_string()).into_response()
-        }
+        Ok((tree, rows)) => Html(table_rows(&rows, &tree).into_string()).into_response(),
         Err(e) => store_error(e),
     }
 }
@@ -319,10 +305,6 @@ pub async fn one_page(
     one(&c, &signed, &id, notice, None).await
 }
 
-fn millis(v: &Value) -> Option<Millis> {
-    v.as_str().and_then(|s| Millis::parse_rfc3339(s).ok())
-}
-
 async fn one(
     c: &Shared,
     signed: &Signed,
@@ -330,18 +312,13 @@ async fn one(
     notice: Option<String>,
     error: Option<String>,
 ) -> Response {
-    let answer = c
-        .api(
-            &signed.who,
-            Method::GET,
-            &format!("/v1/webhooks/{}", super::encode(id)),
-            None,
-        )
-        .await;
-    if !answer.ok() {
-        return layout::error_page(answer.status, &answer.message());
-    }
-    let w = answer.body;
+    let w = match c
+        .read(&signed.who, &format!("/v1/webhooks/{}", super::encode(id)))
+        .await
+    {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     let status = w["status"].as_str().unwrap_or("");
     let level = w["level"]["type"].as_str().unwrap_or("");
     let level_id = w["level"]["id"].as_str().unwrap_or("");
@@ -379,9 +356,9 @@ async fn one(
             }
             dt { "URL (as when created)" } dd { code.url { (w["url"].as_str().unwrap_or("")) } }
             dt { "Subject" } dd { code { (w["subject_id"].as_str().unwrap_or("")) } }
-            dt { "Created" } dd { @if let Some(t) = millis(&w["created"]) { (layout::time(t)) } }
+            dt { "Created" } dd { @if let Some(t) = api_time(&w["created"]) { (layout::time(t)) } }
             dt { "Attempts" } dd { (w["attempt_count"]) }
-            @if let Some(t) = millis(&w["next_attempt_at"]) { dt { "Next attempt" } dd { (layout::time(t)) } }
+            @if let Some(t) = api_time(&w["next_attempt_at"]) { dt { "Next attempt" } dd { (layout::time(t)) } }
         }
         form method="post" action={ "/deliveries/" (id) "/retry" } {
             (layout::csrf(signed))
@@ -398,7 +375,7 @@ async fn one(
                     @for a in attempts {
                         tr {
                             td data-label="#" { (a["number"]) }
-                            td data-label="Started" { @if let Some(t) = millis(&a["started_at"]) { (layout::time(t)) } }
+                            td data-label="Started" { @if let Some(t) = api_time(&a["started_at"]) { (layout::time(t)) } }
                             td data-label="Result" {
                                 @let code = a["status_code"].as_u64();
                                 @match (a["error"].as_str(), code) {
@@ -429,17 +406,11 @@ pub async fn retry(
     Path(id): Path<String>,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    if let Some(r) = signed.refuse(&form.csrf) {
-        return r;
-    }
-    let answer = c
-        .api(
-            &signed.who,
-            Method::POST,
-            &format!("/v1/webhooks/{}/retry", super::encode(&id)),
-            None,
-        )
-        .await;
+    let uri = format!("/v1/webhooks/{}/retry", super::encode(&id));
+    let answer = match c.act(&signed, &form.csrf, Method::POST, &uri).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     if answer.ok() {
         return Redirect::to(&format!("/deliveries/{id}?retried=1")).into_response();
     }

@@ -30,9 +30,9 @@ pub fn store_error(e: StoreError) -> Response {
 pub async fn tree_page(State(c): State<Shared>, signed: Signed) -> Response {
     let store = c.app().hierarchy.store().as_ref();
     let now = c.app().hierarchy.now();
-    let tree = match Tree::load(store, &signed.who).await {
+    let tree = match c.tree(&signed).await {
         Ok(t) => t,
-        Err(e) => return store_error(e),
+        Err(r) => return r,
     };
     // Kept up to date as attempts are recorded: one read for every level shown.
     let health = match store.endpoint_health(&tree.ids(), now).await {
@@ -155,18 +155,16 @@ async fn level(
     let Some(level) = tree::level_of_collection(collection) else {
         return layout::error_page(StatusCode::NOT_FOUND, "No such page.");
     };
-    let answer = c
-        .api(
+    let v = match c
+        .read(
             &signed.who,
-            Method::GET,
             &format!("/v1/{collection}/{}", super::encode(id)),
-            None,
         )
-        .await;
-    if !answer.ok() {
-        return layout::error_page(answer.status, &answer.message());
-    }
-    let v = answer.body;
+        .await
+    {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
     let Ok(level_id) = EntityId::parse(id) else {
         return layout::error_page(StatusCode::NOT_FOUND, "No such level.");
     };
@@ -219,44 +217,8 @@ async fn level(
         @if let Some(n) = &extra.notice { p.notice role="status" { (n) } }
         @if let Some(e) = &other_error { p.field-error role="alert" { (e) } }
         section.grid {
-            div.panel {
-                h2 { "Webhook URL" }
-                form method="post" action={ (base) "/settings" } {
-                    (layout::csrf(signed))
-                    label for="webhook_url" { "URL that receives this level's webhooks" }
-                    input #webhook_url type="url" name="webhook_url" placeholder="https://example.com/hooks"
-                        value=(extra.url_input.as_deref().or(url).unwrap_or(""))
-                        aria-invalid=[url_error.as_ref().map(|_| "true")]
-                        aria-describedby=[url_error.as_ref().map(|_| "webhook_url-error")];
-                    (field_error("webhook_url", &url_error))
-                    div.actions {
-                        button type="submit" name="action" value="save_url" { "Save URL" }
-                        @if url.is_some() {
-                            button.secondary type="submit" name="action" value="clear_url" { "Clear URL" }
-                        }
-                    }
-                }
-                p.muted { "Without a URL this level receives nothing; the levels below still do." }
-            }
-            div.panel {
-                h2 { "Notification contact" }
-                form method="post" action={ (base) "/settings" } {
-                    (layout::csrf(signed))
-                    label for="contact" { "E-mail address told about failed webhooks" }
-                    input #contact type="email" name="contact" placeholder="ops@example.com"
-                        value=(extra.contact_input.as_deref().or(contact).unwrap_or(""))
-                        aria-invalid=[contact_error.as_ref().map(|_| "true")]
-                        aria-describedby=[contact_error.as_ref().map(|_| "contact-error")];
-                    (field_error("contact", &contact_error))
-                    div.actions {
-                        button type="submit" name="action" value="save_contact" { "Save contact" }
-                        @if contact.is_some() {
-                            button.secondary type="submit" name="action" value="clear_contact" { "Clear contact" }
-                        }
-                    }
-                }
-                p.muted { "Without one, the nearest level above with a contact is told." }
-            }
+            (setting_panel(&URL_SETTING, signed, &base, extra.url_input.as_deref(), url, &url_error))
+            (setting_panel(&CONTACT_SETTING, signed, &base, extra.contact_input.as_deref(), contact, &contact_error))
             div.panel {
                 h2 { "Endpoint health, last 24 h" }
                 @match &health {
@@ -314,6 +276,76 @@ async fn level(
     let mut r = layout::page(signed, Section::Levels, &title, body);
     *r.status_mut() = status;
     r
+}
+
+/// One of a level's two settings, each changed by a form of its own on the level's page.
+struct Setting {
+    title: &'static str,
+    /// The input's id and name (and the form field the settings handler reads).
+    field: &'static str,
+    label: &'static str,
+    input_type: &'static str,
+    placeholder: &'static str,
+    /// The `action` values and texts of the buttons that save and clear it.
+    save: (&'static str, &'static str),
+    clear: (&'static str, &'static str),
+    /// What happens without it.
+    without: &'static str,
+}
+
+const URL_SETTING: Setting = Setting {
+    title: "Webhook URL",
+    field: "webhook_url",
+    label: "URL that receives this level's webhooks",
+    input_type: "url",
+    placeholder: "https://example.com/hooks",
+    save: ("save_url", "Save URL"),
+    clear: ("clear_url", "Clear URL"),
+    without: "Without a URL this level receives nothing; the levels below still do.",
+};
+
+const CONTACT_SETTING: Setting = Setting {
+    title: "Notification contact",
+    field: "contact",
+    label: "E-mail address told about failed webhooks",
+    input_type: "email",
+    placeholder: "ops@example.com",
+    save: ("save_contact", "Save contact"),
+    clear: ("clear_contact", "Clear contact"),
+    without: "Without one, the nearest level above with a contact is told.",
+};
+
+/// The panel of one setting: the value typed (shown again with its error) or else the one
+/// set, a button to save it and, while one is set, one to clear it.
+fn setting_panel(
+    s: &Setting,
+    signed: &Signed,
+    base: &str,
+    typed: Option<&str>,
+    set: Option<&str>,
+    error: &Option<String>,
+) -> Markup {
+    html! {
+        div.panel {
+            h2 { (s.title) }
+            form method="post" action={ (base) "/settings" } {
+                (layout::csrf(signed))
+                label for=(s.field) { (s.label) }
+                input id=(s.field) type=(s.input_type) name=(s.field) placeholder=(s.placeholder)
+                    value=(typed.or(set).unwrap_or(""))
+                    aria-invalid=[error.as_ref().map(|_| "true")]
+                    aria-describedby=[error.as_ref().map(|_| format!("{}-error", s.field))];
+                (field_error(s.field, error))
+                div.actions {
+                    button type="submit" name="action" value=(s.save.0) { (s.save.1) }
+                    @if set.is_some() {
+                        button.secondary type="submit" name="action" value=(s.clear.0) { (s.clear.1) }
+                    }
+                }
+            }
+            p.muted { (s.without) }
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -1,8 +1,6 @@
 //! API keys (the operator's): make a key scoped to a level, list, revoke; through the API's
 //! handlers, which refuse every other key.
 
-use std::collections::HashMap;
-
 use axum::extract::{Form, Path, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -10,19 +8,12 @@ use maud::html;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::hierarchy::store_error;
 use super::layout::{self, field_error, Section};
 use super::session::CsrfOnly;
-use super::tree::{self, Tree};
-use super::{FormError, Shared, Signed};
-use crate::domain::{EntityId, Millis};
+use super::{api_time, FormError, Shared, Signed};
 
 pub async fn page(State(c): State<Shared>, signed: Signed) -> Response {
     render(&c, &signed, None, None, StatusCode::OK).await
-}
-
-fn millis(v: &serde_json::Value) -> Option<Millis> {
-    v.as_str().and_then(|s| Millis::parse_rfc3339(s).ok())
 }
 
 async fn render(
@@ -32,17 +23,12 @@ async fn render(
     error: Option<FormError>,
     status: StatusCode,
 ) -> Response {
-    let answer = c.api(&signed.who, Method::GET, "/v1/api-keys", None).await;
-    if !answer.ok() {
-        return layout::error_page(answer.status, &answer.message());
-    }
-    let tree = match Tree::load(c.app().hierarchy.store().as_ref(), &signed.who).await {
-        Ok(t) => t,
-        Err(e) => return store_error(e),
+    let (listed, tree) = match c.list_with_tree(signed, "/v1/api-keys").await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    let names: HashMap<&EntityId, &tree::Node> = tree.nodes.iter().map(|n| (&n.id, n)).collect();
     let empty = Vec::new();
-    let keys = answer.body["data"].as_array().unwrap_or(&empty);
+    let keys = listed["data"].as_array().unwrap_or(&empty);
     let level_error = error
         .as_ref()
         .filter(|e| matches!(e.field.as_deref(), Some("id") | Some("level") | None))
@@ -88,22 +74,16 @@ async fn render(
                 tbody {
                     @for k in keys {
                         @let id = k["id"].as_str().unwrap_or("");
-                        @let revoked = millis(&k["revoked"]);
+                        @let revoked = api_time(&k["revoked"]);
                         tr {
                             td { (k["label"].as_str().unwrap_or("")) }
                             td {
                                 @match (k["level"].as_str(), k["level_id"].as_str()) {
-                                    (Some(l), Some(lid)) => {
-                                        (l) " "
-                                        @match EntityId::parse(lid).ok().and_then(|i| names.get(&i).copied()) {
-                                            Some(n) => a href={ "/levels/" (tree::collection(n.level)) "/" (n.id) } { (n.name) },
-                                            None => code { (lid) },
-                                        }
-                                    },
+                                    (Some(l), Some(lid)) => { (l) " " (layout::level_link(&tree, lid)) },
                                     _ => "operator",
                                 }
                             }
-                            td { @if let Some(t) = millis(&k["created"]) { (layout::time(t)) } }
+                            td { @if let Some(t) = api_time(&k["created"]) { (layout::time(t)) } }
                             td { @match revoked { Some(t) => { "revoked " (layout::time(t)) }, None => "active" } }
                             td {
                                 @if revoked.is_none() && k["level"].is_string() {
@@ -163,19 +143,10 @@ pub async fn revoke(
     Path(id): Path<String>,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    if let Some(r) = signed.refuse(&form.csrf) {
-        return r;
+    let uri = format!("/v1/api-keys/{}", super::encode(&id));
+    match c.act(&signed, &form.csrf, Method::DELETE, &uri).await {
+        Ok(answer) if answer.ok() => Redirect::to("/keys").into_response(),
+        Ok(answer) => layout::error_page(answer.status, &answer.message()),
+        Err(r) => r,
     }
-    let answer = c
-        .api(
-            &signed.who,
-            Method::DELETE,
-            &format!("/v1/api-keys/{}", super::encode(&id)),
-            None,
-        )
-        .await;
-    if answer.ok() {
-        return Redirect::to("/keys").into_response();
-    }
-    layout::error_page(answer.status, &answer.message())
 }

@@ -4,8 +4,9 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use maud::{html, Markup, DOCTYPE};
 
+use super::tree::{self, Tree};
 use super::Signed;
-use crate::domain::Millis;
+use crate::domain::{EntityId, Millis};
 
 /// Which section a page belongs to, for the navigation.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -154,6 +155,30 @@ pub fn field_error(id: &str, message: &Option<String>) -> Markup {
     html! {
         @if let Some(m) = message {
             p.field-error id={ (id) "-error" } role="alert" { (m) }
+        }
+    }
+}
+
+/// A filter's `<select>` of `options`, with "any" first (the empty value) and `chosen`
+/// selected.
+pub fn filter_select(id: &str, name: &str, options: &[&str], chosen: Option<&str>) -> Markup {
+    html! {
+        select id=(id) name=(name) {
+            option value="" { "any" }
+            @for o in options {
+                option value=(o) selected[chosen == Some(*o)] { (o) }
+            }
+        }
+    }
+}
+
+/// The level `id` names, linked to its page by its name when the key sees it; the bare id
+/// otherwise.
+pub fn level_link(tree: &Tree, id: &str) -> Markup {
+    html! {
+        @match EntityId::parse(id).ok().and_then(|i| tree.get(&i)) {
+            Some(n) => a href={ "/levels/" (tree::collection(n.level)) "/" (n.id) } { (n.name) },
+            None => code { (id) },
         }
     }
 }

@@ -29,7 +29,9 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use crate::api::{auth, emails as api_emails, entities, keys as api_keys, webhooks, AppState};
+use crate::domain::Millis;
 use crate::tenancy::Principal;
+use tree::Tree;
 
 pub use session::Signed;
 
@@ -308,11 +310,59 @@ impl Console {
     pub fn app(&self) -> &AppState {
         &self.app
     }
+
+    /// `GET uri` as `who`: the body of a successful answer, or the page that shows the
+    /// API's error.
+    pub async fn read(&self, who: &Principal, uri: &str) -> Result<Value, Response> {
+        let answer = self.api(who, Method::GET, uri, None).await;
+        if !answer.ok() {
+            return Err(layout::error_page(answer.status, &answer.message()));
+        }
+        Ok(answer.body)
+    }
+
+    /// A change a button asks for: the form's CSRF token is checked first, then
+    /// `method uri` (without a body) is called as the signed-in key.
+    pub async fn act(
+        &self,
+        signed: &Signed,
+        csrf: &str,
+        method: Method,
+        uri: &str,
+    ) -> Result<Answer, Response> {
+        if let Some(r) = signed.refuse(csrf) {
+            return Err(r);
+        }
+        Ok(self.api(&signed.who, method, uri, None).await)
+    }
+
+    /// The levels the signed-in key may see, or the page saying the store did not answer.
+    pub async fn tree(&self, signed: &Signed) -> Result<Tree, Response> {
+        Tree::load(self.app.hierarchy.store().as_ref(), &signed.who)
+            .await
+            .map_err(hierarchy::store_error)
+    }
+
+    /// An API list (`GET uri`) with the levels the key may see, to name the levels it
+    /// mentions; or the page saying what failed.
+    pub async fn list_with_tree(
+        &self,
+        signed: &Signed,
+        uri: &str,
+    ) -> Result<(Value, Tree), Response> {
+        let listed = self.read(&signed.who, uri).await?;
+        Ok((listed, self.tree(signed).await?))
+    }
 }
 
 /// Percent-encodes a query value.
 pub fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A time the API wrote (RFC 3339), if `v` holds one.
+pub fn api_time(v: &Value) -> Option<Millis> {
+    v.as_str().and_then(|s| Millis::parse_rfc3339(s).ok())
 }
 
 #[cfg(test)]

@@ -243,17 +243,11 @@ pub async fn sign_in(
     }
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    pub csrf: String,
-}
-
 pub async fn sign_out(
     State(c): State<Shared>,
     signed: Signed,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<CsrfOnly>,
 ) -> Response {
     if let Some(r) = signed.refuse(&form.csrf) {
         return r;

@@ -53,13 +53,22 @@ impl Kind {
     }
 }
 
+/// The one of `all` that `name` spells `s`; the error calls it an unknown `what`.
+fn by_name<T: Copy, const N: usize>(
+    all: [T; N],
+    name: fn(T) -> &'static str,
+    s: &str,
+    what: &str,
+) -> Result<T, String> {
+    all.into_iter()
+        .find(|t| name(*t) == s)
+        .ok_or_else(|| format!("unknown {what} `{s}`"))
+}
+
 impl FromStr for Kind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown kind `{s}`"))
+        by_name(Kind::ALL, Kind::as_str, s, "kind")
     }
 }
 
@@ -210,10 +219,7 @@ impl EventType {
 impl FromStr for EventType {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        EventType::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("unknown event type `{s}`"))
+        by_name(EventType::ALL, EventType::as_str, s, "event type")
     }
 }
 

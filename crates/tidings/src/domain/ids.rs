@@ -142,6 +142,12 @@ pub fn random_alphanumeric(len: usize) -> String {
     Alphanumeric.sample_string(&mut rand::thread_rng(), len)
 }
 
+/// The id whose 24 hex digits spell `n`: short, readable ids for unit tests.
+#[cfg(test)]
+pub(crate) fn numbered_id(n: u32) -> EntityId {
+    EntityId::parse(&format!("{n:024x}")).expect("24 hex digits")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

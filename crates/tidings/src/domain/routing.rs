@@ -82,11 +82,8 @@ pub fn route<'a>(
 mod tests {
     use super::*;
     use crate::domain::event::Kind;
+    use crate::domain::ids::numbered_id as id;
     use Level::*;
-
-    fn id(n: u8) -> EntityId {
-        EntityId::parse(&format!("{n:024x}")).unwrap()
-    }
 
     /// The chain above a subject of each shape, nearest first.
     fn chain(levels: &[Level], configured: &[Level]) -> Vec<Ancestor> {
@@ -95,7 +92,7 @@ mod tests {
             .enumerate()
             .map(|(i, &level)| Ancestor {
                 level,
-                id: id(i as u8 + 1),
+                id: id(i as u32 + 1),
                 webhook_url: configured
                     .contains(&level)
                     .then(|| format!("https://{level}.example/hook")),

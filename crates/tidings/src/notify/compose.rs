@@ -196,12 +196,9 @@ fn shorten(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ids::numbered_id as id;
 
     const URL: &str = "https://x.example/hook";
-
-    fn id(n: u32) -> EntityId {
-        EntityId::parse(&format!("{n:024x}")).unwrap()
-    }
 
     fn attempt(number: u32, status: Option<u16>, error: &str, body: &str) -> Attempt {
         Attempt {

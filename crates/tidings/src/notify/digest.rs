@@ -111,13 +111,10 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ids::numbered_id as id;
 
     const HOUR: Duration = Duration::from_secs(3600);
     const NOW: Millis = Millis(10_000_000);
-
-    fn id(n: u32) -> EntityId {
-        EntityId::parse(&format!("{n:024x}")).unwrap()
-    }
 
     fn key(level: u32, url: &str) -> DigestKey {
         DigestKey {

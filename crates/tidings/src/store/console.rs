@@ -15,7 +15,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row as _;
 
 use super::endpoints::{Slots, HOUR_MS, MINUTE_MS};
-use super::exec::Param;
+use super::exec::{bind_all, Param};
 use super::sql::SqlStore;
 use super::webhook_list::Order;
 use super::{Result, Webhook, WebhookFilter};
@@ -144,16 +144,7 @@ fn count(v: Option<i64>) -> u64 {
 /// Runs a read on the reader pool. Aggregates are read by their values' own types (SQLite
 /// gives computed columns no declared type).
 async fn fetch(store: &SqlStore, sql: &str, params: &[Param<'_>]) -> Result<Vec<AnyRow>> {
-    let mut q = sqlx::query(sql);
-    for p in params {
-        q = match *p {
-            Param::Text(s) => q.bind(s),
-            Param::Int(i) => q.bind(i),
-            Param::OptText(v) => q.bind(v),
-            Param::OptInt(v) => q.bind(v),
-        };
-    }
-    Ok(q.fetch_all(&store.reader).await?)
+    Ok(bind_all(sql, params).fetch_all(&store.reader).await?)
 }
 
 fn int(r: &AnyRow, i: usize) -> Result<Option<i64>> {

@@ -411,10 +411,7 @@ impl EndpointStore for SqlStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(n: u8) -> EntityId {
-        EntityId::parse(&format!("{n:024x}")).unwrap()
-    }
+    use crate::domain::ids::numbered_id as id;
 
     #[test]
     fn a_batch_sums_per_level_and_hour_and_counts_failures_after_the_last_success() {

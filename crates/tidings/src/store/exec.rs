@@ -150,7 +150,8 @@ pub(super) trait Exec: Send {
 
 // --- PostgreSQL (and any sqlx connection) ---
 
-fn bind_all<'q>(
+/// `sql` with `params` bound, for a sqlx connection.
+pub(super) fn bind_all<'q>(
     sql: &'q str,
     params: &[Param<'q>],
 ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {

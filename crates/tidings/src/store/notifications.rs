@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::exec::Exec;
+use super::exec::{Exec, Param};
 use super::queue::Queue;
 use super::sql::{parse_id, Backend, SqlStore};
 use super::{Attempt, Result, StoreError};
@@ -203,23 +203,51 @@ pub(super) async fn queue_disabled_email(
     reason: &str,
     now: Millis,
 ) -> Result<()> {
-    let subject = compose::disabled_subject(url);
-    tx.execute(
-        "INSERT INTO emails (id, level_id, url, recipient, status, subject, webhook_count, \
-         scheduled_at, due_at, claimed_by, closed_at, attempts, last_error, created_at, \
-         updated_at, sent_at, disabled_reason) \
-         VALUES ($1, $2, $3, NULL, 'queued', $4, 0, $5, $5, NULL, $5, 0, NULL, $5, $5, NULL, $6)",
-        &[
-            EntityId::generate(now).as_str().into(),
-            level_id.as_str().into(),
-            url.into(),
-            subject.as_str().into(),
-            now.0.into(),
-            reason.into(),
-        ],
-    )
-    .await?;
-    Ok(())
+    let email = NewEmail {
+        id: &EntityId::generate(now),
+        level_id,
+        url,
+        subject: &compose::disabled_subject(url),
+        scheduled_at: now,
+        closed: true,
+        disabled_reason: Some(reason),
+    };
+    email.insert(tx, now).await
+}
+
+/// A queued e-mail as it is first written, due at `scheduled_at`, with no recipient yet.
+struct NewEmail<'a> {
+    id: &'a EntityId,
+    level_id: &'a EntityId,
+    url: &'a str,
+    subject: &'a str,
+    scheduled_at: Millis,
+    /// Closed to further failures from the start (made at `now`).
+    closed: bool,
+    disabled_reason: Option<&'a str>,
+}
+
+impl NewEmail<'_> {
+    async fn insert(&self, tx: &mut dyn Exec, now: Millis) -> Result<()> {
+        tx.execute(
+            "INSERT INTO emails (id, level_id, url, recipient, status, subject, webhook_count, \
+             scheduled_at, due_at, claimed_by, closed_at, attempts, last_error, created_at, \
+             updated_at, sent_at, disabled_reason) \
+             VALUES ($1, $2, $3, NULL, 'queued', $4, 0, $5, $5, NULL, $6, 0, NULL, $7, $7, NULL, $8)",
+            &[
+                self.id.as_str().into(),
+                self.level_id.as_str().into(),
+                self.url.into(),
+                self.subject.into(),
+                self.scheduled_at.0.into(),
+                self.closed.then_some(now.0).into(),
+                now.0.into(),
+                self.disabled_reason.into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 impl SqlStore {
@@ -270,21 +298,41 @@ impl SqlStore {
         now: Millis,
     ) -> Result<EntityId> {
         let id = EntityId::generate(now);
-        tx.execute(
-            "INSERT INTO emails (id, level_id, url, recipient, status, subject, webhook_count, \
-             scheduled_at, due_at, claimed_by, closed_at, attempts, last_error, created_at, \
-             updated_at, sent_at) \
-             VALUES ($1, $2, $3, NULL, 'queued', '', 0, $4, $4, NULL, NULL, 0, NULL, $5, $5, NULL)",
-            &[
-                id.as_str().into(),
-                key.level_id.as_str().into(),
-                key.url.as_str().into(),
-                scheduled_at.0.into(),
-                now.0.into(),
-            ],
-        )
-        .await?;
+        let email = NewEmail {
+            id: &id,
+            level_id: &key.level_id,
+            url: &key.url,
+            subject: "",
+            scheduled_at,
+            closed: false,
+            disabled_reason: None,
+        };
+        email.insert(tx, now).await?;
         Ok(id)
+    }
+
+    /// Ends a queued e-mail with `email_update` (which names it `id` and changes it only if
+    /// it is still the caller's to end) and, when that changed it, gives its notifications
+    /// `status` too, in one transaction; answers whether it ended it.
+    async fn end_email(
+        &self,
+        email_update: &str,
+        params: &[Param<'_>],
+        id: &EntityId,
+        status: EmailStatus,
+        now: Millis,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let n = tx.execute(email_update, params).await?;
+        if n == 1 {
+            tx.execute(
+                "UPDATE notifications SET status = $1, updated_at = $2 WHERE email_id = $3",
+                &[status.as_str().into(), now.0.into(), id.as_str().into()],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
     }
 }
 
@@ -408,25 +456,16 @@ impl NotificationStore for SqlStore {
         owner: Option<&str>,
         now: Millis,
     ) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let n = tx
-            .execute(
-                "UPDATE emails SET status = 'no_recipient', recipient = NULL, due_at = NULL, \
-                 claimed_by = NULL, closed_at = COALESCE(closed_at, $1), updated_at = $1 \
-                 WHERE id = $2 AND status = 'queued' AND COALESCE(claimed_by, '') = $3",
-                &[now.0.into(), id.as_str().into(), owner.unwrap_or("").into()],
-            )
-            .await?;
-        if n == 1 {
-            tx.execute(
-                "UPDATE notifications SET status = 'no_recipient', updated_at = $1 \
-                 WHERE email_id = $2",
-                &[now.0.into(), id.as_str().into()],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(n == 1)
+        self.end_email(
+            "UPDATE emails SET status = 'no_recipient', recipient = NULL, due_at = NULL, \
+             claimed_by = NULL, closed_at = COALESCE(closed_at, $1), updated_at = $1 \
+             WHERE id = $2 AND status = 'queued' AND COALESCE(claimed_by, '') = $3",
+            &[now.0.into(), id.as_str().into(), owner.unwrap_or("").into()],
+            id,
+            EmailStatus::NoRecipient,
+            now,
+        )
+        .await
     }
 
     async fn claim_emails(
@@ -442,19 +481,8 @@ impl NotificationStore for SqlStore {
              WHERE id IN (SELECT id FROM emails WHERE due_at <= $3 ORDER BY due_at LIMIT $4{skip_locked}) \
              RETURNING id"
         );
-        let mut tx = self.begin_write().await?;
-        let rows = tx
-            .fetch(
-                &sql,
-                &[
-                    lease_until.0.into(),
-                    owner.into(),
-                    now.0.into(),
-                    (limit as i64).into(),
-                ],
-            )
-            .await?;
-        tx.commit().await?;
+        let tx = self.begin_write().await?;
+        let rows = Self::claim_rows(tx, &sql, owner, now, lease_until, limit).await?;
         let mut ids = rows
             .iter()
             .map(|r| parse_id(r.text(0)?))
@@ -536,30 +564,22 @@ impl NotificationStore for SqlStore {
         subject: &str,
         now: Millis,
     ) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let n = tx
-            .execute(
-                "UPDATE emails SET status = 'sent', recipient = $1, subject = $2, sent_at = $3, \
-                 updated_at = $3, due_at = NULL, claimed_by = NULL, attempts = attempts + 1 \
-                 WHERE id = $4 AND claimed_by = $5",
-                &[
-                    recipient.into(),
-                    subject.into(),
-                    now.0.into(),
-                    id.as_str().into(),
-                    owner.into(),
-                ],
-            )
-            .await?;
-        if n == 1 {
-            tx.execute(
-                "UPDATE notifications SET status = 'sent', updated_at = $1 WHERE email_id = $2",
-                &[now.0.into(), id.as_str().into()],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(n == 1)
+        self.end_email(
+            "UPDATE emails SET status = 'sent', recipient = $1, subject = $2, sent_at = $3, \
+             updated_at = $3, due_at = NULL, claimed_by = NULL, attempts = attempts + 1 \
+             WHERE id = $4 AND claimed_by = $5",
+            &[
+                recipient.into(),
+                subject.into(),
+                now.0.into(),
+                id.as_str().into(),
+                owner.into(),
+            ],
+            id,
+            EmailStatus::Sent,
+            now,
+        )
+        .await
     }
 
     async fn email_not_sent(

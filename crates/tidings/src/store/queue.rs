@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use sqlx::Row as _;
 
 use super::endpoints::{self, Outcome};
-use super::exec::Param;
+use super::exec::{Exec, Param, Row};
 use super::sql::{
     parse_id, secrets_from_row, statement_chunks, success_from, value_rows, webhook_from_row,
     SqlBySize, SqlStore, WEBHOOK_WIDTH,
@@ -135,42 +135,15 @@ impl SqlStore {
                 // The webhooks queued behind an ordered one that waits for a retry wait as
                 // long, so that claims do not keep reading past them meanwhile.
                 Next::RetryAt(t) if *ordered => {
-                    let seq = self.backend.seq();
-                    tx.execute(
-                        &format!(
-                            "UPDATE webhooks SET due_at = $1 WHERE level_id = $2 AND subject_id = $3 \
-                             AND ordered = 1 AND due_at IS NOT NULL AND due_at < $1 \
-                             AND claimed_by IS NULL \
-                             AND {seq} > (SELECT h.{seq} FROM webhooks h WHERE h.id = $4)"
-                        ),
-                        &[
-                            t.0.into(),
-                            level_id.as_str().into(),
-                            subject.as_str().into(),
-                            r.webhook_id.as_str().into(),
-                        ],
-                    )
-                    .await?;
+                    self.move_queued_behind(tx.as_mut(), r, level_id, subject, "due_at < $1", t)
+                        .await?;
                 }
                 // Finished after a retry: what was held back until that retry is due now
                 // (the retry may have come early, through the API).
                 Next::Succeeded | Next::Failed if *ordered && r.attempt.number > 1 => {
-                    let seq = self.backend.seq();
-                    tx.execute(
-                        &format!(
-                            "UPDATE webhooks SET due_at = $1 WHERE level_id = $2 AND subject_id = $3 \
-                             AND ordered = 1 AND due_at IS NOT NULL AND due_at > $1 \
-                             AND claimed_by IS NULL AND attempts = 0 \
-                             AND {seq} > (SELECT h.{seq} FROM webhooks h WHERE h.id = $4)"
-                        ),
-                        &[
-                            now.0.into(),
-                            level_id.as_str().into(),
-                            subject.as_str().into(),
-                            r.webhook_id.as_str().into(),
-                        ],
-                    )
-                    .await?;
+                    let which = "due_at > $1 AND attempts = 0";
+                    self.move_queued_behind(tx.as_mut(), r, level_id, subject, which, now)
+                        .await?;
                 }
                 Next::Gone => {
                     let reason = crate::domain::endpoint::gone_reason(r.attempt.started_at);
@@ -294,6 +267,63 @@ impl SqlStore {
         Ok(row.try_get::<Option<i64>, _>("next")?.map(Millis))
     }
 
+    /// Makes due at `at` the unfinished, unclaimed webhooks queued behind the ordered one `r`
+    /// recorded (to its level, about its subject, made after it) that match `which` (a
+    /// condition on `due_at`, `$1` being `at`).
+    async fn move_queued_behind(
+        &self,
+        tx: &mut dyn Exec,
+        r: &Recorded,
+        level_id: &EntityId,
+        subject: &str,
+        which: &str,
+        at: Millis,
+    ) -> Result<()> {
+        let seq = self.backend.seq();
+        tx.execute(
+            &format!(
+                "UPDATE webhooks SET due_at = $1 WHERE level_id = $2 AND subject_id = $3 \
+                 AND ordered = 1 AND due_at IS NOT NULL AND {which} \
+                 AND claimed_by IS NULL \
+                 AND {seq} > (SELECT h.{seq} FROM webhooks h WHERE h.id = $4)"
+            ),
+            &[
+                at.0.into(),
+                level_id.as_str().into(),
+                subject.into(),
+                r.webhook_id.as_str().into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Runs the claim statement of either queue, alone in the write transaction `tx`, and
+    /// answers the rows it returns. Its parameters: `$1` the lease's end, `$2` the owner, `$3`
+    /// now, `$4` how many rows at most.
+    pub(super) async fn claim_rows(
+        mut tx: Box<dyn Exec>,
+        sql: &str,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Row>> {
+        let rows = tx
+            .fetch(
+                sql,
+                &[
+                    lease_until.0.into(),
+                    owner.into(),
+                    now.0.into(),
+                    (limit as i64).into(),
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
     /// Ends every claim on `queue` at once, making those rows due at `now`.
     pub(super) async fn end_all_claims(&self, queue: Queue, now: Millis) -> Result<u64> {
         let sql = format!(
@@ -335,19 +365,8 @@ impl SqlStore {
             secret("previous"),
             secret("previous_until"),
         );
-        let mut tx = self.begin_write_now().await?;
-        let rows = tx
-            .fetch(
-                &sql,
-                &[
-                    lease_until.0.into(),
-                    owner.into(),
-                    now.0.into(),
-                    (limit as i64).into(),
-                ],
-            )
-            .await?;
-        tx.commit().await?;
+        let tx = self.begin_write_now().await?;
+        let rows = Self::claim_rows(tx, &sql, owner, now, lease_until, limit).await?;
         let mut claimed = rows
             .iter()
             .map(|r| {

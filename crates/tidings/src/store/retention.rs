@@ -28,35 +28,46 @@ fn first_id_at(at: Millis) -> String {
     format!("{:012x}000000000000", at.0.clamp(0, 0xffff_ffff_ffff))
 }
 
-/// `{head} column IN (…)` over `ids`, a few statement texts for every count. Each list's
-/// lowest and highest ids bound `column` as well: with the range a planner sees a short
-/// walk of the column's index even when its statistics lag behind (PostgreSQL, with no
-/// statistics on `attempts` yet, estimated 800 listed webhooks' attempts at the whole table
-/// and read all of it: 400 ms a batch, against a few ms through the index).
-async fn delete_listed(
+/// Selects ids with `select` (`SELECT id …`), then runs each of `deletes` in turn over them
+/// (nothing for none): a `DELETE … WHERE` head and the column the ids are of, with the texts
+/// it was built to (a few for every count). Answers how many rows each removed.
+///
+/// Each list's lowest and highest ids bound the column as well: with the range a planner
+/// sees a short walk of the column's index even when its statistics lag behind
+/// (PostgreSQL, with no statistics on `attempts` yet, estimated 800 listed webhooks'
+/// attempts at the whole table and read all of it: 400 ms a batch, against a few ms through
+/// the index).
+async fn delete_selected<const N: usize>(
     tx: &mut dyn Exec,
-    texts: &SqlBySize,
-    head: &str,
-    column: &str,
-    ids: &[String],
-) -> Result<u64> {
-    let mut n = 0;
-    for chunk in statement_chunks(ids) {
-        let sql = texts.get(chunk.len(), |k| {
-            let list: Vec<String> = (3..k + 3).map(|i| format!("${i}")).collect();
-            format!(
-                "{head} {column} >= $1 AND {column} <= $2 AND {column} IN ({})",
-                list.join(", ")
-            )
-        });
-        let (Some(low), Some(high)) = (chunk.iter().min(), chunk.iter().max()) else {
-            continue;
-        };
-        let mut params: Vec<Param> = vec![low.as_str().into(), high.as_str().into()];
-        params.extend(chunk.iter().map(|id| Param::from(id.as_str())));
-        n += tx.execute(&sql, &params).await?;
+    select: &str,
+    params: &[Param<'_>],
+    deletes: [(&SqlBySize, &str, &str); N],
+) -> Result<[u64; N]> {
+    let ids = tx
+        .fetch(select, params)
+        .await?
+        .iter()
+        .map(|r| r.text(0).map(str::to_owned))
+        .collect::<Result<Vec<_>>>()?;
+    let mut removed = [0; N];
+    for (n, (texts, head, column)) in removed.iter_mut().zip(deletes) {
+        for chunk in statement_chunks(&ids) {
+            let sql = texts.get(chunk.len(), |k| {
+                let list: Vec<String> = (3..k + 3).map(|i| format!("${i}")).collect();
+                format!(
+                    "{head} {column} >= $1 AND {column} <= $2 AND {column} IN ({})",
+                    list.join(", ")
+                )
+            });
+            let (Some(low), Some(high)) = (chunk.iter().min(), chunk.iter().max()) else {
+                continue;
+            };
+            let mut params: Vec<Param> = vec![low.as_str().into(), high.as_str().into()];
+            params.extend(chunk.iter().map(|id| Param::from(id.as_str())));
+            *n += tx.execute(&sql, &params).await?;
+        }
     }
-    Ok(n)
+    Ok(removed)
 }
 
 impl SqlStore {
@@ -72,40 +83,31 @@ impl SqlStore {
         let mut tx = self.begin_write().await?;
 
         // Finished e-mails, and the rows that tie failed webhooks to them.
-        let emails: Vec<String> = tx
-            .fetch(
-                "SELECT id FROM emails WHERE status IN ('sent', 'no_recipient') AND id < $1 \
-                 AND updated_at < $2 ORDER BY id LIMIT $3",
-                &[
-                    before.as_str().into(),
-                    cutoff.0.into(),
-                    (limit as i64).into(),
-                ],
-            )
-            .await?
-            .iter()
-            .map(|r| r.text(0).map(str::to_owned))
-            .collect::<Result<_>>()?;
-        if !emails.is_empty() {
-            static NOTIFICATIONS: SqlBySize = SqlBySize::new();
-            static EMAILS: SqlBySize = SqlBySize::new();
-            pruned.notifications = delete_listed(
-                tx.as_mut(),
-                &NOTIFICATIONS,
-                "DELETE FROM notifications WHERE",
-                "email_id",
-                &emails,
-            )
-            .await?;
-            pruned.emails = delete_listed(
-                tx.as_mut(),
-                &EMAILS,
-                "DELETE FROM emails WHERE status <> 'queued' AND",
-                "id",
-                &emails,
-            )
-            .await?;
-        }
+        static NOTIFICATIONS: SqlBySize = SqlBySize::new();
+        static EMAILS: SqlBySize = SqlBySize::new();
+        [pruned.notifications, pruned.emails] = delete_selected(
+            tx.as_mut(),
+            "SELECT id FROM emails WHERE status IN ('sent', 'no_recipient') AND id < $1 \
+             AND updated_at < $2 ORDER BY id LIMIT $3",
+            &[
+                before.as_str().into(),
+                cutoff.0.into(),
+                (limit as i64).into(),
+            ],
+            [
+                (
+                    &NOTIFICATIONS,
+                    "DELETE FROM notifications WHERE",
+                    "email_id",
+                ),
+                (
+                    &EMAILS,
+                    "DELETE FROM emails WHERE status <> 'queued' AND",
+                    "id",
+                ),
+            ],
+        )
+        .await?;
 
         // Events created before the cutoff, from the cursor on.
         let events = tx
@@ -135,41 +137,24 @@ impl SqlStore {
              AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.webhook_id = w.id) \
              ORDER BY w.id{lock}"
         );
-        let webhooks: Vec<String> = tx
-            .fetch(
-                &sql,
-                &[
-                    low.as_str().into(),
-                    high.as_str().into(),
-                    first.as_str().into(),
-                    last.as_str().into(),
-                    cutoff.0.into(),
-                ],
-            )
-            .await?
-            .iter()
-            .map(|r| r.text(0).map(str::to_owned))
-            .collect::<Result<_>>()?;
-        if !webhooks.is_empty() {
-            static ATTEMPTS: SqlBySize = SqlBySize::new();
-            static WEBHOOKS: SqlBySize = SqlBySize::new();
-            pruned.attempts = delete_listed(
-                tx.as_mut(),
-                &ATTEMPTS,
-                "DELETE FROM attempts WHERE",
-                "webhook_id",
-                &webhooks,
-            )
-            .await?;
-            pruned.webhooks = delete_listed(
-                tx.as_mut(),
-                &WEBHOOKS,
-                "DELETE FROM webhooks WHERE",
-                "id",
-                &webhooks,
-            )
-            .await?;
-        }
+        static ATTEMPTS: SqlBySize = SqlBySize::new();
+        static WEBHOOKS: SqlBySize = SqlBySize::new();
+        [pruned.attempts, pruned.webhooks] = delete_selected(
+            tx.as_mut(),
+            &sql,
+            &[
+                low.as_str().into(),
+                high.as_str().into(),
+                first.as_str().into(),
+                last.as_str().into(),
+                cutoff.0.into(),
+            ],
+            [
+                (&ATTEMPTS, "DELETE FROM attempts WHERE", "webhook_id"),
+                (&WEBHOOKS, "DELETE FROM webhooks WHERE", "id"),
+            ],
+        )
+        .await?;
         // An event goes once no webhook of it is left: one probe of the webhooks' index on
         // `event_id` per event. Written as a scalar subquery with LIMIT, not `NOT EXISTS`:
         // PostgreSQL may turn `NOT EXISTS` into a hash anti-join that reads every webhook

@@ -3,9 +3,8 @@
 
 use crate::helpers::stores;
 
-use stores::{contact, id, T0};
+use stores::{id, T0};
 
-use tidings::domain::entities::{Dealer, Entity, Reseller};
 use tidings::domain::{EntityId, EventType, Level, Millis};
 use tidings::store::{
     Attempt, Bucket, BucketWidth, LastAttempt, NewEvent, NewWebhook, Next, QueueDepth, Recorded,
@@ -14,48 +13,7 @@ use tidings::store::{
 
 /// Commits a reseller with `n` DEALER_CREATED webhooks to it.
 async fn level_with_webhooks(store: &dyn Store, n: usize) -> (EntityId, Vec<EntityId>) {
-    let r = Entity::Reseller(Reseller {
-        id: id(),
-        name: "R".into(),
-        contact: contact(),
-        notification_contact: None,
-        webhook_url: Some("https://r.example/hook".into()),
-        suspended: false,
-    });
-    let mut tx = store.write().await.unwrap();
-    tx.put(&r, T0).await.unwrap();
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        let d = Entity::Dealer(Dealer {
-            id: id(),
-            name: "D".into(),
-            contact: contact(),
-            reseller: r.id().clone(),
-            notification_contact: None,
-            webhook_url: None,
-            suspended: false,
-        });
-        tx.put(&d, T0).await.unwrap();
-        let event = NewEvent {
-            id: id(),
-            event_type: EventType::DealerCreated,
-            subject_id: d.id().clone(),
-            data: "{}".into(),
-            created_at: T0,
-        };
-        let w = NewWebhook {
-            id: id(),
-            level: Level::Reseller,
-            level_id: r.id().clone(),
-            url: "https://r.example/hook".into(),
-            ordered: false,
-            disabled: false,
-        };
-        ids.push(w.id.clone());
-        tx.add_event(&event, &[w], None).await.unwrap();
-    }
-    tx.commit().await.unwrap();
-    (r.id().clone(), ids)
+    stores::queue(store, n, T0).await
 }
 
 fn attempt(at: i64, error: Option<&str>) -> Attempt {

@@ -15,8 +15,8 @@ use crate::helpers::shapes::{
     assert_envelope, assert_routed, key_diff, routed, seed, seed_data, shape_diff, Routed,
 };
 use crate::helpers::tree::{
-    contact, direct_meeting_body, hook_url, personal_meeting_body, site_body, user_body, Level,
-    Tree,
+    company_body, contact, direct_meeting_body, hook_url, personal_meeting_body, site_body,
+    user_body, Level, Tree,
 };
 use crate::helpers::{id_of, OPERATOR_KEY};
 
@@ -395,11 +395,7 @@ fn payloads_have_the_seeds_envelope_and_shapes() {
 
     // The deleted example, for each of the five kinds.
     let seed_deleted = seed("deleted");
-    let company = id_of(&s.create(
-        "companies",
-        &json!({"name": "C", "contact": contact("C", "c@tidings.test"),
-                "dealer": {"id": dealer}}),
-    ));
+    let company = id_of(&s.create("companies", &company_body(&dealer)));
     let site = id_of(&s.create("sites", &site_body("S", &company, None)));
     let user = id_of(&s.create("users", &user_body("U", "company", &company, &[&site])));
     let meeting = id_of(&s.create("meetings", &personal_meeting_body(&company, &site, &user)));
@@ -969,11 +965,7 @@ fn bad_input_is_refused_with_the_right_error_and_changes_nothing() {
             "missing parent",
             Method::POST,
             "/v1/companies",
-            Some(
-                json!({"name": "C", "contact": contact("C", "c@tidings.test"),
-                       "dealer": {"id": missing}})
-                .to_string(),
-            ),
+            Some(company_body(missing).to_string()),
             422,
             "invalid_reference",
             Some("dealer.id"),
@@ -983,11 +975,7 @@ fn bad_input_is_refused_with_the_right_error_and_changes_nothing() {
             "a reseller as a company's dealer",
             Method::POST,
             "/v1/companies",
-            Some(
-                json!({"name": "C", "contact": contact("C", "c@tidings.test"),
-                       "dealer": {"id": r}})
-                .to_string(),
-            ),
+            Some(company_body(r).to_string()),
             422,
             "invalid_reference",
             Some("dealer.id"),
@@ -1302,11 +1290,7 @@ fn http_webhook_urls_are_accepted_only_when_the_operator_allows_them() {
     let dealer = dev.create("dealers", &body(&r));
     assert_eq!(dealer["webhook_url"], url);
     // Its events then carry the http:// URL as their snapshot.
-    let company = id_of(&dev.create(
-        "companies",
-        &json!({"name": "C", "contact": contact("C", "c@tidings.test"),
-                "dealer": {"id": dealer["id"]}}),
-    ));
+    let company = id_of(&dev.create("companies", &company_body(dealer["id"].as_str().unwrap())));
     let w = dev.webhooks(&[
         ("subject_id", &company),
         ("level_id", dealer["id"].as_str().unwrap()),
@@ -1599,6 +1583,7 @@ fn a_suspended_company_reads_but_cannot_change_or_lift_its_suspension() {
     let dealer_key = key_for("dealer", &t.dealer.id);
     let company = format!("/v1/companies/{}", t.company.id);
     let json = Some("application/json");
+    let patch = |key: &str, body: &str| send(&s, Method::PATCH, &company, key, json, body);
 
     // Its own authority fields are not the company's to change.
     for body in [
@@ -1606,25 +1591,11 @@ fn a_suspended_company_reads_but_cannot_change_or_lift_its_suspension() {
         json!({"package": null}),
         json!({"dealer": {"id": t.dealer.id}, "suspended": true}),
     ] {
-        let (status, _, answer) = send(
-            &s,
-            Method::PATCH,
-            &company,
-            &company_key,
-            json,
-            &body.to_string(),
-        );
+        let (status, _, answer) = patch(&company_key, &body.to_string());
         assert_eq!(status, 403, "{body}: {answer}");
         assert_eq!(answer["error"]["code"], "forbidden");
     }
-    let (status, _, answer) = send(
-        &s,
-        Method::PATCH,
-        &company,
-        &dealer_key,
-        json,
-        r#"{"suspended": true}"#,
-    );
+    let (status, _, answer) = patch(&dealer_key, r#"{"suspended": true}"#);
     assert_eq!(status, 200, "{answer}");
 
     // Suspended: reads answer, changes do not, and nothing changed.
@@ -1679,22 +1650,8 @@ fn a_suspended_company_reads_but_cannot_change_or_lift_its_suspension() {
     assert_eq!(s.get_ok("/v1/sites?limit=1000"), sites);
 
     // Lifted by its dealer, the company's key changes again.
-    let (status, _, answer) = send(
-        &s,
-        Method::PATCH,
-        &company,
-        &dealer_key,
-        json,
-        r#"{"suspended": false}"#,
-    );
+    let (status, _, answer) = patch(&dealer_key, r#"{"suspended": false}"#);
     assert_eq!(status, 200, "{answer}");
-    let (status, _, answer) = send(
-        &s,
-        Method::PATCH,
-        &company,
-        &company_key,
-        json,
-        r#"{"name": "Renamed"}"#,
-    );
+    let (status, _, answer) = patch(&company_key, r#"{"name": "Renamed"}"#);
     assert_eq!(status, 200, "{answer}");
 }

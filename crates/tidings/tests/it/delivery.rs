@@ -47,10 +47,9 @@ const MS: Duration = Duration::from_millis(1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_200_answer_is_delivered_exactly_once() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = receiver(&ca);
+    let (setup, receiver) = Setup::new().with_receiver();
     receiver.on("/hook", Reply::ok());
-    let app = Setup::new().trusting(&ca).start().await;
+    let app = setup.start().await;
     let reseller = app.create_reseller(&receiver.url("/hook")).await;
 
     let id = app.dealer_created_webhook(&reseller).await;
@@ -80,8 +79,7 @@ async fn a_200_answer_is_delivered_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn any_status_but_200_is_a_failed_attempt_with_its_code_and_body_excerpt() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = receiver(&ca);
+    let (setup, receiver) = Setup::new().with_receiver();
     let long = "0123456789abcdef".repeat(200); // 3200 bytes: only the first 1 KiB is kept
     let cases: [(&str, Reply, u16, &str); 5] = [
         (
@@ -115,7 +113,7 @@ async fn any_status_but_200_is_a_failed_attempt_with_its_code_and_body_excerpt()
     for (path, reply, ..) in &cases {
         receiver.on(path, reply.clone());
     }
-    let app = Setup::new().trusting(&ca).start().await;
+    let app = setup.start().await;
 
     for (path, _, status, excerpt) in &cases {
         let reseller = app.create_reseller(&receiver.url(path)).await;
@@ -145,12 +143,10 @@ async fn any_status_but_200_is_a_failed_attempt_with_its_code_and_body_excerpt()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receiver_slower_than_the_request_timeout_fails_with_a_timeout() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = receiver(&ca);
+    let (setup, receiver) = Setup::new().with_receiver();
     receiver.on("/hangs", Reply::hang());
     receiver.on("/late", Reply::ok().after(Duration::from_secs(3)));
-    let app = Setup::new()
-        .trusting(&ca)
+    let app = setup
         .request_timeout(Duration::from_millis(500))
         .start()
         .await;
@@ -215,14 +211,9 @@ async fn a_certificate_from_an_untrusted_ca_fails_with_a_tls_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_failed_attempts_end_failed_with_one_notification_and_every_request_signed() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = receiver(&ca);
+    let (setup, receiver) = Setup::new().with_receiver();
     receiver.on("/down", Reply::status(500).body("down for maintenance"));
-    let app = Setup::new()
-        .trusting(&ca)
-        .schedule("50ms,50ms,50ms,50ms")
-        .start()
-        .await;
+    let app = setup.schedule("50ms,50ms,50ms,50ms").start().await;
     let url = receiver.url("/down");
     let reseller = app.create_reseller(&url).await;
 
@@ -280,16 +271,11 @@ async fn five_failed_attempts_end_failed_with_one_notification_and_every_request
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retries_follow_the_default_schedule_of_1m_10m_1h_24h() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = receiver(&ca);
+    let (setup, receiver) = Setup::new().with_receiver();
     receiver.on("/down", Reply::status(503).body("try later"));
     let t0 = SystemClock.now().0;
     let clock = ManualClock::new(Millis(t0));
-    let app = Setup::new()
-        .trusting(&ca)
-        .manual_clock(&clock)
-        .start()
-        .await;
+    let app = setup.manual_clock(&clock).start().await;
     assert_eq!(app.settings().retry_schedule, RetrySchedule::default());
     let reseller = app.create_reseller(&receiver.url("/down")).await;
 
@@ -476,10 +462,9 @@ async fn a_hanging_receiver_does_not_delay_a_burst_to_another_receiver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhooks_a_busy_destination_hands_back_are_sent_when_due_again() {
     const N: usize = 5;
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = receiver(&ca);
+    let (setup, receiver) = Setup::new().with_receiver();
     receiver.on("/slow", Reply::ok().after(Duration::from_millis(200)));
-    let app = Setup::new().trusting(&ca).per_destination(1).start().await;
+    let app = setup.per_destination(1).start().await;
     let level = app.create_reseller(&receiver.url("/slow")).await;
     let mut ids = Vec::new();
     for _ in 0..N {
@@ -535,12 +520,10 @@ async fn loopback_destinations_are_refused_unless_allow_listed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restart_in_the_middle_of_the_schedule_keeps_the_next_attempt_time() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = receiver(&ca);
+    let (setup, receiver) = Setup::new().with_receiver();
     receiver.on("/down", Reply::status(500));
     let t0 = SystemClock.now().0;
-    let app = Setup::new()
-        .trusting(&ca)
+    let app = setup
         .manual_clock(&ManualClock::new(Millis(t0)))
         .start()
         .await;
@@ -592,22 +575,14 @@ async fn a_restart_in_the_middle_of_the_schedule_keeps_the_next_attempt_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_rotation_deliveries_carry_the_old_and_the_new_signature() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = receiver(&ca);
-    let app = Setup::new().trusting(&ca).start().await;
+    let (setup, receiver) = Setup::new().with_receiver();
+    let app = setup.start().await;
     let reseller = app.create_reseller(&receiver.url("/hook")).await;
     let old = app.secret("resellers", &reseller).await;
     let before = app.dealer_created_webhook(&reseller).await;
     app.wait_status(&before, "succeeded").await;
 
-    let rotated = app
-        .post(
-            &format!("/v1/resellers/{reseller}/secret/rotate"),
-            json!({}),
-            StatusCode::OK,
-        )
-        .await;
-    let new = rotated["secret"].as_str().unwrap().to_owned();
+    let new = app.rotate_secret("resellers", &reseller).await;
     assert!(new.starts_with("whsec_"));
     assert_ne!(new, old);
     assert_eq!(app.secret("resellers", &reseller).await, new);
@@ -645,25 +620,13 @@ async fn after_a_rotation_deliveries_carry_the_old_and_the_new_signature() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_old_secret_stops_signing_24_hours_after_a_rotation() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = receiver(&ca);
+    let (setup, receiver) = Setup::new().with_receiver();
     let t0 = SystemClock.now().0;
     let clock = ManualClock::new(Millis(t0));
-    let app = Setup::new()
-        .trusting(&ca)
-        .manual_clock(&clock)
-        .start()
-        .await;
+    let app = setup.manual_clock(&clock).start().await;
     let reseller = app.create_reseller(&receiver.url("/hook")).await;
     let old = app.secret("resellers", &reseller).await;
-    let rotated = app
-        .post(
-            &format!("/v1/resellers/{reseller}/secret/rotate"),
-            json!({}),
-            StatusCode::OK,
-        )
-        .await;
-    let new = rotated["secret"].as_str().unwrap().to_owned();
+    let new = app.rotate_secret("resellers", &reseller).await;
 
     clock.advance(24 * HOUR - MS);
     let last_overlap = app.dealer_created_webhook(&reseller).await;
@@ -697,14 +660,9 @@ async fn the_old_secret_stops_signing_24_hours_after_a_rotation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retrying_a_failed_webhook_makes_a_sixth_attempt() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = receiver(&ca);
+    let (setup, receiver) = Setup::new().with_receiver();
     receiver.on("/flaky", Reply::status(502).body("bad gateway"));
-    let app = Setup::new()
-        .trusting(&ca)
-        .schedule("50ms,50ms,50ms,50ms")
-        .start()
-        .await;
+    let app = setup.schedule("50ms,50ms,50ms,50ms").start().await;
     let reseller = app.create_reseller(&receiver.url("/flaky")).await;
     let id = app.dealer_created_webhook(&reseller).await;
     app.wait_status(&id, "failed").await;
@@ -734,14 +692,9 @@ async fn retrying_a_failed_webhook_makes_a_sixth_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn recover_requeues_the_failed_webhooks_of_a_level_since_a_time() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = receiver(&ca);
+    let (setup, receiver) = Setup::new().with_receiver();
     receiver.on("/outage", Reply::status(503));
-    let app = Setup::new()
-        .trusting(&ca)
-        .schedule("50ms,50ms,50ms,50ms")
-        .start()
-        .await;
+    let app = setup.schedule("50ms,50ms,50ms,50ms").start().await;
     let reseller = app.create_reseller(&receiver.url("/outage")).await;
     let earlier = app.dealer_created_webhook(&reseller).await;
     app.wait_status(&earlier, "failed").await;
@@ -779,16 +732,11 @@ async fn recover_requeues_the_failed_webhooks_of_a_level_since_a_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_count_attempts_by_outcome_and_show_the_queue() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = receiver(&ca);
+    let (setup, receiver) = Setup::new().with_receiver();
     receiver.on("/down", Reply::status(500));
     let t0 = SystemClock.now().0;
     let clock = ManualClock::new(Millis(t0));
-    let mut app = Setup::new()
-        .trusting(&ca)
-        .manual_clock(&clock)
-        .start()
-        .await;
+    let mut app = setup.manual_clock(&clock).start().await;
     let up = app.create_reseller(&receiver.url("/up")).await;
     let down = app.create_reseller(&receiver.url("/down")).await;
     let delivered = app.dealer_created_webhook(&up).await;

@@ -93,6 +93,25 @@ trait Levels {
         contact: Option<&str>,
     ) -> String;
 
+    /// A reseller whose webhooks go to `webhook_url`, its failures mailed to
+    /// `ops@reseller.example`.
+    async fn mailing_reseller(&self, webhook_url: &str) -> String {
+        self.level(
+            "resellers",
+            None,
+            Some(webhook_url),
+            Some("ops@reseller.example"),
+        )
+        .await
+    }
+
+    /// A dealer of `reseller` without a webhook URL or contact of its own: its creation is a
+    /// DEALER_CREATED webhook to the reseller.
+    async fn dealer_under(&self, reseller: &str) -> String {
+        self.level("dealers", Some(("reseller", reseller)), None, None)
+            .await
+    }
+
     /// Waits until `n` webhooks to the level have failed for good; returns their ids.
     async fn failed_webhooks(&self, level_id: &str, n: usize) -> Vec<String>;
 }
@@ -143,22 +162,12 @@ fn body_has(body: &str, want: &str) {
 }
 
 async fn five_failed_attempts_send_exactly_one_email(database_url: Option<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let smtp = SmtpServer::start(port, &dir.path().join("maildir")).await;
+    let smtp = SmtpServer::start_fresh().await;
+    let port = smtp.port();
     let receiver = FailingReceiver::start();
     let mut t = setup(database_url.as_deref(), Some(port)).start().await;
-    let reseller = t
-        .level(
-            "resellers",
-            None,
-            Some(&receiver.url),
-            Some("ops@reseller.example"),
-        )
-        .await;
-    let dealer = t
-        .level("dealers", Some(("reseller", &reseller)), None, None)
-        .await;
+    let reseller = t.mailing_reseller(&receiver.url).await;
+    let dealer = t.dealer_under(&reseller).await;
 
     let failed = t.failed_webhooks(&reseller, 1).await;
     let webhook = t.get(&format!("/v1/webhooks/{}", failed[0])).await;
@@ -235,9 +244,8 @@ async fn five_failed_attempts_send_exactly_one_email_on_postgres() {
 
 #[tokio::test]
 async fn company_without_contact_falls_back_to_its_dealers_contact() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let smtp = SmtpServer::start(port, &dir.path().join("maildir")).await;
+    let smtp = SmtpServer::start_fresh().await;
+    let port = smtp.port();
     let receiver = FailingReceiver::start();
     let mut t = setup(None, Some(port)).start().await;
     let reseller = t
@@ -287,26 +295,17 @@ async fn company_without_contact_falls_back_to_its_dealers_contact() {
 }
 
 async fn failures_within_the_window_make_one_digest(database_url: Option<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let smtp = SmtpServer::start(port, &dir.path().join("maildir")).await;
+    let smtp = SmtpServer::start_fresh().await;
+    let port = smtp.port();
     let receiver = FailingReceiver::start();
     let mut t = setup(database_url.as_deref(), Some(port))
         .with(|s| s.digest_window = Duration::from_secs(4))
         .start()
         .await;
-    let reseller = t
-        .level(
-            "resellers",
-            None,
-            Some(&receiver.url),
-            Some("ops@reseller.example"),
-        )
-        .await;
+    let reseller = t.mailing_reseller(&receiver.url).await;
 
     // The first failure to the URL is mailed at once...
-    t.level("dealers", Some(("reseller", &reseller)), None, None)
-        .await;
+    t.dealer_under(&reseller).await;
     let first = t.failed_webhooks(&reseller, 1).await;
     let mails = smtp.wait_for(1).await;
     assert_eq!(
@@ -319,10 +318,7 @@ async fn failures_within_the_window_make_one_digest(database_url: Option<String>
     // ...the next three, within the window, are gathered into one digest at its end.
     let mut dealers = Vec::new();
     for _ in 0..3 {
-        dealers.push(
-            t.level("dealers", Some(("reseller", &reseller)), None, None)
-                .await,
-        );
+        dealers.push(t.dealer_under(&reseller).await);
     }
     let all = t.failed_webhooks(&reseller, 4).await;
     let later: Vec<&String> = all.iter().filter(|id| !first.contains(id)).collect();
@@ -379,20 +375,11 @@ async fn failures_to_one_url_within_the_window_are_gathered_into_one_digest_on_p
 
 #[tokio::test]
 async fn smtp_down_when_the_webhook_fails_the_email_arrives_once_it_is_up() {
-    let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let receiver = FailingReceiver::start();
     let mut t = setup(None, Some(port)).start().await;
-    let reseller = t
-        .level(
-            "resellers",
-            None,
-            Some(&receiver.url),
-            Some("ops@reseller.example"),
-        )
-        .await;
-    t.level("dealers", Some(("reseller", &reseller)), None, None)
-        .await;
+    let reseller = t.mailing_reseller(&receiver.url).await;
+    t.dealer_under(&reseller).await;
     let failed = t.failed_webhooks(&reseller, 1).await;
 
     // Nothing listens on the SMTP port: the e-mail stays queued and is retried.
@@ -408,7 +395,7 @@ async fn smtp_down_when_the_webhook_fails_the_email_arrives_once_it_is_up() {
     assert!(queued["last_error"].is_string(), "{queued}");
     assert!(queued["next_attempt_at"].is_string(), "{queued}");
 
-    let smtp = SmtpServer::start(port, &dir.path().join("maildir")).await;
+    let smtp = SmtpServer::start_on(port).await;
     let mails = smtp.wait_for(1).await;
     assert_eq!(mails[0].to, "ops@reseller.example");
     body_has(&mails[0].body, &format!("Webhook {}\n", failed[0]));
@@ -437,25 +424,16 @@ async fn smtp_down_when_the_webhook_fails_the_email_arrives_once_it_is_up() {
 
 #[tokio::test]
 async fn window_zero_sends_one_email_per_failed_webhook() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let smtp = SmtpServer::start(port, &dir.path().join("maildir")).await;
+    let smtp = SmtpServer::start_fresh().await;
+    let port = smtp.port();
     let receiver = FailingReceiver::start();
     let mut t = setup(None, Some(port))
         .with(|s| s.digest_window = Duration::ZERO)
         .start()
         .await;
-    let reseller = t
-        .level(
-            "resellers",
-            None,
-            Some(&receiver.url),
-            Some("ops@reseller.example"),
-        )
-        .await;
+    let reseller = t.mailing_reseller(&receiver.url).await;
     for _ in 0..3 {
-        t.level("dealers", Some(("reseller", &reseller)), None, None)
-            .await;
+        t.dealer_under(&reseller).await;
     }
     let failed: BTreeSet<String> = t.failed_webhooks(&reseller, 3).await.into_iter().collect();
     let mails = smtp.wait_for(3).await;
@@ -488,9 +466,8 @@ async fn window_zero_sends_one_email_per_failed_webhook() {
 
 #[tokio::test]
 async fn no_recipient_at_any_level_is_recorded_and_listed() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let smtp = SmtpServer::start(port, &dir.path().join("maildir")).await;
+    let smtp = SmtpServer::start_fresh().await;
+    let port = smtp.port();
     let receiver = FailingReceiver::start();
     let mut t = setup(None, Some(port)).start().await;
     let reseller = t.level("resellers", None, None, None).await;
@@ -536,20 +513,11 @@ async fn no_recipient_at_any_level_is_recorded_and_listed() {
 
 #[tokio::test]
 async fn queued_emails_wait_for_smtp_and_a_restart_sends_them() {
-    let dir = tempfile::tempdir().unwrap();
     let receiver = FailingReceiver::start();
     // First run: no TIDINGS_SMTP_URL.
     let t = setup(None, None).start().await;
-    let reseller = t
-        .level(
-            "resellers",
-            None,
-            Some(&receiver.url),
-            Some("ops@reseller.example"),
-        )
-        .await;
-    t.level("dealers", Some(("reseller", &reseller)), None, None)
-        .await;
+    let reseller = t.mailing_reseller(&receiver.url).await;
+    t.dealer_under(&reseller).await;
     let failed = t.failed_webhooks(&reseller, 1).await;
     let queued = eventually("a queued e-mail with its recipient", || async {
         t.emails("status=queued")
@@ -563,9 +531,8 @@ async fn queued_emails_wait_for_smtp_and_a_restart_sends_them() {
     let again = t.restart().await;
 
     // Second run on the same database, now with SMTP.
-    let port = free_port();
-    let smtp = SmtpServer::start(port, &dir.path().join("maildir")).await;
-    let mut t = again.mailer(Some(port)).start().await;
+    let smtp = SmtpServer::start_fresh().await;
+    let mut t = again.mailer(Some(smtp.port())).start().await;
     let mails = smtp.wait_for(1).await;
     assert_eq!(mails[0].to, "ops@reseller.example");
     body_has(&mails[0].body, &format!("Webhook {}\n", failed[0]));
@@ -579,28 +546,19 @@ async fn queued_emails_wait_for_smtp_and_a_restart_sends_them() {
 
 #[tokio::test]
 async fn two_instances_on_postgres_send_each_email_once() {
-    let dir = tempfile::tempdir().unwrap();
     let database = stores::fresh_postgres_database().await;
-    let port = free_port();
-    let smtp = SmtpServer::start(port, &dir.path().join("maildir")).await;
+    let smtp = SmtpServer::start_fresh().await;
+    let port = smtp.port();
     let receiver = FailingReceiver::start();
     let mut a = setup(Some(&database), Some(port))
         .with(|s| s.digest_window = Duration::ZERO)
         .start()
         .await;
     let mut b = a.another().start().await;
-    let reseller = a
-        .level(
-            "resellers",
-            None,
-            Some(&receiver.url),
-            Some("ops@reseller.example"),
-        )
-        .await;
+    let reseller = a.mailing_reseller(&receiver.url).await;
     for i in 0..6 {
         let t = if i % 2 == 0 { &a } else { &b };
-        t.level("dealers", Some(("reseller", &reseller)), None, None)
-            .await;
+        t.dealer_under(&reseller).await;
     }
     let failed: BTreeSet<String> = a.failed_webhooks(&reseller, 6).await.into_iter().collect();
     let mails = smtp.wait_for(6).await;
@@ -627,23 +585,13 @@ async fn two_instances_on_postgres_send_each_email_once() {
 /// new events are kept as `disabled` (not sent); enabling it and `recover` deliver them; a
 /// new `webhook_url` enables it too.
 async fn gone_disables_the_endpoint_and_recover_sends_what_was_kept(database_url: Option<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let smtp = SmtpServer::start(port, &dir.path().join("maildir")).await;
+    let smtp = SmtpServer::start_fresh().await;
+    let port = smtp.port();
     let receiver = SwitchingReceiver::start(410);
     let mut t = setup(database_url.as_deref(), Some(port)).start().await;
-    let reseller = t
-        .level(
-            "resellers",
-            None,
-            Some(&receiver.url),
-            Some("ops@reseller.example"),
-        )
-        .await;
+    let reseller = t.mailing_reseller(&receiver.url).await;
     let endpoint_path = format!("/v1/resellers/{reseller}/endpoint");
-    let first = t
-        .level("dealers", Some(("reseller", &reseller)), None, None)
-        .await;
+    let first = t.dealer_under(&reseller).await;
 
     let endpoint = eventually("the endpoint disabled", || async {
         let e = t.get(&endpoint_path).await;
@@ -671,9 +619,7 @@ async fn gone_disables_the_endpoint_and_recover_sends_what_was_kept(database_url
     assert_eq!(listed[0]["disabled_reason"], reason.as_str());
     assert_eq!(listed[0]["webhook_ids"], json!([]));
 
-    let second = t
-        .level("dealers", Some(("reseller", &reseller)), None, None)
-        .await;
+    let second = t.dealer_under(&reseller).await;
     let kept = eventually("both webhooks kept as disabled", || async {
         let list = t
             .get(&format!("/v1/webhooks?level_id={reseller}&status=disabled"))
@@ -745,8 +691,7 @@ async fn gone_disables_the_endpoint_and_recover_sends_what_was_kept(database_url
 
     // Gone again; this time a new webhook URL enables it.
     receiver.answer(410);
-    t.level("dealers", Some(("reseller", &reseller)), None, None)
-        .await;
+    t.dealer_under(&reseller).await;
     eventually("disabled again", || async {
         (t.get(&endpoint_path).await["enabled"] == false).then_some(())
     })

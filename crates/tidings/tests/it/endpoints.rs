@@ -15,7 +15,6 @@ use tidings::domain::Millis;
 
 use crate::helpers::app::{Setup, TestApp};
 use crate::helpers::receiver::{Receiver, Reply};
-use crate::helpers::tls::TestCa;
 use crate::helpers::tree::Line;
 use crate::helpers::{eventually, id_of};
 
@@ -90,14 +89,9 @@ fn received_about(receiver: &Receiver, path: &str, subject: &str) -> Vec<(String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ordered_level_gets_a_meetings_second_change_only_after_the_first_succeeded() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = Receiver::start(&ca.loopback_identity());
+    let (setup, receiver) = Setup::new().with_receiver();
     let clock = ManualClock::new(Millis(SystemClock.now().0));
-    let app = Setup::new()
-        .trusting(&ca)
-        .manual_clock(&clock)
-        .start()
-        .await;
+    let app = setup.manual_clock(&clock).start().await;
     let t = tree(&app, &receiver, "/hook").await;
     receiver.on("/hook", Reply::status(500).body("not yet"));
     let endpoint = app
@@ -148,9 +142,8 @@ async fn an_ordered_level_gets_a_meetings_second_change_only_after_the_first_suc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_level_that_wants_only_meeting_ended_gets_only_that() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = Receiver::start(&ca.loopback_identity());
-    let app = Setup::new().trusting(&ca).start().await;
+    let (setup, receiver) = Setup::new().with_receiver();
+    let app = setup.start().await;
     let t = tree(&app, &receiver, "/hook").await;
     receiver.on("/hook", Reply::ok());
     let path = format!("/v1/resellers/{}/endpoint", t.reseller);
@@ -210,9 +203,8 @@ async fn a_level_that_wants_only_meeting_ended_gets_only_that() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_204_is_a_failure_under_200_and_a_success_under_2xx() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = Receiver::start(&ca.loopback_identity());
-    let app = Setup::new().trusting(&ca).start().await;
+    let (setup, receiver) = Setup::new().with_receiver();
+    let app = setup.start().await;
     let t = tree(&app, &receiver, "/no-content").await;
     receiver.on("/no-content", Reply::status(204));
     let [m1, m2] = &t.meetings;
@@ -243,9 +235,8 @@ async fn a_204_is_a_failure_under_200_and_a_success_under_2xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_of_a_level_reads_its_own_endpoint_and_those_below_but_not_above() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = Receiver::start(&ca.loopback_identity());
-    let app = Setup::new().trusting(&ca).start().await;
+    let (setup, receiver) = Setup::new().with_receiver();
+    let app = setup.start().await;
     let t = tree(&app, &receiver, "/hook").await;
     let key = app
         .post(

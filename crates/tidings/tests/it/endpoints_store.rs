@@ -7,16 +7,12 @@ use std::collections::HashSet;
 use tidings::domain::endpoint::{Endpoint, SuccessRule};
 use tidings::domain::{EntityId, EventType, Level, Millis};
 use tidings::store::{
-    Attempt, EmailFilter, Lease, NewEvent, NewWebhook, Next, Recorded, Store, WebhookFilter,
-    WebhookStatus,
+    EmailFilter, Lease, NewWebhook, Next, Recorded, Store, WebhookFilter, WebhookStatus,
 };
 
-const T0: Millis = Millis(1_700_000_000_000);
-const LEASE: Millis = Millis(T0.0 + 1_000_000);
+use stores::{attempt, id, new_event, new_webhook, recorded, T0};
 
-fn id() -> EntityId {
-    EntityId::generate(T0)
-}
+const LEASE: Millis = Millis(T0.0 + 1_000_000);
 
 /// Commits one MEETING_CHANGED event about `subject` with one webhook to `level`; with a
 /// lease, returns what the hand-off got.
@@ -28,20 +24,11 @@ async fn event(
     disabled: bool,
     lease: Option<&Lease>,
 ) -> (EntityId, usize) {
-    let e = NewEvent {
-        id: id(),
-        event_type: EventType::MeetingChanged,
-        subject_id: subject.clone(),
-        data: "{}".into(),
-        created_at: T0,
-    };
+    let e = new_event(EventType::MeetingChanged, subject, "{}", T0);
     let w = NewWebhook {
-        id: id(),
-        level: Level::Company,
-        level_id: level.clone(),
-        url: "https://c.example/hook".into(),
         ordered,
         disabled,
+        ..new_webhook(Level::Company, level, "https://c.example/hook", T0)
     };
     let wid = w.id.clone();
     let mut tx = store.write().await.unwrap();
@@ -50,23 +37,8 @@ async fn event(
     (wid, claimed.len())
 }
 
-fn attempt(number: u32, status: u16, at: Millis) -> Attempt {
-    Attempt {
-        number,
-        started_at: at,
-        duration_ms: 1,
-        status_code: Some(status),
-        error: (status != 200).then(|| format!("HTTP {status}")),
-        body: String::new(),
-    }
-}
-
 fn record(webhook: &EntityId, number: u32, status: u16, at: Millis, next: Next) -> Recorded {
-    Recorded {
-        webhook_id: webhook.clone(),
-        attempt: attempt(number, status, at),
-        next,
-    }
+    recorded(webhook, attempt(number, at, status), next)
 }
 
 async fn claim_ids(store: &dyn Store, owner: &str, now: Millis) -> HashSet<EntityId> {

@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -236,6 +237,14 @@ impl Proxy {
         Proxy { port, cut, live }
     }
 
+    /// A fresh PostgreSQL database, reached through the proxy: its URL.
+    fn fresh_database(&self) -> String {
+        let db = stores::fresh_postgres_database_blocking();
+        let mut url = url::Url::parse(&db).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.to_string()
+    }
+
     fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
         for s in self.live.lock().unwrap().drain(..) {
@@ -298,6 +307,25 @@ fn company(t: &Tree, name: &str) -> Value {
            "dealer": {"id": t.dealer.id}, "webhook_url": hook_url(&name.replace(' ', "-"))})
 }
 
+/// Posts the company `name` under the tree's dealer.
+fn create_company(s: &TestServer, t: &Tree, name: &str) -> Sent {
+    send(
+        s,
+        reqwest::Method::POST,
+        "/v1/companies",
+        Some(&company(t, name)),
+    )
+}
+
+/// [`create_company`]; a company created (201) joins `acked` (name → id).
+fn create_acked(s: &TestServer, t: &Tree, acked: &mut Vec<(String, String)>, name: &str) -> Sent {
+    let a = create_company(s, t, name);
+    if a.status == 201 {
+        acked.push((name.to_owned(), a.body["id"].as_str().unwrap().to_owned()));
+    }
+    a
+}
+
 /// Every company `acked` (name → id) is stored, and has its COMPANY_CREATED webhooks to the
 /// dealer and the reseller; every stored company of the test has them too (nothing half
 /// written); and each of those webhooks had an attempt (the dispatcher kept running).
@@ -352,9 +380,7 @@ fn assert_503(what: &str, a: &Sent, code: &str, message: &str) {
 #[test]
 fn postgres_cut_answers_503_quickly_and_recovers_losing_nothing() {
     let proxy = Proxy::start("127.0.0.1:5432");
-    let db = stores::fresh_postgres_database_blocking();
-    let mut url = url::Url::parse(&db).unwrap();
-    url.set_port(Some(proxy.port)).unwrap();
+    let url = proxy.fresh_database();
     // Retries every second: the dispatcher has work due while the store is away.
     let s = TestServer::start_env(&[
         ("TIDINGS_DATABASE_URL", url.as_str()),
@@ -366,18 +392,7 @@ fn postgres_cut_answers_503_quickly_and_recovers_losing_nothing() {
     ]);
     let t = Tree::build(&s);
     let mut acked = Vec::new();
-    let mut create = |name: &str| -> Sent {
-        let a = send(
-            &s,
-            reqwest::Method::POST,
-            "/v1/companies",
-            Some(&company(&t, name)),
-        );
-        if a.status == 201 {
-            acked.push((name.to_owned(), a.body["id"].as_str().unwrap().to_owned()));
-        }
-        a
-    };
+    let mut create = |name: &str| create_acked(&s, &t, &mut acked, name);
     assert_eq!(create("Cut company before").status, 201);
 
     proxy.cut();
@@ -443,9 +458,7 @@ fn postgres_cut_answers_503_quickly_and_recovers_losing_nothing() {
 #[test]
 fn postgres_cut_under_writes_answers_only_201_or_503() {
     let proxy = Arc::new(Proxy::start("127.0.0.1:5432"));
-    let db = stores::fresh_postgres_database_blocking();
-    let mut url = url::Url::parse(&db).unwrap();
-    url.set_port(Some(proxy.port)).unwrap();
+    let url = proxy.fresh_database();
     let s = TestServer::start_env(&[
         ("TIDINGS_DATABASE_URL", url.as_str()),
         ("TIDINGS_STORE_TIMEOUT", "1s"),
@@ -462,12 +475,7 @@ fn postgres_cut_under_writes_answers_only_201_or_503() {
                 while !stop.load(Ordering::SeqCst) {
                     let name = format!("Stream company {w}-{i}");
                     i += 1;
-                    let a = send(
-                        s,
-                        reqwest::Method::POST,
-                        "/v1/companies",
-                        Some(&company(t, &name)),
-                    );
+                    let a = create_company(s, t, &name);
                     statuses.lock().unwrap().insert(a.status);
                     match a.status {
                         201 => acked
@@ -515,12 +523,11 @@ fn postgres_cut_under_writes_answers_only_201_or_503() {
     assert_nothing_lost(&s, &t, &acked, "Stream company");
 }
 
-#[test]
-fn sqlite_full_answers_503_and_recovers_once_space_is_freed() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("tidings.db");
+/// A server on the SQLite file `dir/tidings.db`, limited to 4 MiB (1024 pages of 4 KiB);
+/// answers the server and the file.
+fn small_sqlite_server(dir: &Path) -> (TestServer, PathBuf) {
+    let db = dir.join("tidings.db");
     let url = format!("sqlite://{}", db.display());
-    // 4 MiB: 1024 pages of 4 KiB.
     let s = TestServer::start_on(
         &db,
         &[
@@ -528,24 +535,13 @@ fn sqlite_full_answers_503_and_recovers_once_space_is_freed() {
             ("TIDINGS_SQLITE_MAX_MIB", "4"),
         ],
     );
-    let t = Tree::build(&s);
-    let mut acked = Vec::new();
-    let mut create = |name: &str| -> Sent {
-        let a = send(
-            &s,
-            reqwest::Method::POST,
-            "/v1/companies",
-            Some(&company(&t, name)),
-        );
-        if a.status == 201 {
-            acked.push((name.to_owned(), a.body["id"].as_str().unwrap().to_owned()));
-        }
-        a
-    };
-    assert_eq!(create("Full company before").status, 201);
+    (s, db)
+}
 
-    // Ballast beside the server, up to a few pages short of its limit.
-    let ballast = rusqlite::Connection::open(&db).unwrap();
+/// Ballast beside the server in the 4 MiB SQLite file `db`: a table of blobs that fills it
+/// until only `free` of its 1024 pages are left. Dropping the table frees them again.
+fn fill_with_ballast(db: &Path, free: i64) -> rusqlite::Connection {
+    let ballast = rusqlite::Connection::open(db).unwrap();
     ballast.busy_timeout(Duration::from_secs(30)).unwrap();
     ballast
         .execute_batch("CREATE TABLE ballast (b BLOB)")
@@ -554,13 +550,27 @@ fn sqlite_full_answers_503_and_recovers_once_space_is_freed() {
         let pages: i64 = ballast
             .query_row("PRAGMA page_count", [], |r| r.get(0))
             .unwrap();
-        if pages >= 1024 - 4 {
+        if pages >= 1024 - free {
             break;
         }
         ballast
             .execute("INSERT INTO ballast VALUES (zeroblob(3000))", [])
             .unwrap();
     }
+    ballast
+}
+
+#[test]
+fn sqlite_full_answers_503_and_recovers_once_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, db) = small_sqlite_server(dir.path());
+    let t = Tree::build(&s);
+    let mut acked = Vec::new();
+    let mut create = |name: &str| create_acked(&s, &t, &mut acked, name);
+    assert_eq!(create("Full company before").status, 201);
+
+    // Ballast beside the server, up to a few pages short of its limit.
+    let ballast = fill_with_ballast(&db, 4);
     // The last free pages go; then the disk is full.
     let mut full = None;
     for i in 0..200 {
@@ -604,32 +614,9 @@ fn sqlite_full_answers_503_and_recovers_once_space_is_freed() {
 #[test]
 fn sqlite_full_under_concurrent_writes_answers_only_201_or_503() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("tidings.db");
-    let url = format!("sqlite://{}", db.display());
-    let s = TestServer::start_on(
-        &db,
-        &[
-            ("TIDINGS_DATABASE_URL", url.as_str()),
-            ("TIDINGS_SQLITE_MAX_MIB", "4"),
-        ],
-    );
+    let (s, db) = small_sqlite_server(dir.path());
     let t = Tree::build(&s);
-    let ballast = rusqlite::Connection::open(&db).unwrap();
-    ballast.busy_timeout(Duration::from_secs(30)).unwrap();
-    ballast
-        .execute_batch("CREATE TABLE ballast (b BLOB)")
-        .unwrap();
-    loop {
-        let pages: i64 = ballast
-            .query_row("PRAGMA page_count", [], |r| r.get(0))
-            .unwrap();
-        if pages >= 1024 - 40 {
-            break;
-        }
-        ballast
-            .execute("INSERT INTO ballast VALUES (zeroblob(3000))", [])
-            .unwrap();
-    }
+    let ballast = fill_with_ballast(&db, 40);
     let acked = Mutex::new(Vec::new());
     let fulls = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
@@ -640,12 +627,7 @@ fn sqlite_full_under_concurrent_writes_answers_only_201_or_503() {
                 while fulls.load(Ordering::SeqCst) < 30 {
                     let name = format!("Crowd company {w}-{i}");
                     i += 1;
-                    let a = send(
-                        s,
-                        reqwest::Method::POST,
-                        "/v1/companies",
-                        Some(&company(t, &name)),
-                    );
+                    let a = create_company(s, t, &name);
                     match a.status {
                         201 => acked
                             .lock()
@@ -664,12 +646,7 @@ fn sqlite_full_under_concurrent_writes_answers_only_201_or_503() {
     ballast.execute_batch("DROP TABLE ballast").unwrap();
     drop(ballast);
     let mut acked = acked.into_inner().unwrap();
-    let a = send(
-        &s,
-        reqwest::Method::POST,
-        "/v1/companies",
-        Some(&company(&t, "Crowd company after")),
-    );
+    let a = create_company(&s, &t, "Crowd company after");
     assert_eq!(a.status, 201, "{a:?}\n{}", s.logs());
     acked.push(("after".into(), a.body["id"].as_str().unwrap().to_owned()));
     assert_nothing_lost(&s, &t, &acked, "Crowd company");

@@ -10,19 +10,16 @@ use tidings::clock::{Clock, ManualClock, SystemClock};
 use tidings::domain::Millis;
 
 use crate::helpers::app::Setup;
-use crate::helpers::receiver::{Receiver, Reply};
-use crate::helpers::tls::TestCa;
+use crate::helpers::receiver::Reply;
 use crate::helpers::{eventually, metric};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn finished_webhooks_past_retention_are_pruned_and_retrying_ones_survive() {
-    let ca = TestCa::new("Tidings test CA");
-    let receiver = Receiver::start(&ca.loopback_identity());
+    let (setup, receiver) = Setup::new().with_receiver();
     receiver.on("/ok", Reply::ok());
     receiver.on("/down", Reply::status(503).body("later"));
     let clock = ManualClock::new(Millis(SystemClock.now().0));
-    let app = Setup::new()
-        .trusting(&ca)
+    let app = setup
         .manual_clock(&clock)
         // A failed first attempt waits 24 hours for the second.
         .schedule("24h")

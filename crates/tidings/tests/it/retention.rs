@@ -7,49 +7,29 @@ use crate::helpers::stores;
 use std::time::Duration;
 
 use tidings::domain::{EntityId, EventType, Level, Millis};
-use tidings::store::{
-    Attempt, EmailFilter, EmailStatus, NewEvent, NewWebhook, Next, Pruned, Recorded, Store,
-};
+use tidings::store::{EmailFilter, EmailStatus, NewWebhook, Next, Pruned, Store};
 
-const T0: Millis = Millis(1_700_000_000_000);
+use stores::{attempt, new_event, new_webhook, recorded, T0};
+
 const HOUR: i64 = 3_600_000;
 
 /// Commits an event made at `at` with one webhook per URL (each to its own level); returns
 /// the event's id and the webhooks' ids.
 async fn event(store: &dyn Store, at: Millis, urls: &[&str]) -> (EntityId, Vec<EntityId>) {
-    let event = NewEvent {
-        id: EntityId::generate(at),
-        event_type: EventType::DealerCreated,
-        subject_id: EntityId::generate(at),
-        data: "{\"id\":\"x\"}".into(),
-        created_at: at,
-    };
+    let event = new_event(
+        EventType::DealerCreated,
+        &EntityId::generate(at),
+        "{\"id\":\"x\"}",
+        at,
+    );
     let hooks: Vec<NewWebhook> = urls
         .iter()
-        .map(|url| NewWebhook {
-            id: EntityId::generate(at),
-            level: Level::Reseller,
-            level_id: EntityId::generate(at),
-            url: (*url).to_owned(),
-            ordered: false,
-            disabled: false,
-        })
+        .map(|url| new_webhook(Level::Reseller, &EntityId::generate(at), url, at))
         .collect();
     let mut tx = store.write().await.unwrap();
     tx.add_event(&event, &hooks, None).await.unwrap();
     tx.commit().await.unwrap();
     (event.id, hooks.into_iter().map(|w| w.id).collect())
-}
-
-fn attempt(number: u32, at: Millis, status: u16) -> Attempt {
-    Attempt {
-        number,
-        started_at: at,
-        duration_ms: 4,
-        status_code: Some(status),
-        error: (status != 200).then(|| format!("HTTP {status}")),
-        body: "b".into(),
-    }
 }
 
 /// Claims every due webhook at `at` and records one attempt for those in `outcomes`; the
@@ -63,15 +43,11 @@ async fn attempt_all(store: &dyn Store, at: Millis, outcomes: &[(&EntityId, Next
     let mut back = Vec::new();
     for c in claimed {
         match outcomes.iter().find(|(id, _)| **id == c.webhook.id) {
-            Some((_, next)) => results.push(Recorded {
-                webhook_id: c.webhook.id.clone(),
-                attempt: attempt(
-                    c.webhook.attempts + 1,
-                    at,
-                    if *next == Next::Succeeded { 200 } else { 500 },
-                ),
-                next: *next,
-            }),
+            Some((_, next)) => {
+                let status = if *next == Next::Succeeded { 200 } else { 500 };
+                let a = attempt(c.webhook.attempts + 1, at, status);
+                results.push(recorded(&c.webhook.id, a, *next));
+            }
             None => back.push(c.webhook.id.clone()),
         }
     }

@@ -3,7 +3,8 @@
 //! operation; when one dies, the others take over its claims when their leases end.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -54,21 +55,31 @@ async fn post(c: &reqwest::Client, url: String, body: Value) -> Value {
     r.json().await.unwrap()
 }
 
-/// Creates one reseller whose webhook URL is the receiver, then `n` dealers through the
-/// instances' APIs in turn (each a DEALER_CREATED webhook to the reseller), 8 at a time.
-/// Returns the reseller's id.
-async fn burst(bases: &[String], url: &str, n: usize) -> String {
-    let c = client();
-    let reseller = post(&c, format!("{}/v1/resellers", bases[0]), reseller_body(url)).await;
-    let rid = reseller["id"].as_str().unwrap().to_owned();
-    let mut done = 0;
-    while done < n {
-        let chunk = (n - done).min(8);
+/// A receiver with a certificate from a CA made for the test, and that CA's certificate
+/// written into `dir` for the instances to trust: the receiver and the file.
+fn receiver_and_ca(dir: &Path) -> (Receiver, PathBuf) {
+    let ca = TestCa::new("scale test CA");
+    let ca_file = ca.write(dir);
+    (Receiver::start(&ca.loopback_identity()), ca_file)
+}
+
+/// Creates, through the API at `base`, a reseller whose webhook URL is `url`; answers its id.
+async fn reseller(c: &reqwest::Client, base: &str, url: &str) -> String {
+    let reseller = post(c, format!("{base}/v1/resellers"), reseller_body(url)).await;
+    reseller["id"].as_str().unwrap().to_owned()
+}
+
+/// Creates the dealers numbered `numbers` of the reseller `rid` (each a DEALER_CREATED
+/// webhook to it), 8 at a time, dealer `i` through the API at `bases[i % bases.len()]`.
+async fn dealers(c: &reqwest::Client, bases: &[String], rid: &str, numbers: Range<usize>) {
+    let mut start = numbers.start;
+    while start < numbers.end {
+        let end = (start + 8).min(numbers.end);
         let mut tasks = Vec::new();
-        for i in 0..chunk {
+        for i in start..end {
             let c = c.clone();
-            let base = bases[(done + i) % bases.len()].clone();
-            let body = dealer_body(&rid, &format!("Dealer {}", done + i));
+            let base = bases[i % bases.len()].clone();
+            let body = dealer_body(rid, &format!("Dealer {i}"));
             tasks.push(tokio::spawn(async move {
                 post(&c, format!("{base}/v1/dealers"), body).await
             }));
@@ -76,8 +87,17 @@ async fn burst(bases: &[String], url: &str, n: usize) -> String {
         for t in tasks {
             t.await.unwrap();
         }
-        done += chunk;
+        start = end;
     }
+}
+
+/// Creates one reseller whose webhook URL is the receiver, then `n` dealers through the
+/// instances' APIs in turn (each a DEALER_CREATED webhook to the reseller), 8 at a time.
+/// Returns the reseller's id.
+async fn burst(bases: &[String], url: &str, n: usize) -> String {
+    let c = client();
+    let rid = reseller(&c, &bases[0], url).await;
+    dealers(&c, bases, &rid, 0..n).await;
     rid
 }
 
@@ -124,9 +144,7 @@ fn deliveries(receiver: &Receiver) -> HashMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_deliver_a_burst_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("scale test CA");
-    let ca_file = ca.write(dir.path());
-    let receiver = Receiver::start(&ca.loopback_identity());
+    let (receiver, ca_file) = receiver_and_ca(dir.path());
     let db = stores::fresh_postgres_database().await;
     let instances: Vec<TestServer> = (0..3)
         .map(|_| instance(&db, dir.path(), &ca_file, 256))
@@ -149,52 +167,27 @@ async fn three_instances_deliver_a_burst_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instance_loses_nothing_and_duplicates_only_its_in_flight_work() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("scale test CA");
-    let ca_file = ca.write(dir.path());
-    let receiver = Receiver::start(&ca.loopback_identity());
+    let (receiver, ca_file) = receiver_and_ca(dir.path());
     // Slow answers keep attempts in flight, so the kill lands mid-delivery.
     receiver.on("/hook", Reply::ok().after(Duration::from_millis(20)));
     let db = stores::fresh_postgres_database().await;
     const VICTIM_IN_FLIGHT: usize = 32;
-    let mut victim = Some(instance(&db, dir.path(), &ca_file, VICTIM_IN_FLIGHT));
+    let victim = instance(&db, dir.path(), &ca_file, VICTIM_IN_FLIGHT);
     let survivors: Vec<TestServer> = (0..2)
         .map(|_| instance(&db, dir.path(), &ca_file, 256))
         .collect();
     let mut bases: Vec<String> = survivors.iter().map(|i| i.base.clone()).collect();
-    bases.push(victim.as_ref().unwrap().base.clone());
+    bases.push(victim.base.clone());
 
-    let n = 3000;
-    // Half-way through the burst, SIGKILL the victim (its API then stops answering, so the
-    // rest of the burst goes to the survivors).
-    let mut killed = false;
-    let survivor_bases = bases[..2].to_vec();
+    let n: usize = 3000;
+    // Half-way through the burst (after the 8 that reach half-way), SIGKILL the victim (its
+    // API then stops answering, so the rest of the burst goes to the survivors).
+    let half = ((n / 2).next_multiple_of(8) + 8).min(n);
     let c = client();
-    let reseller = post(
-        &c,
-        format!("{}/v1/resellers", bases[0]),
-        reseller_body(&receiver.url("/hook")),
-    )
-    .await;
-    let rid = reseller["id"].as_str().unwrap().to_owned();
-    for start in (0..n).step_by(8) {
-        let use_bases = if killed { &survivor_bases } else { &bases };
-        let mut tasks = Vec::new();
-        for i in start..(start + 8).min(n) {
-            let c = c.clone();
-            let base = use_bases[i % use_bases.len()].clone();
-            let body = dealer_body(&rid, &format!("Dealer {i}"));
-            tasks.push(tokio::spawn(async move {
-                post(&c, format!("{base}/v1/dealers"), body).await
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        if start >= n / 2 && !killed {
-            drop(victim.take()); // Child::kill is SIGKILL
-            killed = true;
-        }
-    }
+    let rid = reseller(&c, &bases[0], &receiver.url("/hook")).await;
+    dealers(&c, &bases, &rid, 0..half).await;
+    drop(victim); // Child::kill is SIGKILL
+    dealers(&c, &bases[..2], &rid, half..n).await;
     wait_all_succeeded(&bases[0], &rid, n).await;
 
     let counts = deliveries(&receiver);
@@ -212,9 +205,7 @@ async fn a_killed_instance_loses_nothing_and_duplicates_only_its_in_flight_work(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_keep_an_ordered_levels_webhooks_about_one_subject_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("scale test CA");
-    let ca_file = ca.write(dir.path());
-    let receiver = Receiver::start(&ca.loopback_identity());
+    let (receiver, ca_file) = receiver_and_ca(dir.path());
     // Slow answers: without ordering, several would be in flight at once and arrive in any
     // order.
     receiver.on("/hook", Reply::ok().after(Duration::from_millis(30)));
@@ -224,13 +215,7 @@ async fn two_instances_keep_an_ordered_levels_webhooks_about_one_subject_in_orde
         .collect();
     let bases: Vec<String> = instances.iter().map(|i| i.base.clone()).collect();
     let c = client();
-    let reseller = post(
-        &c,
-        format!("{}/v1/resellers", bases[0]),
-        reseller_body(&receiver.url("/hook")),
-    )
-    .await;
-    let rid = reseller["id"].as_str().unwrap().to_owned();
+    let rid = reseller(&c, &bases[0], &receiver.url("/hook")).await;
     let r = c
         .patch(format!("{}/v1/resellers/{rid}/endpoint", bases[1]))
         .json(&json!({"ordered": true}))

@@ -3,81 +3,16 @@
 
 use crate::helpers::stores;
 
-use stores::{contact, id, T0};
+use stores::{attempt, dealer, id, new_event, new_webhook, queue, recorded, reseller, T0};
 
 use std::collections::HashSet;
 
-use tidings::domain::entities::{Dealer, Entity, Reseller};
+use tidings::domain::entities::Entity;
 use tidings::domain::{EntityId, EventType, Kind, Level, Millis};
 use tidings::store::{
-    Attempt, Lease, NewEvent, NewWebhook, Next, Recorded, RetryOutcome, Store, StoreError,
-    WebhookFilter, WebhookStatus,
+    Attempt, Lease, NewEvent, Next, Recorded, RetryOutcome, Store, StoreError, WebhookFilter,
+    WebhookStatus,
 };
-
-fn reseller(url: Option<&str>) -> Entity {
-    Entity::Reseller(Reseller {
-        id: id(),
-        name: "Reseller 1".into(),
-        contact: contact(),
-        notification_contact: None,
-        webhook_url: url.map(str::to_owned),
-        suspended: false,
-    })
-}
-
-fn dealer(reseller: &EntityId) -> Entity {
-    Entity::Dealer(Dealer {
-        id: id(),
-        name: "Dealer 1".into(),
-        contact: contact(),
-        reseller: reseller.clone(),
-        notification_contact: None,
-        webhook_url: None,
-        suspended: false,
-    })
-}
-
-/// Commits a reseller, and `n` DEALER_CREATED events each with one webhook to it.
-async fn queue(store: &dyn Store, n: usize, at: Millis) -> (EntityId, Vec<EntityId>) {
-    let r = reseller(Some("https://r.example/hook"));
-    let mut tx = store.write().await.unwrap();
-    tx.put(&r, at).await.unwrap();
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        let d = dealer(r.id());
-        tx.put(&d, at).await.unwrap();
-        let event = NewEvent {
-            id: id(),
-            event_type: EventType::DealerCreated,
-            subject_id: d.id().clone(),
-            data: format!("{{\"id\":\"{}\"}}", d.id()),
-            created_at: at,
-        };
-        let w = NewWebhook {
-            id: id(),
-            level: Level::Reseller,
-            level_id: r.id().clone(),
-            url: "https://r.example/hook".into(),
-            ordered: false,
-            disabled: false,
-        };
-        ids.push(w.id.clone());
-        tx.add_event(&event, &[w], None).await.unwrap();
-    }
-    tx.commit().await.unwrap();
-    (r.id().clone(), ids)
-}
-
-fn failed_attempt(number: u32, at: Millis) -> Attempt {
-    Attempt {
-        number,
-        started_at: at,
-        duration_ms: 3,
-        status_code: Some(500),
-        error: Some("HTTP 500".into()),
-        body: "nope".into(),
-    }
-}
 
 #[tokio::test]
 async fn entities_round_trip_and_references_block_nothing_else() {
@@ -146,21 +81,8 @@ async fn an_uncommitted_change_leaves_no_entity_event_or_webhook() {
         {
             let mut tx = store.write().await.unwrap();
             tx.put(&r, T0).await.unwrap();
-            let event = NewEvent {
-                id: id(),
-                event_type: EventType::DealerCreated,
-                subject_id: id(),
-                data: "{}".into(),
-                created_at: T0,
-            };
-            let w = NewWebhook {
-                id: id(),
-                level: Level::Reseller,
-                level_id: r.id().clone(),
-                url: "https://r.example/hook".into(),
-                ordered: false,
-                disabled: false,
-            };
+            let event = new_event(EventType::DealerCreated, &id(), "{}", T0);
+            let w = new_webhook(Level::Reseller, r.id(), "https://r.example/hook", T0);
             tx.add_event(&event, &[w], None).await.unwrap();
             // dropped without commit
         }
@@ -224,10 +146,7 @@ async fn a_write_transaction_reads_the_committed_entity_never_a_rolled_back_one(
         tx.put(&second, T0).await.unwrap();
         let event = NewEvent {
             id: taken,
-            event_type: EventType::DealerChanged,
-            subject_id: first.id().clone(),
-            data: "{}".into(),
-            created_at: T0,
+            ..new_event(EventType::DealerChanged, first.id(), "{}", T0)
         };
         assert!(tx.add_event(&event, &[], None).await.is_err(), "{}", s.name);
         drop(tx);
@@ -289,14 +208,13 @@ async fn a_full_record_batch_records_every_attempt() {
         let results: Vec<Recorded> = ids
             .iter()
             .enumerate()
-            .map(|(i, id)| Recorded {
-                webhook_id: id.clone(),
-                attempt: failed_attempt(1, T0),
-                next: match i % 3 {
+            .map(|(i, id)| {
+                let next = match i % 3 {
                     0 => Next::Succeeded,
                     1 => Next::RetryAt(Millis(T0.0 + 60_000)),
                     _ => Next::Failed,
-                },
+                };
+                recorded(id, attempt(1, T0, 500), next)
             })
             .collect();
         let recorded = store.record("a", &results, T0).await.unwrap();
@@ -330,31 +248,12 @@ async fn webhooks_written_claimed_are_as_if_claimed() {
             tx.put(e, T0).await.unwrap();
         }
         tx.put_secret(r.id(), "sealed-r", T0).await.unwrap();
-        let event = NewEvent {
-            id: id(),
-            event_type: EventType::DealerCreated,
-            subject_id: d.id().clone(),
-            data: format!("{{\"id\":\"{}\"}}", d.id()),
-            created_at: T0,
-        };
+        let data = format!("{{\"id\":\"{}\"}}", d.id());
+        let event = new_event(EventType::DealerCreated, d.id(), &data, T0);
         let hooks = [
-            NewWebhook {
-                id: id(),
-                level: Level::Reseller,
-                level_id: r.id().clone(),
-                url: "https://r.example/hook".into(),
-                ordered: false,
-                disabled: false,
-            },
+            new_webhook(Level::Reseller, r.id(), "https://r.example/hook", T0),
             // A level without a stored secret: its webhook comes back without secrets.
-            NewWebhook {
-                id: id(),
-                level: Level::Reseller,
-                level_id: other.id().clone(),
-                url: "https://o.example/hook".into(),
-                ordered: false,
-                disabled: false,
-            },
+            new_webhook(Level::Reseller, other.id(), "https://o.example/hook", T0),
         ];
         let lease = Lease {
             owner: "a".into(),
@@ -394,11 +293,7 @@ async fn webhooks_written_claimed_are_as_if_claimed() {
         );
 
         // Only the owner records an attempt over them.
-        let result = [Recorded {
-            webhook_id: ids[0].clone(),
-            attempt: failed_attempt(1, T0),
-            next: Next::Succeeded,
-        }];
+        let result = [recorded(&ids[0], attempt(1, T0, 500), Next::Succeeded)];
         assert!(
             store.record("b", &result, T0).await.unwrap().is_empty(),
             "{}",
@@ -467,9 +362,9 @@ async fn claims_lease_attempts_record_and_failures_queue_one_notification() {
 
         let t1 = Millis(T0.0 + 10);
         let results = vec![
-            Recorded {
-                webhook_id: ids[0].clone(),
-                attempt: Attempt {
+            recorded(
+                &ids[0],
+                Attempt {
                     number: 1,
                     started_at: T0,
                     duration_ms: 2,
@@ -477,18 +372,14 @@ async fn claims_lease_attempts_record_and_failures_queue_one_notification() {
                     error: None,
                     body: "ok".into(),
                 },
-                next: Next::Succeeded,
-            },
-            Recorded {
-                webhook_id: ids[1].clone(),
-                attempt: failed_attempt(1, T0),
-                next: Next::RetryAt(Millis(T0.0 + 60_000)),
-            },
-            Recorded {
-                webhook_id: ids[2].clone(),
-                attempt: failed_attempt(1, T0),
-                next: Next::Failed,
-            },
+                Next::Succeeded,
+            ),
+            recorded(
+                &ids[1],
+                attempt(1, T0, 500),
+                Next::RetryAt(Millis(T0.0 + 60_000)),
+            ),
+            recorded(&ids[2], attempt(1, T0, 500), Next::Failed),
         ];
         // Another owner cannot record over "a"'s claims.
         let recorded = store.record("intruder", &results, t1).await.unwrap();
@@ -518,7 +409,7 @@ async fn claims_lease_attempts_record_and_failures_queue_one_notification() {
             "{}",
             s.name
         );
-        assert_eq!(a1, vec![failed_attempt(1, T0)], "{}", s.name);
+        assert_eq!(a1, vec![attempt(1, T0, 500)], "{}", s.name);
         let (w2, _) = store.webhook(&ids[2]).await.unwrap().unwrap();
         assert_eq!(w2.status, WebhookStatus::Failed, "{}", s.name);
 
@@ -641,11 +532,7 @@ async fn retry_and_recover_make_failed_webhooks_due_now() {
         );
         let results: Vec<Recorded> = claimed
             .iter()
-            .map(|c| Recorded {
-                webhook_id: c.webhook.id.clone(),
-                attempt: failed_attempt(1, T0),
-                next: Next::Failed,
-            })
+            .map(|c| recorded(&c.webhook.id, attempt(1, T0, 500), Next::Failed))
             .collect();
         store.record("a", &results, T0).await.unwrap();
 
@@ -820,26 +707,13 @@ async fn concurrent_changes_commit_and_a_failed_one_takes_nothing_with_it() {
                 let d = dealer(&reseller_id);
                 let mut tx = store.write().await.unwrap();
                 tx.put(&d, T0).await.unwrap();
-                let event = NewEvent {
-                    // A failing change reuses an event id that exists: its insert fails.
-                    id: if fate == Fate::FailStatement {
-                        taken
-                    } else {
-                        id()
-                    },
-                    event_type: EventType::DealerCreated,
-                    subject_id: d.id().clone(),
-                    data: format!("{{\"id\":\"{}\"}}", d.id()),
-                    created_at: T0,
-                };
-                let w = NewWebhook {
-                    id: id(),
-                    level: Level::Reseller,
-                    level_id: reseller_id.clone(),
-                    url: "https://r.example/hook".into(),
-                    ordered: false,
-                    disabled: false,
-                };
+                let data = format!("{{\"id\":\"{}\"}}", d.id());
+                let mut event = new_event(EventType::DealerCreated, d.id(), &data, T0);
+                // A failing change reuses an event id that exists: its insert fails.
+                if fate == Fate::FailStatement {
+                    event.id = taken;
+                }
+                let w = new_webhook(Level::Reseller, &reseller_id, "https://r.example/hook", T0);
                 let added = tx.add_event(&event, std::slice::from_ref(&w), None).await;
                 match fate {
                     Fate::Commit => {
@@ -926,28 +800,12 @@ async fn batches_of_one_size_record_nulls_and_values_in_any_row() {
         };
         let retry = Next::RetryAt(Millis(T0.0 + 60_000));
         let first = [
-            Recorded {
-                webhook_id: ids[0].clone(),
-                attempt: ok(1),
-                next: Next::Succeeded,
-            },
-            Recorded {
-                webhook_id: ids[1].clone(),
-                attempt: ok(1),
-                next: Next::Succeeded,
-            },
+            recorded(&ids[0], ok(1), Next::Succeeded),
+            recorded(&ids[1], ok(1), Next::Succeeded),
         ];
         let second = [
-            Recorded {
-                webhook_id: ids[2].clone(),
-                attempt: refused(1),
-                next: retry,
-            },
-            Recorded {
-                webhook_id: ids[3].clone(),
-                attempt: refused(1),
-                next: retry,
-            },
+            recorded(&ids[2], refused(1), retry),
+            recorded(&ids[3], refused(1), retry),
         ];
         let t1 = Millis(T0.0 + 10);
         // Text first, then NULLs, then text again.

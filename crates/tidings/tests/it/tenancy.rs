@@ -22,7 +22,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Value};
 
 use crate::helpers::app::{Answer, Setup, Snapshot, TestApp};
-use crate::helpers::tree::{node_for, references, Kind, Model, Node, Position, Who};
+use crate::helpers::tree::{node_for, references, Collection, Kind, Model, Node, Position, Who};
 use crate::helpers::OPERATOR_KEY;
 
 /// The label of the level each key level is bound to in the tenancy tree.
@@ -122,6 +122,22 @@ struct Matrix<'a> {
 }
 
 impl<'a> Matrix<'a> {
+    /// A run for `who` over `tree`, none of it covered yet; `suspended`: the key's level, or
+    /// one above it, is suspended.
+    fn new(t: &'a TestApp, tree: Model, who: Who, suspended: bool) -> Self {
+        Matrix {
+            t,
+            tree,
+            who,
+            tally: Tally::default(),
+            counter: 0,
+            skipped: Vec::new(),
+            refusals: BTreeSet::new(),
+            unchanged: None,
+            suspended,
+        }
+    }
+
     /// `path` with the model's ids replaced by their labels, for messages.
     fn show(&self, text: &str) -> String {
         let mut out = text.to_owned();
@@ -175,58 +191,44 @@ impl<'a> Matrix<'a> {
             self.who.name(),
             body.map(Value::to_string).unwrap_or_default()
         ));
-        let answer = match expect {
-            Allowed(status) => {
-                let a = self.t.call(self.who.key(), verb.clone(), path, body).await;
-                assert_eq!(
-                    a.status,
-                    status,
-                    "{}: {}",
-                    what,
-                    self.show(&a.body.to_string())
-                );
-                a
-            }
-            Refused(status, code) => {
-                let before = match self.unchanged.take() {
-                    Some(s) => s,
-                    None => self.t.snapshot().await,
-                };
-                let a = self.t.call(self.who.key(), verb.clone(), path, body).await;
-                assert_eq!(
-                    a.status,
-                    status,
-                    "{}: {}",
-                    what,
-                    self.show(&a.body.to_string())
-                );
-                assert_eq!(a.code(), code, "{}: {}", what, a.body);
-                assert!(
-                    a.body["error"]["message"]
-                        .as_str()
-                        .is_some_and(|m| !m.is_empty()),
-                    "{}: no message in {}",
-                    what,
-                    a.body
-                );
-                let after = self.t.snapshot().await;
-                assert!(
-                    before == after,
-                    "{}: the refused request changed:\n{}",
-                    what,
-                    self.show(&before.diff(&after))
-                );
-                self.refusals.insert((method.to_owned(), code));
-                self.unchanged = Some(after);
-                a
-            }
+        // A refused case is checked against the state before it.
+        let before = match (expect, self.unchanged.take()) {
+            (Allowed(_), _) => None,
+            (Refused(..), Some(s)) => Some(s),
+            (Refused(..), None) => Some(self.t.snapshot().await),
         };
-        if let Allowed(_) = expect {
-            self.unchanged = None;
+        let a = self.t.call(self.who.key(), verb.clone(), path, body).await;
+        let (Allowed(status) | Refused(status, _)) = expect;
+        assert_eq!(
+            a.status,
+            status,
+            "{}: {}",
+            what,
+            self.show(&a.body.to_string())
+        );
+        if let (Refused(_, code), Some(before)) = (expect, before) {
+            assert_eq!(a.code(), code, "{}: {}", what, a.body);
+            assert!(
+                a.body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{}: no message in {}",
+                what,
+                a.body
+            );
+            let after = self.t.snapshot().await;
+            assert!(
+                before == after,
+                "{}: the refused request changed:\n{}",
+                what,
+                self.show(&before.diff(&after))
+            );
+            self.refusals.insert((method.to_owned(), code));
+            self.unchanged = Some(after);
         }
         self.tally
             .add(resource, method, position, matches!(expect, Allowed(_)));
-        answer
+        a
     }
 
     /// Every collection lists exactly what the key sees, in one page and page by page.
@@ -722,8 +724,12 @@ impl<'a> Matrix<'a> {
             match expect {
                 Allowed(_) => {
                     let id = a.body["id"].as_str().unwrap().to_owned();
-                    self.tree
-                        .add(node_for(kind, &format!("new{n}-{kind}"), &id, &body));
+                    self.tree.add(node_for(
+                        kind,
+                        &format!("new{n}-{}", kind.collection()),
+                        &id,
+                        &body,
+                    ));
                     let own_path = format!("/v1/{}/{id}", kind.collection());
                     let seen = self
                         .t
@@ -979,17 +985,7 @@ async fn run_matrix(level: Option<Kind>) -> (Tally, BTreeSet<(String, &'static s
             Who::Tenant { level, id, key }
         }
     };
-    let mut m = Matrix {
-        t: &t,
-        tree,
-        who,
-        tally: Tally::default(),
-        counter: 0,
-        skipped: Vec::new(),
-        refusals: BTreeSet::new(),
-        unchanged: None,
-        suspended: false,
-    };
+    let mut m = Matrix::new(&t, tree, who, false);
     m.lists().await;
     m.get_each().await;
     m.webhooks().await;
@@ -1040,17 +1036,7 @@ async fn run_suspended_matrix(level: Kind, own: bool) -> Tally {
         )
         .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-    let mut m = Matrix {
-        t: &t,
-        tree,
-        who: Who::Tenant { level, id, key },
-        tally: Tally::default(),
-        counter: 0,
-        skipped: Vec::new(),
-        refusals: BTreeSet::new(),
-        unchanged: None,
-        suspended: true,
-    };
+    let mut m = Matrix::new(&t, tree, Who::Tenant { level, id, key }, true);
     let before = t.snapshot().await;
     m.lists().await;
     m.get_each().await;
@@ -1794,6 +1780,18 @@ async fn missing_unknown_and_malformed_keys_answer_401_json_and_change_nothing()
     );
 }
 
+/// The operator's listing of the API key `id`.
+async fn key_record(t: &TestApp, id: &str) -> Value {
+    let listed = t.get("/v1/api-keys").await;
+    listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap()
+        .clone()
+}
+
 #[tokio::test]
 async fn a_revoked_key_stops_working_at_once() {
     let t = tidings().await;
@@ -1807,14 +1805,7 @@ async fn a_revoked_key_stops_working_at_once() {
         StatusCode::OK
     );
 
-    let listed = t.get("/v1/api-keys").await;
-    let record = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == id.as_str())
-        .unwrap()
-        .clone();
+    let record = key_record(&t, &id).await;
     assert_eq!(record["level"], "dealer");
     assert_eq!(record["level_id"], a1.as_str());
     assert_eq!(record["revoked"], Value::Null);
@@ -1823,14 +1814,8 @@ async fn a_revoked_key_stops_working_at_once() {
         "the key is shown only once: {record}"
     );
 
-    let revoked = t
-        .call(
-            OPERATOR_KEY,
-            Method::DELETE,
-            &format!("/v1/api-keys/{id}"),
-            None,
-        )
-        .await;
+    let revoke = format!("/v1/api-keys/{id}");
+    let revoked = t.call(OPERATOR_KEY, Method::DELETE, &revoke, None).await;
     assert_eq!(revoked.status, StatusCode::NO_CONTENT);
     let a = t.call(&key, Method::GET, &path, None).await;
     assert_eq!(
@@ -1844,26 +1829,12 @@ async fn a_revoked_key_stops_working_at_once() {
         StatusCode::OK,
         "other keys keep working"
     );
-    let again = t
-        .call(
-            OPERATOR_KEY,
-            Method::DELETE,
-            &format!("/v1/api-keys/{id}"),
-            None,
-        )
-        .await;
+    let again = t.call(OPERATOR_KEY, Method::DELETE, &revoke, None).await;
     assert_eq!(
         (again.status, again.code()),
         (StatusCode::NOT_FOUND, "not_found")
     );
-    let listed = t.get("/v1/api-keys").await;
-    let record = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == id.as_str())
-        .unwrap()
-        .clone();
+    let record = key_record(&t, &id).await;
     assert!(record["revoked"].is_string(), "{record}");
 }
 

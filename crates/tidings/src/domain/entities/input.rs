@@ -398,20 +398,30 @@ impl Input {
     /// references are checked against the store separately).
     pub fn validate(&mut self, rules: UrlRules) -> Result<(), FieldError> {
         match self {
-            Input::Reseller(i) => {
-                validate::name("name", &i.name)?;
-                i.contact.validate("contact")?;
-                validate_level_settings(&mut i.webhook_url, &i.notification_contact, rules)
-            }
-            Input::Dealer(i) => {
-                validate::name("name", &i.name)?;
-                i.contact.validate("contact")?;
-                validate_level_settings(&mut i.webhook_url, &i.notification_contact, rules)
-            }
-            Input::Company(i) => {
-                validate::name("name", &i.name)?;
-                i.contact.validate("contact")?;
-                validate_level_settings(&mut i.webhook_url, &i.notification_contact, rules)
+            Input::Reseller(ResellerInput {
+                name,
+                contact,
+                webhook_url,
+                notification_contact,
+                ..
+            })
+            | Input::Dealer(DealerInput {
+                name,
+                contact,
+                webhook_url,
+                notification_contact,
+                ..
+            })
+            | Input::Company(CompanyInput {
+                name,
+                contact,
+                webhook_url,
+                notification_contact,
+                ..
+            }) => {
+                validate::name("name", name)?;
+                contact.validate("contact")?;
+                validate_level_settings(webhook_url, notification_contact, rules)
             }
             Input::Site(i) => {
                 validate::name("name", &i.name)?;
@@ -525,8 +535,9 @@ impl Input {
         }
     }
 
-    /// The stored record for this input. `previous` is the record it replaces (a PATCH), whose
-    /// server-made fields are kept; `lookup` gives referenced users (for agent participants).
+    /// The stored record for this input. `previous` is the record of the same kind it replaces
+    /// (a PATCH), whose server-made fields are kept; `lookup` gives referenced users (for agent
+    /// participants).
     pub fn build(
         self,
         id: EntityId,
@@ -534,56 +545,42 @@ impl Input {
         ctx: &BuildContext<'_>,
         users: &dyn Fn(&EntityId) -> Option<User>,
     ) -> Entity {
-        let contact_id = |c: Option<&Contact>| {
-            c.map(|c| c.id.clone())
-                .unwrap_or_else(|| EntityId::generate(ctx.now))
+        // A changed reseller, dealer or company keeps its contact's id.
+        let contact = |c: ContactInput| {
+            let id = previous
+                .and_then(Entity::contact)
+                .map(|p| p.id.clone())
+                .unwrap_or_else(|| EntityId::generate(ctx.now));
+            c.into_contact(id)
         };
         match self {
-            Input::Reseller(i) => {
-                let prev = match previous {
-                    Some(Entity::Reseller(p)) => Some(p),
-                    _ => None,
-                };
-                Entity::Reseller(Reseller {
-                    id,
-                    name: i.name,
-                    contact: i.contact.into_contact(contact_id(prev.map(|p| &p.contact))),
-                    notification_contact: i.notification_contact,
-                    webhook_url: i.webhook_url,
-                    suspended: i.suspended,
-                })
-            }
-            Input::Dealer(i) => {
-                let prev = match previous {
-                    Some(Entity::Dealer(p)) => Some(p),
-                    _ => None,
-                };
-                Entity::Dealer(Dealer {
-                    id,
-                    name: i.name,
-                    contact: i.contact.into_contact(contact_id(prev.map(|p| &p.contact))),
-                    reseller: i.reseller.id,
-                    notification_contact: i.notification_contact,
-                    webhook_url: i.webhook_url,
-                    suspended: i.suspended,
-                })
-            }
-            Input::Company(i) => {
-                let prev = match previous {
-                    Some(Entity::Company(p)) => Some(p),
-                    _ => None,
-                };
-                Entity::Company(Company {
-                    id,
-                    name: i.name,
-                    contact: i.contact.into_contact(contact_id(prev.map(|p| &p.contact))),
-                    package: i.package.map(|p| p.id),
-                    dealer: i.dealer.id,
-                    notification_contact: i.notification_contact,
-                    webhook_url: i.webhook_url,
-                    suspended: i.suspended,
-                })
-            }
+            Input::Reseller(i) => Entity::Reseller(Reseller {
+                id,
+                name: i.name,
+                contact: contact(i.contact),
+                notification_contact: i.notification_contact,
+                webhook_url: i.webhook_url,
+                suspended: i.suspended,
+            }),
+            Input::Dealer(i) => Entity::Dealer(Dealer {
+                id,
+                name: i.name,
+                contact: contact(i.contact),
+                reseller: i.reseller.id,
+                notification_contact: i.notification_contact,
+                webhook_url: i.webhook_url,
+                suspended: i.suspended,
+            }),
+            Input::Company(i) => Entity::Company(Company {
+                id,
+                name: i.name,
+                contact: contact(i.contact),
+                package: i.package.map(|p| p.id),
+                dealer: i.dealer.id,
+                notification_contact: i.notification_contact,
+                webhook_url: i.webhook_url,
+                suspended: i.suspended,
+            }),
             Input::Site(i) => Entity::Site(Site {
                 id,
                 name: i.name,

@@ -272,27 +272,22 @@ impl Entity {
 
     /// The level settings (`webhook_url`, `notification_contact`) if this entity is a level.
     pub fn level_settings(&self) -> Option<(Level, Option<&str>, Option<&NotificationContact>)> {
+        let (url, contact) = match self {
+            Entity::Reseller(e) => (&e.webhook_url, &e.notification_contact),
+            Entity::Dealer(e) => (&e.webhook_url, &e.notification_contact),
+            Entity::Company(e) => (&e.webhook_url, &e.notification_contact),
+            Entity::Site(e) => (&e.webhook_url, &e.notification_contact),
+            _ => return None,
+        };
+        Some((self.kind().level()?, url.as_deref(), contact.as_ref()))
+    }
+
+    /// The contact of a reseller, dealer or company.
+    pub fn contact(&self) -> Option<&Contact> {
         match self {
-            Entity::Reseller(e) => Some((
-                Level::Reseller,
-                e.webhook_url.as_deref(),
-                e.notification_contact.as_ref(),
-            )),
-            Entity::Dealer(e) => Some((
-                Level::Dealer,
-                e.webhook_url.as_deref(),
-                e.notification_contact.as_ref(),
-            )),
-            Entity::Company(e) => Some((
-                Level::Company,
-                e.webhook_url.as_deref(),
-                e.notification_contact.as_ref(),
-            )),
-            Entity::Site(e) => Some((
-                Level::Site,
-                e.webhook_url.as_deref(),
-                e.notification_contact.as_ref(),
-            )),
+            Entity::Reseller(Reseller { contact, .. })
+            | Entity::Dealer(Dealer { contact, .. })
+            | Entity::Company(Company { contact, .. }) => Some(contact),
             _ => None,
         }
     }

@@ -30,8 +30,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::receiver::Receiver;
 use super::tls::TestCa;
-use super::tree::{self, Api, Kind};
+use super::tree::{self, Api, Collection, Kind};
 use super::{eventually, id_of, metric, stores, OPERATOR_KEY};
 
 /// Settings for one test's Tidings, before it starts.
@@ -98,6 +99,13 @@ impl Setup {
     pub fn trusting(mut self, ca: &TestCa) -> Self {
         self.settings.ca_file = Some(ca.write(self.dir.path()));
         self.ssrf_allow("127.0.0.1/32")
+    }
+
+    /// An HTTPS receiver with a certificate from a CA made for the test, and this setup
+    /// trusting that CA ([`Setup::trusting`]).
+    pub fn with_receiver(self) -> (Self, Receiver) {
+        let ca = TestCa::new("Tidings test CA");
+        (self.trusting(&ca), Receiver::start(&ca.loopback_identity()))
     }
 
     /// Allows `http://` webhook URLs and exempts `127.0.0.1/32` from the SSRF block: the
@@ -538,6 +546,15 @@ impl TestApp {
     /// A level's signing secret from the API (`collection` is e.g. `resellers`).
     pub async fn secret(&self, collection: &str, id: &str) -> String {
         let body = self.get(&format!("/v1/{collection}/{id}/secret")).await;
+        body["secret"].as_str().unwrap().to_owned()
+    }
+
+    /// Rotates a level's signing secret (`POST .../secret/rotate`); answers the new one.
+    pub async fn rotate_secret(&self, collection: &str, id: &str) -> String {
+        let path = format!("/v1/{collection}/{id}/secret/rotate");
+        let body = self
+            .post(&path, serde_json::json!({}), StatusCode::OK)
+            .await;
         body["secret"].as_str().unwrap().to_owned()
     }
 

@@ -57,9 +57,30 @@ pub struct SmtpServer {
     child: Child,
     maildir: PathBuf,
     python: PathBuf,
+    port: u16,
+    /// The directory of a Maildir of the server's own, removed with it.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl SmtpServer {
+    /// Starts aiosmtpd on a free port, delivering into a Maildir of its own.
+    pub async fn start_fresh() -> SmtpServer {
+        SmtpServer::start_on(super::free_port()).await
+    }
+
+    /// Starts aiosmtpd on `port`, delivering into a Maildir of its own.
+    pub async fn start_on(port: u16) -> SmtpServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = SmtpServer::start(port, &dir.path().join("maildir")).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Starts aiosmtpd on `port`, delivering into `maildir`, and waits until it accepts
     /// connections.
     pub async fn start(port: u16, maildir: &Path) -> SmtpServer {
@@ -82,6 +103,8 @@ impl SmtpServer {
             child,
             maildir: maildir.to_owned(),
             python,
+            port,
+            _dir: None,
         };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let start = Instant::now();

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use sqlx::Connection;
-use tidings::store::{SqlStore, Store};
+use tidings::domain::entities::{Dealer, Entity, Reseller};
+use tidings::domain::{EntityId, EventType, Level, Millis};
+use tidings::store::{Attempt, NewEvent, NewWebhook, Next, Recorded, SqlStore, Store};
 
 /// The PostgreSQL server the tests use (a database is created per test).
 pub fn postgres_admin_url() -> String {
@@ -152,5 +154,98 @@ pub fn contact() -> tidings::domain::entities::Contact {
         email: "f@example.com".into(),
         phone: None,
         language: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records for the store tests, written straight to a store
+
+/// A reseller (its webhooks to `url`, if given).
+pub fn reseller(url: Option<&str>) -> Entity {
+    Entity::Reseller(Reseller {
+        id: id(),
+        name: "Reseller 1".into(),
+        contact: contact(),
+        notification_contact: None,
+        webhook_url: url.map(str::to_owned),
+        suspended: false,
+    })
+}
+
+/// A dealer of `reseller`, without a webhook URL.
+pub fn dealer(reseller: &EntityId) -> Entity {
+    Entity::Dealer(Dealer {
+        id: id(),
+        name: "Dealer 1".into(),
+        contact: contact(),
+        reseller: reseller.clone(),
+        notification_contact: None,
+        webhook_url: None,
+        suspended: false,
+    })
+}
+
+/// An event of `event_type` about `subject_id` with `data`, made at `at`.
+pub fn new_event(event_type: EventType, subject_id: &EntityId, data: &str, at: Millis) -> NewEvent {
+    NewEvent {
+        id: EntityId::generate(at),
+        event_type,
+        subject_id: subject_id.clone(),
+        data: data.to_owned(),
+        created_at: at,
+    }
+}
+
+/// A webhook made at `at` to `level_id`, a `level`, at `url`; neither ordered nor held.
+pub fn new_webhook(level: Level, level_id: &EntityId, url: &str, at: Millis) -> NewWebhook {
+    NewWebhook {
+        id: EntityId::generate(at),
+        level,
+        level_id: level_id.clone(),
+        url: url.to_owned(),
+        ordered: false,
+        disabled: false,
+    }
+}
+
+/// Commits a reseller, and `n` DEALER_CREATED events at `at`, each with one webhook to it;
+/// answers the reseller's id and the webhooks' ids.
+pub async fn queue(store: &dyn Store, n: usize, at: Millis) -> (EntityId, Vec<EntityId>) {
+    let url = "https://r.example/hook";
+    let r = reseller(Some(url));
+    let mut tx = store.write().await.unwrap();
+    tx.put(&r, at).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let d = dealer(r.id());
+        tx.put(&d, at).await.unwrap();
+        let data = format!("{{\"id\":\"{}\"}}", d.id());
+        let event = new_event(EventType::DealerCreated, d.id(), &data, at);
+        let w = new_webhook(Level::Reseller, r.id(), url, at);
+        ids.push(w.id.clone());
+        tx.add_event(&event, &[w], None).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    (r.id().clone(), ids)
+}
+
+/// An attempt started at `at` that the receiver answered with `status` (an error unless 200).
+pub fn attempt(number: u32, at: Millis, status: u16) -> Attempt {
+    Attempt {
+        number,
+        started_at: at,
+        duration_ms: 1,
+        status_code: Some(status),
+        error: (status != 200).then(|| format!("HTTP {status}")),
+        body: String::new(),
+    }
+}
+
+/// `attempt` of webhook `id` recorded, with what follows for the webhook.
+pub fn recorded(id: &EntityId, attempt: Attempt, next: Next) -> Recorded {
+    Recorded {
+        webhook_id: id.clone(),
+        attempt,
+        next,
     }
 }

@@ -8,7 +8,6 @@
 //! alone, and whatever shape a test builds itself (the tenancy tests' two resellers).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use serde_json::{json, Value};
 
@@ -72,6 +71,11 @@ pub fn contact(first: &str, email: &str) -> Value {
         "first_name": first, "last_name": "Lastname", "email": email,
         "phone": "+31612345678", "language": "nl"
     })
+}
+
+/// A company named `C` under the dealer `dealer_id`, without a webhook URL of its own.
+pub fn company_body(dealer_id: &str) -> Value {
+    json!({"name": "C", "contact": contact("C", "c@tidings.test"), "dealer": {"id": dealer_id}})
 }
 
 /// A site body with every optional field of the seed's site example.
@@ -339,29 +343,16 @@ pub fn dealer_body(reseller_id: &str, name: &str) -> Value {
 // ---------------------------------------------------------------------------------------------
 // The model: what exists and who should see it
 
-/// The entity kinds, in the order their collections are listed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    Reseller,
-    Dealer,
-    Company,
-    Site,
-    User,
-    Meeting,
-    Package,
+/// The entity kinds (the crate's own list), in the order their collections are listed.
+pub use tidings::domain::Kind;
+
+/// The API's collection of a kind, as the contract spells it in paths.
+pub trait Collection {
+    fn collection(self) -> &'static str;
 }
 
-impl Kind {
-    pub const ALL: [Kind; 7] = [
-        Kind::Reseller,
-        Kind::Dealer,
-        Kind::Company,
-        Kind::Site,
-        Kind::User,
-        Kind::Meeting,
-        Kind::Package,
-    ];
-    pub fn collection(self) -> &'static str {
+impl Collection for Kind {
+    fn collection(self) -> &'static str {
         match self {
             Kind::Reseller => "resellers",
             Kind::Dealer => "dealers",
@@ -371,23 +362,6 @@ impl Kind {
             Kind::Meeting => "meetings",
             Kind::Package => "packages",
         }
-    }
-
-    /// The level name (`reseller`, ...) of the four kinds that are levels.
-    pub fn level(self) -> Option<&'static str> {
-        match self {
-            Kind::Reseller => Some("reseller"),
-            Kind::Dealer => Some("dealer"),
-            Kind::Company => Some("company"),
-            Kind::Site => Some("site"),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.collection())
     }
 }
 
@@ -488,7 +462,7 @@ impl Model {
             .as_str()
             .expect("created entity has an id")
             .to_owned();
-        assert!(is_id(&id), "{kind} id {id:?}");
+        assert!(is_id(&id), "{} id {id:?}", kind.collection());
         self.add(node_for(kind, label, &id, &body));
         self.created.insert(id.clone(), made);
         id
