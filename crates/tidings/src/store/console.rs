@@ -17,7 +17,7 @@ use sqlx::Row as _;
 use super::endpoints::{Slots, HOUR_MS, MINUTE_MS};
 use super::exec::{bind_all, Param};
 use super::sql::SqlStore;
-use super::webhook_list::Order;
+use super::webhook_list::{union_per_level, Order, LEVEL_CHUNK};
 use super::{Result, Webhook, WebhookFilter};
 use crate::domain::{EntityId, Millis};
 
@@ -107,9 +107,6 @@ pub trait ConsoleStore {
         levels: Option<&[EntityId]>,
     ) -> Result<Vec<Webhook>>;
 }
-
-/// Largest number of level ids in one query.
-const LEVEL_CHUNK: usize = 500;
 
 /// ` AND <column> IN ($n, ...)` for the ids in `levels`, appending them to `params`.
 fn level_clause<'a>(
@@ -242,21 +239,13 @@ impl ConsoleStore for SqlStore {
             // of the levels before counting (PostgreSQL's bitmap of them all).
             if counted <= cap {
                 let mut params: Vec<Param> = Vec::new();
-                let parts: Vec<String> = chunk
-                    .iter()
-                    .map(|level| {
-                        params.push(level.as_str().into());
-                        let n = params.len();
-                        format!(
-                            "SELECT one FROM (SELECT 1 AS one FROM webhooks \
-                             WHERE level_id = ${n} AND due_at IS NOT NULL LIMIT {limit}) l{n}"
-                        )
-                    })
-                    .collect();
-                let sql = format!(
-                    "SELECT CAST(COUNT(*) AS BIGINT) FROM ({} LIMIT {limit}) q",
-                    parts.join(" UNION ALL ")
-                );
+                let parts = union_per_level(chunk, &mut params, |n| {
+                    format!(
+                        "SELECT one FROM (SELECT 1 AS one FROM webhooks \
+                         WHERE level_id = ${n} AND due_at IS NOT NULL LIMIT {limit}) l{n}"
+                    )
+                });
+                let sql = format!("SELECT CAST(COUNT(*) AS BIGINT) FROM ({parts} LIMIT {limit}) q");
                 counted += count(first_int(self, &sql, &params).await?);
             }
             // The first due entry of the levels in the index of pending webhooks: the

@@ -33,7 +33,24 @@ impl Order {
 
 /// Largest number of levels read by one query: SQLite takes at most 500 terms in a compound
 /// SELECT.
-const LEVEL_CHUNK: usize = 500;
+pub(super) const LEVEL_CHUNK: usize = 500;
+
+/// One part per level, joined by `UNION ALL`: `part(n)` writes the level's own `SELECT`,
+/// with the level's id bound as `$n` (appended to `params`).
+pub(super) fn union_per_level<'a>(
+    levels: impl IntoIterator<Item = &'a EntityId>,
+    params: &mut Vec<Param<'a>>,
+    part: impl Fn(usize) -> String,
+) -> String {
+    levels
+        .into_iter()
+        .map(|level| {
+            params.push(level.as_str().into());
+            part(params.len())
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
 
 impl SqlStore {
     /// Webhooks matching `f` in `order`, after the cursor `f.after`; only those addressed to
@@ -60,23 +77,17 @@ impl SqlStore {
         let mut page = Vec::new();
         for chunk in levels.chunks(LEVEL_CHUNK) {
             let mut params = params.clone();
-            let parts: Vec<String> = chunk
-                .iter()
-                .map(|level| {
-                    params.push(level.as_str().into());
-                    let n = params.len();
-                    format!(
-                        "SELECT id FROM (SELECT w.id FROM webhooks w \
-                         WHERE w.level_id = ${n}{conditions} \
-                         ORDER BY w.id {dir} LIMIT {limit}) l{n}"
-                    )
-                })
-                .collect();
+            let parts = union_per_level(chunk.iter().copied(), &mut params, |n| {
+                format!(
+                    "SELECT id FROM (SELECT w.id FROM webhooks w \
+                     WHERE w.level_id = ${n}{conditions} \
+                     ORDER BY w.id {dir} LIMIT {limit}) l{n}"
+                )
+            });
             let sql = format!(
-                "SELECT {WEBHOOK_COLUMNS} FROM ({} ORDER BY id {dir} LIMIT {limit}) page \
+                "SELECT {WEBHOOK_COLUMNS} FROM ({parts} ORDER BY id {dir} LIMIT {limit}) page \
                  JOIN webhooks w ON w.id = page.id JOIN events e ON e.id = w.event_id \
-                 ORDER BY w.id {dir}",
-                parts.join(" UNION ALL ")
+                 ORDER BY w.id {dir}"
             );
             page.extend(self.read_webhooks(&sql, &params).await?);
         }
