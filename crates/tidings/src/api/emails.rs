@@ -1,7 +1,5 @@
 //! `/v1/emails`: the failure e-mails, queued, sent, or recorded as having no recipient.
 
-use std::collections::HashMap;
-
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::Extension;
@@ -105,26 +103,13 @@ async fn list(
         limit,
     };
     let rows = s.hierarchy.store().emails(&filter).await?;
-    let next = (rows.len() as u32 == limit)
-        .then(|| rows.last().map(|e| e.id.clone()))
-        .flatten();
-    // A tenant sees the e-mails about its level and the levels below it.
-    let mut visible: HashMap<EntityId, bool> = HashMap::new();
-    let mut data = Vec::with_capacity(rows.len());
-    for e in rows {
-        let sees = match visible.get(&e.level_id) {
-            Some(v) => *v,
-            None => {
-                let v = s.hierarchy.sees_level(&who, &e.level_id).await?;
-                visible.insert(e.level_id.clone(), v);
-                v
-            }
-        };
-        if sees {
-            data.push(serde_json::to_value(EmailView::from(e)).unwrap_or(Value::Null));
-        }
-    }
-    Ok(Json(
-        serde_json::json!({ "data": data, "next_cursor": next }),
-    ))
+    super::visible_page(
+        &s,
+        &who,
+        rows,
+        limit,
+        |e| (&e.id, &e.level_id),
+        |e| serde_json::to_value(EmailView::from(e)).unwrap_or(Value::Null),
+    )
+    .await
 }

@@ -36,6 +36,42 @@ pub struct AppState {
     pub retention: Option<std::time::Duration>,
 }
 
+/// A page of `rows` (read with `limit`) as the key `who` sees it: `{"data": [...],
+/// "next_cursor": "<id>" | null}`. A tenant sees the rows about its level and the levels
+/// below it (`keys` gives a row's id and its level), the rule asked once per level. The
+/// cursor is the last row read, seen or not, so that paging goes on past rows left out.
+pub(crate) async fn visible_page<T>(
+    s: &AppState,
+    who: &crate::tenancy::Principal,
+    rows: Vec<T>,
+    limit: u32,
+    keys: impl Fn(&T) -> (&crate::domain::EntityId, &crate::domain::EntityId),
+    view: impl Fn(T) -> serde_json::Value,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let next = (rows.len() as u32 == limit)
+        .then(|| rows.last().map(|r| keys(r).0.clone()))
+        .flatten();
+    let mut sees_level = std::collections::HashMap::new();
+    let mut data = Vec::with_capacity(rows.len());
+    for row in rows {
+        let level = keys(&row).1;
+        let sees = match sees_level.get(level) {
+            Some(v) => *v,
+            None => {
+                let v = s.hierarchy.sees_level(who, level).await?;
+                sees_level.insert(level.clone(), v);
+                v
+            }
+        };
+        if sees {
+            data.push(view(row));
+        }
+    }
+    Ok(Json(
+        serde_json::json!({ "data": data, "next_cursor": next }),
+    ))
+}
+
 /// The API's HTTP limits (see `config.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

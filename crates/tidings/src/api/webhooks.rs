@@ -13,7 +13,6 @@ use super::AppState;
 use crate::domain::{payload, EntityId, EventType, Level, Millis};
 use crate::store::{Attempt, RetryOutcome, Webhook, WebhookFilter, WebhookStatus};
 use crate::tenancy::Principal;
-use std::collections::HashMap;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -109,21 +108,24 @@ pub fn webhook_view(w: &Webhook, attempts: Option<&[Attempt]>) -> WebhookView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The webhook list's query: filters, cursor and page size, as the API and the console take
+/// them.
+#[derive(Debug, Default, Clone, Deserialize)]
 pub struct ListQuery {
-    status: Option<String>,
+    pub status: Option<String>,
     #[serde(rename = "type")]
-    event_type: Option<String>,
-    level_id: Option<String>,
-    subject_id: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    after: Option<String>,
-    limit: Option<u32>,
+    pub event_type: Option<String>,
+    pub level_id: Option<String>,
+    pub subject_id: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub after: Option<String>,
+    pub limit: Option<u32>,
 }
 
 impl ListQuery {
-    fn filter(&self) -> Result<WebhookFilter, ApiError> {
+    /// The store filter, or the error naming the query field that is wrong.
+    pub fn filter(&self) -> Result<WebhookFilter, ApiError> {
         let id = |field: &str, v: &Option<String>| -> Result<Option<EntityId>, ApiError> {
             v.as_deref()
                 .map(|s| EntityId::parse(s).map_err(|e| ApiError::query(field, e)))
@@ -169,28 +171,15 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let filter = q.filter()?;
     let rows = s.hierarchy.store().webhooks(&filter).await?;
-    let next = (rows.len() as u32 == filter.limit)
-        .then(|| rows.last().map(|w| w.id.clone()))
-        .flatten();
-    // A tenant sees the webhooks addressed to its level and the levels below it.
-    let mut visible: HashMap<EntityId, bool> = HashMap::new();
-    let mut data = Vec::with_capacity(rows.len());
-    for w in &rows {
-        let sees = match visible.get(&w.level_id) {
-            Some(v) => *v,
-            None => {
-                let v = s.hierarchy.sees_level(&who, &w.level_id).await?;
-                visible.insert(w.level_id.clone(), v);
-                v
-            }
-        };
-        if sees {
-            data.push(serde_json::to_value(webhook_view(w, None)).unwrap_or(Value::Null));
-        }
-    }
-    Ok(Json(
-        serde_json::json!({ "data": data, "next_cursor": next }),
-    ))
+    super::visible_page(
+        &s,
+        &who,
+        rows,
+        filter.limit,
+        |w| (&w.id, &w.level_id),
+        |w| serde_json::to_value(webhook_view(&w, None)).unwrap_or(Value::Null),
+    )
+    .await
 }
 
 /// The webhook `id` with its attempts, if the key can see it (its receiving level lies in

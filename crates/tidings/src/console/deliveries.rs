@@ -15,22 +15,16 @@ use super::layout::{self, field_error, Section};
 use super::session::CsrfOnly;
 use super::tree::{self, Tree};
 use super::{api_time, FormError, Shared, Signed};
-use crate::domain::{EntityId, EventType, Millis};
+use crate::api::webhooks::ListQuery;
+use crate::domain::{EntityId, EventType};
 use crate::store::{LastAttempt, Webhook, WebhookFilter, WebhookStatus};
 
 /// Webhooks per page.
 const PAGE: u32 = 50;
 
-#[derive(Debug, Deserialize, Default, Clone)]
-pub struct Filters {
-    status: Option<String>,
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    level_id: Option<String>,
-    subject_id: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    after: Option<String>,
+/// How many failed webhooks a recovery just queued again (the page it redirects to says so).
+#[derive(Debug, Deserialize, Default)]
+pub struct Recovered {
     recovered: Option<u64>,
 }
 
@@ -38,58 +32,46 @@ fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
-impl Filters {
-    /// The store filter, or the error naming the field (the API's parsers and messages).
-    fn parse(&self) -> Result<WebhookFilter, FormError> {
-        let err = |field: &str, message: String| FormError {
-            field: Some(field.to_owned()),
-            message,
-        };
-        let id = |field: &str, v: &Option<String>| {
-            given(v)
-                .map(|s| EntityId::parse(s).map_err(|e| err(field, e)))
-                .transpose()
-        };
-        let time = |field: &str, v: &Option<String>| {
-            given(v)
-                .map(|s| Millis::parse_rfc3339(s).map_err(|e| err(field, e)))
-                .transpose()
-        };
-        Ok(WebhookFilter {
-            status: given(&self.status)
-                .map(WebhookStatus::parse)
-                .transpose()
-                .map_err(|e| err("status", e))?,
-            event_type: given(&self.event_type)
-                .map(str::parse::<EventType>)
-                .transpose()
-                .map_err(|e| err("type", e))?,
-            level_id: id("level_id", &self.level_id)?,
-            subject_id: id("subject_id", &self.subject_id)?,
-            since: time("since", &self.since)?,
-            until: time("until", &self.until)?,
-            after: id("after", &self.after)?,
-            limit: PAGE,
-        })
+/// The API's list query as the console's filter form sends it: a blank field means "any",
+/// and pages are the console's size.
+fn from_form(q: &ListQuery) -> ListQuery {
+    let g = |v: &Option<String>| given(v).map(str::to_owned);
+    ListQuery {
+        status: g(&q.status),
+        event_type: g(&q.event_type),
+        level_id: g(&q.level_id),
+        subject_id: g(&q.subject_id),
+        since: g(&q.since),
+        until: g(&q.until),
+        after: g(&q.after),
+        limit: Some(PAGE),
     }
+}
 
-    /// The query string of these filters, without the cursor.
-    fn query(&self) -> String {
-        let mut parts = Vec::new();
-        for (name, v) in [
-            ("status", &self.status),
-            ("type", &self.event_type),
-            ("level_id", &self.level_id),
-            ("subject_id", &self.subject_id),
-            ("since", &self.since),
-            ("until", &self.until),
-        ] {
-            if let Some(v) = given(v) {
-                parts.push(format!("{name}={}", super::encode(v)));
-            }
+/// The store filter, or the error naming the field: the API's own parsing.
+fn parse(q: &ListQuery) -> Result<WebhookFilter, FormError> {
+    from_form(q).filter().map_err(|e| FormError {
+        field: e.field,
+        message: e.message,
+    })
+}
+
+/// The query string of these filters, without the cursor.
+fn query_string(q: &ListQuery) -> String {
+    let mut parts = Vec::new();
+    for (name, v) in [
+        ("status", &q.status),
+        ("type", &q.event_type),
+        ("level_id", &q.level_id),
+        ("subject_id", &q.subject_id),
+        ("since", &q.since),
+        ("until", &q.until),
+    ] {
+        if let Some(v) = given(v) {
+            parts.push(format!("{name}={}", super::encode(v)));
         }
-        parts.join("&")
     }
+    parts.join("&")
 }
 
 /// The rows shown: each webhook with how its latest attempt ended.
@@ -128,9 +110,10 @@ async fn load(
 pub async fn list_page(
     State(c): State<Shared>,
     signed: Signed,
-    Query(q): Query<Filters>,
+    Query(q): Query<ListQuery>,
+    Query(recovered): Query<Recovered>,
 ) -> Response {
-    let parsed = q.parse();
+    let parsed = parse(&q);
     let filter = parsed.clone().unwrap_or(WebhookFilter {
         limit: PAGE,
         ..WebhookFilter::default()
@@ -147,7 +130,7 @@ pub async fn list_page(
     };
     let error = parsed.err();
     let on = |f: &str| FormError::on(&error, f);
-    let query = q.query();
+    let query = query_string(&q);
     let live = filter.after.is_none() && error.is_none();
     let older = (rows.len() as u32 == PAGE)
         .then(|| rows.last().map(|(w, _)| w.id.clone()))
@@ -155,7 +138,7 @@ pub async fn list_page(
     let select = |v: &Option<String>, option: &str| given(v) == Some(option);
     let types = EventType::ALL.map(EventType::as_str);
     let body = html! {
-        @if let Some(n) = q.recovered {
+        @if let Some(n) = recovered.recovered {
             p.notice role="status" { (n) " failed webhook(s) queued again." }
         }
         form.filters method="get" action="/deliveries" {
@@ -260,8 +243,8 @@ fn table_rows(rows: &Rows, tree: &Tree) -> Markup {
 
 /// The first page's rows alone, for the page's script to refresh the table.
 pub async fn rows(State(c): State<Shared>, signed: Signed, RawQuery(raw): RawQuery) -> Response {
-    let q: Filters = serde_urlencoded_from(&raw.unwrap_or_default());
-    let Ok(f) = q.parse() else {
+    let q = first_page_query(&raw.unwrap_or_default());
+    let Ok(f) = parse(&q) else {
         return StatusCode::UNPROCESSABLE_ENTITY.into_response();
     };
     match load(&c, &signed, &f).await {
@@ -270,8 +253,9 @@ pub async fn rows(State(c): State<Shared>, signed: Signed, RawQuery(raw): RawQue
     }
 }
 
-fn serde_urlencoded_from(raw: &str) -> Filters {
-    let mut f = Filters::default();
+/// The filters of a query string, without its cursor: the rows of the first page.
+fn first_page_query(raw: &str) -> ListQuery {
+    let mut f = ListQuery::default();
     for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
         let v = Some(v.into_owned());
         match k.as_ref() {

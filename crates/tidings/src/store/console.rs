@@ -77,7 +77,7 @@ pub struct LastAttempt {
 pub trait ConsoleStore {
     /// Attempts started in the minute (or hour) holding `since` and after it, counted per
     /// `width`, of the webhooks addressed to `levels` (every level when `None`); buckets
-    /// without attempts are left out. Read from the counters the record transaction keeps,
+    /// without attempts are left out. Read from the counters kept as attempts are recorded,
     /// which hold the last 60 minutes and the last 24 hours.
     async fn attempt_buckets(
         &self,
@@ -233,10 +233,11 @@ impl ConsoleStore for SqlStore {
         levels.dedup();
         let mut counted = 0;
         let mut oldest: Option<i64> = None;
+        // Each level through its own walk of the index of its waiting webhooks
+        // (`webhooks_waiting_by_level`): a few at most from each to count, and the first due
+        // entry of each. One walk of `level_id IN (...)` could read every waiting webhook
+        // of the levels first (PostgreSQL's bitmap of them all).
         for chunk in levels.chunks(LEVEL_CHUNK) {
-            // Each level's pending webhooks through its own walk of the index on level, a
-            // few at most from each: a walk of `level_id IN (...)` could read every webhook
-            // of the levels before counting (PostgreSQL's bitmap of them all).
             if counted <= cap {
                 let mut params: Vec<Param> = Vec::new();
                 let parts = union_per_level(chunk, &mut params, |n| {
@@ -248,17 +249,15 @@ impl ConsoleStore for SqlStore {
                 let sql = format!("SELECT CAST(COUNT(*) AS BIGINT) FROM ({parts} LIMIT {limit}) q");
                 counted += count(first_int(self, &sql, &params).await?);
             }
-            // The first due entry of the levels in the index of pending webhooks: the
-            // level is compared as an expression, so that neither planner reads the
-            // levels' webhooks through the index on level instead (all of them, for a
-            // minimum).
             let mut params: Vec<Param> = vec![now.0.into()];
-            let clause = level_clause("level_id || ''", Some(chunk), &mut params);
-            let sql = format!(
-                "SELECT due_at FROM webhooks \
-                 WHERE due_at IS NOT NULL AND due_at <= $1 AND claimed_by IS NULL{clause} \
-                 ORDER BY due_at LIMIT 1"
-            );
+            let parts = union_per_level(chunk, &mut params, |n| {
+                format!(
+                    "SELECT (SELECT due_at FROM webhooks WHERE level_id = ${n} \
+                     AND due_at IS NOT NULL AND due_at <= $1 AND claimed_by IS NULL \
+                     ORDER BY due_at LIMIT 1) AS due"
+                )
+            });
+            let sql = format!("SELECT MIN(due) FROM ({parts}) q");
             if let Some(t) = first_int(self, &sql, &params).await? {
                 oldest = Some(oldest.map_or(t, |o| o.min(t)));
             }

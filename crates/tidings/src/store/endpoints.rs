@@ -1,7 +1,8 @@
 //! Endpoint settings and health in the store.
 //!
 //! Settings live in `endpoints` (a level without a row has the defaults). Health is kept up
-//! to date by the transaction that records attempts ([`record_health`]): one row per level
+//! to date as attempts are recorded ([`record_health`]; in the record transaction on SQLite,
+//! right after it on PostgreSQL, see [`HealthWriter`]): one row per level
 //! with the last success and failure, 24 hourly slots of counters per level and 60 slots of
 //! counters by minute, so reading health or the console's charts never scans attempts.
 
@@ -149,13 +150,13 @@ pub(super) struct Outcome<'a> {
 }
 
 /// Sums a batch's attempts per level, in the batch's order (levels sorted by id, so that
-/// concurrent recorders lock health rows in one order).
+/// concurrent writers lock health rows in one order).
 pub(super) fn health_deltas<'a>(
     outcomes: impl IntoIterator<Item = Outcome<'a>>,
-) -> BTreeMap<&'a EntityId, HealthDelta> {
-    let mut deltas: BTreeMap<&EntityId, HealthDelta> = BTreeMap::new();
+) -> BTreeMap<EntityId, HealthDelta> {
+    let mut deltas: BTreeMap<EntityId, HealthDelta> = BTreeMap::new();
     for o in outcomes {
-        let d = deltas.entry(o.level_id).or_default();
+        let d = deltas.entry(o.level_id.clone()).or_default();
         let hour = d.hours.entry(o.at.0.div_euclid(HOUR_MS)).or_default();
         let minute = d.minutes.entry(o.at.0.div_euclid(MINUTE_MS)).or_default();
         if o.succeeded {
@@ -176,13 +177,99 @@ pub(super) fn health_deltas<'a>(
     deltas
 }
 
-/// Adds a batch's health deltas in the record transaction: one statement per 64 levels for
-/// the health rows, one per 64 (level, hour) and one per 64 (level, minute) for the counters.
+impl HealthDelta {
+    /// Folds in the delta of a batch recorded after this one, so that writing the sum
+    /// changes a health row as writing the two in turn would (see [`record_health`]).
+    fn then(&mut self, later: HealthDelta) {
+        self.trailing_failures = match later.last_success_at {
+            Some(_) => later.trailing_failures,
+            None => self.trailing_failures + later.trailing_failures,
+        };
+        self.last_success_at = later.last_success_at.or(self.last_success_at);
+        if later.last_failure_at.is_some() {
+            self.last_failure_at = later.last_failure_at;
+            self.last_error = later.last_error;
+        }
+        for (mine, theirs) in [
+            (&mut self.hours, later.hours),
+            (&mut self.minutes, later.minutes),
+        ] {
+            for (unit, (s, f)) in theirs {
+                let c = mine.entry(unit).or_default();
+                c.0 += s;
+                c.1 += f;
+            }
+        }
+    }
+}
+
+/// Adds `later` to the deltas waiting in `pending`.
+fn fold_into(
+    pending: &mut BTreeMap<EntityId, HealthDelta>,
+    later: BTreeMap<EntityId, HealthDelta>,
+) {
+    for (id, d) in later {
+        match pending.entry(id) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(d);
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().then(d),
+        }
+    }
+}
+
+/// Health deltas waiting to be written on PostgreSQL, and the turn to write them.
+///
+/// There, record transactions run side by side (several per instance, and several
+/// instances), and every batch touches the health rows of the levels it delivered to: the
+/// reseller's row in nearly all of them. Written inside the record transaction, those rows
+/// stayed locked until its commit, so concurrent record transactions waited for each other's
+/// commits in turn. Instead a batch's deltas are written after its record commits, in a
+/// transaction of their own, one at a time per instance: whoever has the turn writes every
+/// delta waiting, its own and those recorded meanwhile. A recorder returns once its deltas
+/// are written, by itself or by the writer before it.
+///
+/// Health is a summary for people (the API's and the console's endpoint health and charts):
+/// a crash between the two commits loses that batch's counts, never a webhook's state.
+#[derive(Default)]
+pub(super) struct HealthWriter {
+    pending: std::sync::Mutex<BTreeMap<EntityId, HealthDelta>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl SqlStore {
+    /// Writes a recorded batch's health deltas apart from its record transaction (see
+    /// [`HealthWriter`]). A failure is logged and the deltas wait for the next writer: the
+    /// batch itself is recorded already.
+    pub(super) async fn write_health_apart(&self, deltas: BTreeMap<EntityId, HealthDelta>) {
+        let writer = &self.health;
+        fold_into(&mut writer.pending.lock().expect("health deltas"), deltas);
+        let _turn = writer.turn.lock().await;
+        let batch = std::mem::take(&mut *writer.pending.lock().expect("health deltas"));
+        if batch.is_empty() {
+            return;
+        }
+        let written = async {
+            let mut tx = self.begin_write().await?;
+            record_health(tx.as_mut(), &batch).await?;
+            tx.commit().await
+        };
+        if let Err(e) = written.await {
+            tracing::warn!(error = %e, levels = batch.len(), "endpoint health not written; it waits for the next recorded batch");
+            let mut pending = writer.pending.lock().expect("health deltas");
+            let later = std::mem::replace(&mut *pending, batch);
+            fold_into(&mut pending, later);
+        }
+    }
+}
+
+/// Adds a batch's health deltas in `tx`: one statement per 64 levels for the health rows,
+/// one per 64 (level, hour) and one per 64 (level, minute) for the counters.
 pub(super) async fn record_health(
     tx: &mut dyn Exec,
-    deltas: &BTreeMap<&EntityId, HealthDelta>,
+    deltas: &BTreeMap<EntityId, HealthDelta>,
 ) -> Result<()> {
-    let levels: Vec<(&&EntityId, &HealthDelta)> = deltas.iter().collect();
+    let levels: Vec<(&EntityId, &HealthDelta)> = deltas.iter().collect();
     for chunk in super::sql::statement_chunks(&levels) {
         let sql = format!(
             "INSERT INTO endpoint_health (level_id, last_success_at, last_failure_at, last_error, \
@@ -246,7 +333,7 @@ impl Slots {
 /// are kept: an older one would share a slot with a newer one and be overwritten by it, and
 /// PostgreSQL refuses one statement that changes the same row twice.
 fn slot_rows<'a>(
-    deltas: &BTreeMap<&'a EntityId, HealthDelta>,
+    deltas: &'a BTreeMap<EntityId, HealthDelta>,
     count: i64,
     counts: impl Fn(&HealthDelta) -> &BTreeMap<i64, (i64, i64)>,
 ) -> Vec<(&'a EntityId, i64, i64, i64)> {
@@ -259,7 +346,7 @@ fn slot_rows<'a>(
         rows.extend(
             units
                 .range(newest - count + 1..)
-                .map(|(u, (s, f))| (*id, *u, *s, *f)),
+                .map(|(u, (s, f))| (id, *u, *s, *f)),
         );
     }
     rows
@@ -271,7 +358,7 @@ async fn add_to_slots(
     tx: &mut dyn Exec,
     texts: &SqlBySize,
     slots: Slots,
-    deltas: &BTreeMap<&EntityId, HealthDelta>,
+    deltas: &BTreeMap<EntityId, HealthDelta>,
     counts: impl Fn(&HealthDelta) -> &BTreeMap<i64, (i64, i64)>,
 ) -> Result<()> {
     let Slots { table, unit, count } = slots;
@@ -445,7 +532,44 @@ mod tests {
         );
         let db = &deltas[&b];
         assert_eq!((db.trailing_failures, db.last_failure_at), (0, None));
-        assert_eq!(deltas.keys().copied().collect::<Vec<_>>(), vec![&a, &b]);
+        assert_eq!(deltas.keys().collect::<Vec<_>>(), vec![&a, &b]);
+    }
+
+    #[test]
+    fn deltas_folded_in_turn_are_the_delta_of_both_batches() {
+        let (a, b) = (id(1), id(2));
+        let o = |level, succeeded, ms: i64| Outcome {
+            level_id: level,
+            succeeded,
+            at: Millis(ms * MINUTE_MS / 3),
+            error: (!succeeded).then(|| format!("HTTP 5{ms:02}")),
+        };
+        let all = [
+            o(&a, false, 1),
+            o(&b, true, 2),
+            o(&a, true, 3),
+            o(&a, false, 4),
+            o(&b, false, 5),
+            o(&a, false, 6),
+            o(&b, true, 7),
+            o(&a, true, 8),
+            o(&a, false, 9),
+        ];
+        let whole = health_deltas(all.iter().map(|x| Outcome {
+            error: x.error.clone(),
+            ..*x
+        }));
+        for split in 0..=all.len() {
+            let part = |r: &[Outcome]| {
+                health_deltas(r.iter().map(|x| Outcome {
+                    error: x.error.clone(),
+                    ..*x
+                }))
+            };
+            let mut folded = part(&all[..split]);
+            fold_into(&mut folded, part(&all[split..]));
+            assert_eq!(folded, whole, "split after {split}");
+        }
     }
 
     #[test]

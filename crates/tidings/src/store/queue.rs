@@ -11,7 +11,7 @@ use super::endpoints::{self, Outcome};
 use super::exec::{Exec, Param, Row};
 use super::sql::{
     parse_id, secrets_from_row, statement_chunks, success_from, value_rows, webhook_from_row,
-    SqlBySize, SqlStore, WEBHOOK_WIDTH,
+    Backend, SqlBySize, SqlStore, WEBHOOK_WIDTH,
 };
 use super::{Claimed, Next, Recorded, Result, RetryOutcome, WebhookStatus};
 use crate::domain::{EntityId, Millis};
@@ -188,8 +188,6 @@ impl SqlStore {
                 .collect();
             tx.execute(&sql, &params).await?;
         }
-        // Last, so that the levels' health rows, which concurrent batches (PostgreSQL) and
-        // the levels' other webhooks share, are locked for as short a time as can be.
         let deltas = endpoints::health_deltas(kept.iter().map(|r| {
             Outcome {
                 level_id: &rows[r.webhook_id.as_str()].0,
@@ -202,8 +200,18 @@ impl SqlStore {
                     .or_else(|| r.attempt.status_code.map(|c| format!("HTTP {c}"))),
             }
         }));
-        endpoints::record_health(tx.as_mut(), &deltas).await?;
-        tx.commit().await?;
+        match self.backend {
+            // One writer: the counters cost no wait in the record's own transaction.
+            Backend::Sqlite => {
+                endpoints::record_health(tx.as_mut(), &deltas).await?;
+                tx.commit().await?;
+            }
+            // Concurrent record transactions would wait on each other's health rows.
+            Backend::Postgres => {
+                tx.commit().await?;
+                self.write_health_apart(deltas).await;
+            }
+        }
         Ok(positions)
     }
 

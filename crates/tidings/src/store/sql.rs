@@ -77,6 +77,8 @@ pub struct SqlStore {
     lite: Option<LiteWriter>,
     /// Tells other instances that work was queued (PostgreSQL; `None` on SQLite).
     work_signal: Option<Arc<WorkSignal>>,
+    /// On PostgreSQL, the health deltas of recorded batches waiting to be written.
+    pub(super) health: super::endpoints::HealthWriter,
     /// On SQLite, the database file with an exclusive `flock` held for the store's life.
     _owner: Option<std::fs::File>,
 }
@@ -137,6 +139,7 @@ impl SqlStore {
                 reader,
                 lite,
                 work_signal: None,
+                health: Default::default(),
                 _owner: Some(owner),
             }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -154,6 +157,7 @@ impl SqlStore {
                 work_signal: Some(Arc::new(WorkSignal::new(pool.clone()))),
                 reader: pool,
                 lite: None,
+                health: Default::default(),
                 _owner: None,
             }
         } else {
