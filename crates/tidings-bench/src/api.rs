@@ -1,5 +1,5 @@
 //! Tidings' API as the load generator uses it: building the hierarchy, firing events,
-//! reading `/metrics`.
+//! reading `/metrics`, of one instance or of several sharing a store.
 //!
 //! Every measured event is a meeting change, `PATCH /v1/meetings/{id}` with
 //! `{"subject": "bench-{seq}"}`: it takes the same path through Tidings as a meeting moment
@@ -8,6 +8,7 @@
 //! arrival to the API acknowledgement of its event, exactly and without any ordering
 //! assumption.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,14 +20,19 @@ use serde_json::{json, Value};
 use crate::child::ADMIN_KEY;
 use crate::sink::{Sink, LEVELS, SUBJECT_PREFIX};
 
+/// The API of every running instance. The hierarchy is built, and other single requests are
+/// sent, through the first; fired events are spread over all of them.
 #[derive(Clone)]
 pub struct Api {
     client: reqwest::Client,
-    base: String,
+    /// Never empty.
+    bases: Vec<String>,
 }
 
 impl Api {
-    pub fn new(base: &str, connections: usize) -> anyhow::Result<Api> {
+    /// `bases`: each instance's URL, the first first.
+    pub fn new(bases: &[String], connections: usize) -> anyhow::Result<Api> {
+        anyhow::ensure!(!bases.is_empty(), "no Tidings instance to talk to");
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,
@@ -38,10 +44,11 @@ impl Api {
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(30))
             .build()?;
-        Ok(Api {
-            client,
-            base: base.trim_end_matches('/').to_owned(),
-        })
+        let bases: Vec<String> = bases
+            .iter()
+            .map(|b| b.trim_end_matches('/').to_owned())
+            .collect();
+        Ok(Api { client, bases })
     }
 
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
@@ -61,7 +68,7 @@ impl Api {
     ) -> anyhow::Result<Value> {
         let r = self
             .client
-            .request(method.clone(), format!("{}{path}", self.base))
+            .request(method.clone(), format!("{}{path}", self.bases[0]))
             .json(&body)
             .send()
             .await?;
@@ -76,7 +83,7 @@ impl Api {
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let r = self
             .client
-            .get(format!("{}{path}", self.base))
+            .get(format!("{}{path}", self.bases[0]))
             .send()
             .await?;
         let status = r.status();
@@ -101,18 +108,34 @@ impl Api {
             .to_owned())
     }
 
-    /// `GET /metrics`, as (name with labels, value) pairs.
+    /// `GET /metrics` of every instance, as one: see [`Metrics::combine`].
     pub async fn metrics(&self) -> anyhow::Result<Metrics> {
-        let text = self
-            .client
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok(Metrics::parse(&text))
+        let mut scrapes = Vec::with_capacity(self.bases.len());
+        for base in &self.bases {
+            let text = self
+                .client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?;
+            scrapes.push(Metrics::parse(&text));
+        }
+        Ok(Metrics::combine(scrapes))
     }
 }
+
+/// The series Tidings reads from the store at each scrape (`Metrics::render` in Tidings'
+/// metrics.rs): every instance on one database counts the same rows, so summing them over
+/// the instances would count each row once per instance. Every other series is the
+/// instance's own (counters, histograms, open API connections) and adds up.
+const STORE_GAUGES: [&str; 5] = [
+    "tidings_events",
+    "tidings_webhooks",
+    "tidings_queue_depth",
+    "tidings_oldest_due_age_seconds",
+    "tidings_store_size_bytes",
+];
 
 /// The lines of a Prometheus text exposition.
 #[derive(Debug, Default, Clone)]
@@ -129,6 +152,30 @@ impl Metrics {
                 })
                 .collect(),
         )
+    }
+
+    /// The scrapes of instances sharing one store, as one scrape of them all: each instance's
+    /// own series summed over the instances, the store's gauges ([`STORE_GAUGES`]) as the
+    /// first instance read them.
+    pub fn combine(scrapes: impl IntoIterator<Item = Metrics>) -> Metrics {
+        let mut out: Vec<(String, f64)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (i, scrape) in scrapes.into_iter().enumerate() {
+            for (key, value) in scrape.0 {
+                let name = key.split('{').next().unwrap_or(&key);
+                if i > 0 && STORE_GAUGES.contains(&name) {
+                    continue;
+                }
+                match index.get(&key) {
+                    Some(&at) => out[at].1 += value,
+                    None => {
+                        index.insert(key.clone(), out.len());
+                        out.push((key, value));
+                    }
+                }
+            }
+        }
+        Metrics(out)
     }
 
     /// The sum of every series whose name-and-labels contains all of `parts`.
@@ -444,7 +491,8 @@ struct Shared {
     live: Arc<Firing>,
 }
 
-/// Fires meeting changes at `meetings` (round robin) for `duration`.
+/// Fires meeting changes at `meetings` (round robin) for `duration`, spread over the API's
+/// instances.
 #[allow(clippy::too_many_arguments)]
 pub async fn fire(
     api: &Api,
@@ -464,10 +512,16 @@ pub async fn fire(
         first_error: Mutex::new(None),
         live,
     });
-    let urls: Arc<Vec<String>> = Arc::new(
-        meetings
+    // Per instance, the URL of each meeting.
+    let urls: Arc<Vec<Vec<String>>> = Arc::new(
+        api.bases
             .iter()
-            .map(|m| format!("{}/v1/meetings/{}", api.base, m.id))
+            .map(|base| {
+                meetings
+                    .iter()
+                    .map(|m| format!("{base}/v1/meetings/{}", m.id))
+                    .collect()
+            })
             .collect(),
     );
     let started = Instant::now();
@@ -476,16 +530,19 @@ pub async fn fire(
     match rate {
         Rate::Max => {
             let mut workers = Vec::new();
-            for _ in 0..concurrency {
+            // Connection w talks to instance w mod N; each takes the next event, whichever
+            // meeting it is about.
+            for w in 0..concurrency {
                 let (api, urls, seq, shared) =
                     (api.clone(), urls.clone(), seq.clone(), shared.clone());
                 workers.push(tokio::spawn(async move {
+                    let urls = &urls[w % urls.len()];
                     while Instant::now() < deadline {
                         let n = seq.fetch_add(1, Ordering::SeqCst);
                         if n >= end_seq {
                             break;
                         }
-                        one(&api, &urls, n, epoch, &shared).await;
+                        one(&api, urls, n, epoch, &shared).await;
                     }
                 }));
             }
@@ -506,8 +563,9 @@ pub async fn fire(
                 let permit = limit.clone().acquire_owned().await.expect("never closed");
                 let (api, urls, shared) = (api.clone(), urls.clone(), shared.clone());
                 let n = seq.fetch_add(1, Ordering::SeqCst);
+                let instance = instance_of(i, meetings.len(), urls.len());
                 tasks.spawn(async move {
-                    one(&api, &urls, n, epoch, &shared).await;
+                    one(&api, &urls[instance], n, epoch, &shared).await;
                     drop(permit);
                 });
                 i += 1;
@@ -533,6 +591,14 @@ pub async fn fire(
         acks,
         api_latency: shared.latency.into_inner().unwrap(),
     }
+}
+
+/// The instance that takes the `i`th request of a fixed-rate phase: round robin, moved on by
+/// one at each pass over the meetings, so that each meeting's changes go through every
+/// instance in turn rather than always through the same one.
+fn instance_of(i: u64, meetings: usize, instances: usize) -> usize {
+    let i = i as usize;
+    (i + i / meetings.max(1)) % instances.max(1)
 }
 
 async fn one(api: &Api, urls: &[String], n: u64, epoch: Instant, shared: &Shared) {
@@ -608,5 +674,76 @@ mod tests {
         assert_eq!(m.changed("succeeded"), 40);
         assert_eq!(m.changed("pending"), 2);
         assert_eq!(m.sum(&["tidings_queue_depth"]), 2.0);
+    }
+
+    #[test]
+    fn instances_counters_add_up_and_the_stores_gauges_do_not() {
+        let first = Metrics::parse(
+            "tidings_webhooks_recorded_total{status=\"succeeded\"} 45\n\
+             tidings_attempts_total{outcome=\"http_status\"} 3\n\
+             tidings_webhooks_created_total{type=\"MEETING_CHANGED\"} 50\n\
+             tidings_api_connections_open 16\n\
+             tidings_webhooks{type=\"MEETING_CHANGED\",status=\"succeeded\"} 75\n\
+             tidings_webhooks{type=\"MEETING_CHANGED\",status=\"pending\"} 2\n\
+             tidings_events{type=\"MEETING_CHANGED\"} 18\n\
+             tidings_queue_depth 2\n\
+             tidings_oldest_due_age_seconds 0.5\n\
+             tidings_store_size_bytes 4096\n",
+        );
+        // Read a moment later: the store has moved on, and one more status is counted.
+        let second = Metrics::parse(
+            "tidings_webhooks_recorded_total{status=\"succeeded\"} 25\n\
+             tidings_webhooks_recorded_total{status=\"pending\"} 4\n\
+             tidings_webhooks_created_total{type=\"MEETING_CHANGED\"} 30\n\
+             tidings_api_connections_open 16\n\
+             tidings_webhooks{type=\"MEETING_CHANGED\",status=\"succeeded\"} 77\n\
+             tidings_webhooks{type=\"MEETING_CHANGED\",status=\"failed\"} 1\n\
+             tidings_events{type=\"MEETING_CHANGED\"} 19\n\
+             tidings_queue_depth 1\n\
+             tidings_oldest_due_age_seconds 0.7\n\
+             tidings_store_size_bytes 8192\n",
+        );
+        let m = Metrics::combine([first, second]);
+        assert_eq!(m.succeeded(), 70, "recorded by either instance");
+        assert_eq!(m.recorded("pending"), 4);
+        assert_eq!(m.sum(&["tidings_attempts_total"]), 3.0);
+        assert_eq!(m.sum(&["tidings_webhooks_created_total"]), 80.0);
+        assert_eq!(m.sum(&["tidings_api_connections_open"]), 32.0);
+        // The store's gauges: the first instance's read alone.
+        assert_eq!(m.changed("succeeded"), 75);
+        assert_eq!(m.changed("pending"), 2);
+        assert_eq!(m.changed("failed"), 0);
+        assert_eq!(m.sum(&["tidings_events{"]), 18.0);
+        assert_eq!(m.sum(&["tidings_queue_depth"]), 2.0);
+        assert_eq!(m.sum(&["tidings_oldest_due_age_seconds"]), 0.5);
+        assert_eq!(m.sum(&["tidings_store_size_bytes"]), 4096.0);
+    }
+
+    #[test]
+    fn one_instances_metrics_are_its_own() {
+        let text = "tidings_webhooks_recorded_total{status=\"succeeded\"} 45\n\
+                    tidings_queue_depth 2\n";
+        let m = Metrics::combine([Metrics::parse(text)]);
+        assert_eq!(m.succeeded(), 45);
+        assert_eq!(m.sum(&["tidings_queue_depth"]), 2.0);
+    }
+
+    #[test]
+    fn fixed_rate_requests_take_every_instance_for_every_meeting() {
+        // 4 meetings, 2 instances: each meeting goes to both instances over two passes.
+        let took: Vec<(u64, usize)> = (0..8).map(|i| (i % 4, instance_of(i, 4, 2))).collect();
+        for meeting in 0..4 {
+            let mut instances: Vec<usize> = took
+                .iter()
+                .filter(|(m, _)| *m == meeting)
+                .map(|(_, i)| *i)
+                .collect();
+            instances.sort_unstable();
+            assert_eq!(instances, [0, 1], "meeting {meeting}");
+        }
+        // And the requests are shared evenly.
+        let first = took.iter().filter(|(_, i)| *i == 0).count();
+        assert_eq!(first, 4);
+        assert!((0..10).all(|i| instance_of(i, 4, 1) == 0));
     }
 }

@@ -1,5 +1,6 @@
-//! The Tidings under test: a `tidings serve` child process with a fresh store, and what
-//! `/proc` says about its CPU time and memory while it runs.
+//! The Tidings under test: a `tidings serve` child process with a fresh store (or several on
+//! one PostgreSQL database), and what `/proc` says about their CPU time and memory while they
+//! run.
 //!
 //! Every run gets its own SQLite file or PostgreSQL database, dropped afterwards, so runs
 //! never see each other's rows.
@@ -38,7 +39,11 @@ pub struct ChildConfig {
     pub store: StoreKind,
     /// A server URL (no database name) where fresh databases can be created.
     pub postgres_url: String,
+    /// The child's own directory: its log, and its SQLite file.
     pub dir: PathBuf,
+    /// The key that seals signing secrets (made by the first start): one for every instance
+    /// on a database, since each unseals the secrets the others sealed.
+    pub secret_key_file: PathBuf,
     pub ca_file: PathBuf,
     pub retry_schedule: String,
     pub max_in_flight: usize,
@@ -100,7 +105,7 @@ impl Tidings {
             .arg("serve")
             .env("TIDINGS_LISTEN", "127.0.0.1:0")
             .env("TIDINGS_DATABASE_URL", database_url)
-            .env("TIDINGS_SECRET_KEY_FILE", cfg.dir.join("tidings.key"))
+            .env("TIDINGS_SECRET_KEY_FILE", &cfg.secret_key_file)
             .env("TIDINGS_ADMIN_KEY", ADMIN_KEY)
             .env("TIDINGS_SSRF_ALLOW", "127.0.0.1/32")
             .env("TIDINGS_CA_FILE", &cfg.ca_file)
@@ -161,19 +166,6 @@ impl Tidings {
         })
     }
 
-    /// Stops the child, keeping its store, until [`Tidings::resume`].
-    pub async fn pause(&mut self) {
-        self.terminate().await;
-    }
-
-    /// Starts the child again on the same store.
-    pub async fn resume(&mut self) -> anyhow::Result<()> {
-        let mut next = Tidings::spawn(&self.cfg, &self.database_url).await?;
-        next.database = self.database.take();
-        *self = next;
-        Ok(())
-    }
-
     /// SIGTERM, then SIGKILL after 10 s.
     async fn terminate(&mut self) {
         self.sampler_task.abort();
@@ -200,6 +192,100 @@ impl Tidings {
         }
         Ok(())
     }
+}
+
+/// The Tidings under test: one `tidings serve`, or several sharing one PostgreSQL database,
+/// each with its own API port, directory and log.
+pub struct Instances {
+    /// Never empty; the first made the database, and drops it at the end.
+    all: Vec<Tidings>,
+}
+
+impl Instances {
+    /// Starts `n` instances: the first on a fresh store (it creates and migrates it), the
+    /// others once it is up, on the same store. With more than one, each gets a directory
+    /// `instance-{i}` in `cfg.dir`.
+    pub async fn start(cfg: &ChildConfig, name: &str, n: usize) -> anyhow::Result<Instances> {
+        let n = n.max(1);
+        let first = Tidings::start(&instance_config(cfg, 0, n), name).await?;
+        let database_url = first.database_url.clone();
+        let mut instances = Instances { all: vec![first] };
+        for i in 1..n {
+            let cfg = instance_config(cfg, i, n);
+            std::fs::create_dir_all(&cfg.dir)?;
+            match Tidings::spawn(&cfg, &database_url).await {
+                Ok(t) => instances.all.push(t),
+                Err(e) => {
+                    let _ = instances.stop().await;
+                    return Err(e.context(format!("starting instance {i} of {n}")));
+                }
+            }
+        }
+        Ok(instances)
+    }
+
+    /// How many instances run.
+    pub fn count(&self) -> usize {
+        self.all.len()
+    }
+
+    /// The first instance: the one that made the store.
+    pub fn first(&self) -> &Tidings {
+        &self.all[0]
+    }
+
+    pub fn base_urls(&self) -> Vec<String> {
+        self.all.iter().map(|t| t.base_url.clone()).collect()
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.all.iter().map(|t| t.pid).collect()
+    }
+
+    pub fn samplers(&self) -> Vec<Arc<ProcSampler>> {
+        self.all.iter().map(|t| t.sampler.clone()).collect()
+    }
+
+    /// Stops every instance, keeping the store, until [`Instances::resume`].
+    pub async fn pause(&mut self) {
+        for t in &mut self.all {
+            t.terminate().await;
+        }
+    }
+
+    /// Starts every instance again on the same store, all at once, so that none has a head
+    /// start on what is due; returns once each listens.
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        let mut starting = tokio::task::JoinSet::new();
+        for (i, t) in self.all.iter().enumerate() {
+            let (cfg, url) = (t.cfg.clone(), t.database_url.clone());
+            starting.spawn(async move { (i, Tidings::spawn(&cfg, &url).await) });
+        }
+        while let Some(started) = starting.join_next().await {
+            let (i, next) = started?;
+            let mut next = next.with_context(|| format!("restarting instance {i}"))?;
+            next.database = self.all[i].database.take();
+            self.all[i] = next;
+        }
+        Ok(())
+    }
+
+    /// Stops every instance, the first last: it drops the database.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        for t in self.all.into_iter().rev() {
+            t.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Instance `i` of `n`: its own directory when there are several.
+fn instance_config(cfg: &ChildConfig, i: usize, n: usize) -> ChildConfig {
+    let mut cfg = cfg.clone();
+    if n > 1 {
+        cfg.dir = cfg.dir.join(format!("instance-{i}"));
+    }
+    cfg
 }
 
 /// `postgres://u@h:p/x?o` with the database replaced by `db`.
@@ -423,6 +509,31 @@ mod tests {
         assert_eq!(
             with_database("postgres://h/x?sslmode=disable", "b"),
             "postgres://h/b?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn several_instances_have_a_directory_each_and_one_key() {
+        let cfg = ChildConfig {
+            bin: PathBuf::from("tidings"),
+            store: StoreKind::Postgres,
+            postgres_url: "postgres://postgres@127.0.0.1:5432".into(),
+            dir: PathBuf::from("/runs/b-postgres"),
+            secret_key_file: PathBuf::from("/runs/b-postgres/tidings.key"),
+            ca_file: PathBuf::from("/runs/b-postgres/sink-ca.pem"),
+            retry_schedule: "1s".into(),
+            max_in_flight: 512,
+            per_destination: 32,
+            rust_log: "info".into(),
+            retention: None,
+        };
+        assert_eq!(instance_config(&cfg, 0, 1).dir, cfg.dir, "one: the run's");
+        let second = instance_config(&cfg, 1, 2);
+        assert_eq!(second.dir, PathBuf::from("/runs/b-postgres/instance-1"));
+        assert_eq!(second.secret_key_file, cfg.secret_key_file);
+        assert_eq!(
+            instance_config(&cfg, 0, 2).dir,
+            PathBuf::from("/runs/b-postgres/instance-0")
         );
     }
 

@@ -95,6 +95,10 @@ struct Cli {
     /// order): run b with and without it to see what ordered delivery costs.
     #[arg(long)]
     ordered: bool,
+    /// `tidings serve` processes sharing the run's PostgreSQL database, each on its own API
+    /// port; the generator's connections are spread over them (scenarios a and b only).
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
 }
 
 fn plan(cli: &Cli) -> anyhow::Result<Vec<(String, StoreKind)>> {
@@ -119,7 +123,28 @@ fn plan(cli: &Cli) -> anyhow::Result<Vec<(String, StoreKind)>> {
         }
     }
     out.dedup();
+    check_instances(&out, cli.instances)?;
     Ok(out)
+}
+
+/// Several instances need a store they can share, and only a and b are written for them:
+/// c, d and f read one instance's retries, memory with a backlog and console, and store.
+fn check_instances(plan: &[(String, StoreKind)], instances: usize) -> anyhow::Result<()> {
+    if instances <= 1 {
+        return Ok(());
+    }
+    for (sc, store) in plan {
+        anyhow::ensure!(
+            *store == StoreKind::Postgres,
+            "--instances {instances}: scenario {sc} on {} cannot share its store: one SQLite file takes one Tidings instance; use --store postgres",
+            store.as_str()
+        );
+        anyhow::ensure!(
+            sc == "a" || sc == "b",
+            "--instances {instances}: scenario {sc} runs one instance; only a and b run on several"
+        );
+    }
+    Ok(())
 }
 
 /// The same allocator as Tidings, so the sink and generator take no more of the machine
@@ -160,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
         dispatch_events: cli.dispatch_events,
         ordered: cli.ordered,
         retention: cli.retention.clone(),
+        instances: cli.instances.max(1),
     };
     std::fs::create_dir_all(&opts.out_dir)?;
     let machine = report::Machine::read();
@@ -182,11 +208,16 @@ async fn main() -> anyhow::Result<()> {
         };
         match result {
             Ok(r) => {
-                // An ordered run's report sits beside the unordered one, not over it.
+                // An ordered run's report, or one of several instances, sits beside the
+                // one-instance unordered one, not over it.
                 let ordered = if opts.ordered { "-ordered" } else { "" };
+                let instances = match opts.instances {
+                    1 => String::new(),
+                    n => format!("-{n}-instances"),
+                };
                 let path = opts
                     .out_dir
-                    .join(format!("{sc}-{}{ordered}.json", store.as_str()));
+                    .join(format!("{sc}-{}{ordered}{instances}.json", store.as_str()));
                 std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
                 println!("  report: {}", path.display());
                 reports.push(r);
@@ -196,4 +227,49 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("\n{}", report::table(&reports));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_of(args: &[&str]) -> anyhow::Result<Vec<(String, StoreKind)>> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("tidings-bench").chain(args.iter().copied()))?;
+        plan(&cli)
+    }
+
+    #[test]
+    fn several_instances_run_a_and_b_on_postgres_only() {
+        let p = plan_of(&[
+            "--scenario",
+            "a,b",
+            "--store",
+            "postgres",
+            "--instances",
+            "2",
+        ]);
+        assert_eq!(
+            p.unwrap(),
+            [
+                ("a".to_owned(), StoreKind::Postgres),
+                ("b".to_owned(), StoreKind::Postgres)
+            ]
+        );
+        let sqlite = plan_of(&["--scenario", "b", "--instances", "2"]).unwrap_err();
+        assert!(sqlite.to_string().contains("one SQLite file"), "{sqlite}");
+        let c =
+            plan_of(&["--scenario", "c", "--store", "postgres", "--instances", "3"]).unwrap_err();
+        assert!(c.to_string().contains("only a and b"), "{c}");
+        // e runs a and b on SQLite too.
+        assert!(plan_of(&["--scenario", "e", "--instances", "2"]).is_err());
+        // One instance: every scenario and store, as before.
+        assert_eq!(plan_of(&["--scenario", "c,d,f"]).unwrap().len(), 3);
+        assert_eq!(
+            plan_of(&["--scenario", "b", "--store", "sqlite", "--instances", "1"])
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 }

@@ -114,6 +114,25 @@ pub struct Process {
     pub threads: u64,
 }
 
+impl Process {
+    /// Several instances' figures as one: totals. Each instance is sampled on its own, so the
+    /// sums of their peaks (CPU, RSS, VmHWM) are at most the peaks of their sum, which would
+    /// be reached only if the instances peaked at the same moment.
+    pub fn sum(instances: &[Process]) -> Process {
+        let total = |f: fn(&Process) -> f64| instances.iter().map(f).sum::<f64>();
+        Process {
+            cpu_cores_avg: total(|p| p.cpu_cores_avg),
+            cpu_cores_peak: total(|p| p.cpu_cores_peak),
+            rss_peak_mib: total(|p| p.rss_peak_mib),
+            rss_end_mib: total(|p| p.rss_end_mib),
+            hwm_mib: total(|p| p.hwm_mib),
+            context_switches_per_second: total(|p| p.context_switches_per_second),
+            context_switches_per_webhook: total(|p| p.context_switches_per_webhook),
+            threads: instances.iter().map(|p| p.threads).sum(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Phase {
     pub name: String,
@@ -142,7 +161,10 @@ pub struct Phase {
     pub healthy: Delivery,
     /// First attempts to failing destinations (scenario c).
     pub failing: Option<Delivery>,
+    /// Tidings' CPU and memory, summed over its instances ([`Process::sum`]).
     pub tidings: Process,
+    /// The same for each instance, in the order they were started.
+    pub tidings_per_instance: Vec<Process>,
     /// CPU of this process (generator + sink) meanwhile, in cores.
     pub bench_cores_avg: f64,
     /// CPU of the PostgreSQL server processes meanwhile, in cores (0 on SQLite runs).
@@ -170,6 +192,8 @@ pub struct Report {
     pub scenario: String,
     pub title: String,
     pub store: String,
+    /// `tidings serve` processes sharing the store.
+    pub instances: usize,
     pub machine: Machine,
     pub load_average_before: [f64; 3],
     pub load_average_after: [f64; 3],
@@ -180,6 +204,9 @@ pub struct Report {
     /// The main phase's webhooks/s ÷ the ceiling's requests/s (the first phase at maximum
     /// rate, else the first phase).
     pub ratio_to_ceiling: Option<f64>,
+    /// (event, level) pairs the sink answered 200 more than once over the whole run: webhooks
+    /// delivered twice (each phase's share is in its `sink` counts).
+    pub delivered_again: u64,
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
 }
@@ -189,9 +216,10 @@ pub fn table(reports: &[Report]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<3} {:<8} {:<16} {:>7} {:>9} {:>9} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6} {:>8} {:>5}",
+        "{:<3} {:<8} {:>4} {:<16} {:>7} {:>9} {:>9} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6} {:>8} {:>5} {:>5}",
         "sc",
         "store",
+        "inst",
         "phase",
         "rate",
         "events/s",
@@ -203,7 +231,8 @@ pub fn table(reports: &[Report]) -> String {
         "max ms",
         "cores",
         "rss MiB",
-        "load"
+        "load",
+        "again"
     );
     for r in reports {
         for (i, p) in r.phases.iter().enumerate() {
@@ -218,9 +247,10 @@ pub fn table(reports: &[Report]) -> String {
             let l = &p.healthy.latency;
             let _ = writeln!(
                 out,
-                "{:<3} {:<8} {:<16} {:>7} {:>9.0} {:>9.0} {:>8} {:>6} {:>8.2} {:>8.2} {:>8.1} {:>6.2} {:>8.0} {:>5.1}",
+                "{:<3} {:<8} {:>4} {:<16} {:>7} {:>9.0} {:>9.0} {:>8} {:>6} {:>8.2} {:>8.2} {:>8.1} {:>6.2} {:>8.0} {:>5.1} {:>5}",
                 r.scenario,
                 r.store,
+                r.instances,
                 p.name,
                 p.rate,
                 p.events_per_second,
@@ -233,6 +263,7 @@ pub fn table(reports: &[Report]) -> String {
                 p.tidings.cpu_cores_avg,
                 p.tidings.rss_peak_mib,
                 r.load_average_before[0],
+                p.sink.delivered_again,
             );
         }
     }
@@ -254,4 +285,84 @@ pub fn table(reports: &[Report]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_figures_add_up() {
+        let one = Process {
+            cpu_cores_avg: 0.5,
+            cpu_cores_peak: 0.75,
+            rss_peak_mib: 40.0,
+            rss_end_mib: 30.0,
+            hwm_mib: 50.0,
+            context_switches_per_second: 1000.0,
+            context_switches_per_webhook: 0.25,
+            threads: 6,
+        };
+        let other = Process {
+            cpu_cores_avg: 0.25,
+            cpu_cores_peak: 0.5,
+            rss_peak_mib: 20.0,
+            rss_end_mib: 10.0,
+            hwm_mib: 25.0,
+            context_switches_per_second: 500.0,
+            context_switches_per_webhook: 0.5,
+            threads: 5,
+        };
+        let sum = Process::sum(&[one.clone(), other]);
+        assert_eq!(sum.cpu_cores_avg, 0.75);
+        assert_eq!(sum.cpu_cores_peak, 1.25);
+        assert_eq!(
+            (sum.rss_peak_mib, sum.rss_end_mib, sum.hwm_mib),
+            (60.0, 40.0, 75.0)
+        );
+        assert_eq!(sum.context_switches_per_second, 1500.0);
+        assert_eq!(sum.context_switches_per_webhook, 0.75);
+        assert_eq!(sum.threads, 11);
+        let alone = Process::sum(std::slice::from_ref(&one));
+        assert_eq!(
+            (alone.cpu_cores_avg, alone.threads),
+            (one.cpu_cores_avg, one.threads)
+        );
+    }
+
+    #[test]
+    fn the_table_shows_the_instances_and_what_was_delivered_again() {
+        let phase = Phase {
+            name: "max".into(),
+            rate: "max".into(),
+            sink: Counts {
+                delivered_again: 3,
+                ..Counts::default()
+            },
+            ..Phase::default()
+        };
+        let report = Report {
+            scenario: "b".into(),
+            title: String::new(),
+            store: "postgres".into(),
+            instances: 2,
+            machine: Machine::read(),
+            load_average_before: [0.0; 3],
+            load_average_after: [0.0; 3],
+            settings: serde_json::Value::Null,
+            setup_seconds: 0.0,
+            phases: vec![phase],
+            ceiling: None,
+            ratio_to_ceiling: None,
+            delivered_again: 3,
+            targets: Vec::new(),
+            notes: Vec::new(),
+        };
+        let table = table(&[report]);
+        let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+        let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+        // The instance count follows the store; what was delivered again ends the row.
+        assert_eq!((header[2], row[2]), ("inst", "2"));
+        assert_eq!((header.last(), row.last()), (Some(&"again"), Some(&"3")));
+    }
 }

@@ -1,9 +1,10 @@
 //! The benchmark's scenarios (a, b, c, d; BENCHMARKS.md) and the measured phase they are made of.
 //!
-//! A scenario starts a sink and a fresh Tidings, builds the hierarchy, waits until the
-//! setup's own webhooks are delivered, then runs one or more phases: fire events, wait until
-//! every webhook to a healthy destination is recorded as delivered, read the figures. The
-//! ceiling run follows the main phase, on the same sink, in the same process.
+//! A scenario starts a sink and a fresh Tidings (one instance, or for a and b on PostgreSQL
+//! several sharing the database), builds the hierarchy, waits until the setup's own webhooks
+//! are delivered, then runs one or more phases: fire events, wait until every webhook to a
+//! healthy destination is recorded as delivered, read the figures. The ceiling run follows
+//! the main phase, on the same sink, in the same process.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use serde_json::json;
 
 use crate::api::{self, Api, Failing, Firing, Hierarchy, Meeting, Metrics, Rate, Shape};
 use crate::ceiling::{self, Ceiling};
-use crate::child::{self, ChildConfig, StoreKind, Tidings};
+use crate::child::{self, ChildConfig, Instances, ProcReading, ProcSampler, StoreKind};
 use crate::report::{self, Delivery, Latency, Machine, Phase, Process, Report, Target};
 use crate::sink::Sink;
 
@@ -50,16 +51,18 @@ pub struct Options {
     pub ordered: bool,
     /// TIDINGS_RETENTION of the child (scenario f: 60s unless given).
     pub retention: Option<String>,
+    /// `tidings serve` processes on the run's one database (PostgreSQL; scenarios a and b).
+    pub instances: usize,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// One scenario on one store: a sink, a Tidings, a hierarchy.
+/// One scenario on one store: a sink, a Tidings (one or more instances), a hierarchy.
 struct Run {
     opts: Options,
     store: StoreKind,
     sink: Sink,
-    tidings: Option<Tidings>,
+    tidings: Option<Instances>,
     api: Api,
     epoch: Instant,
     seq: Arc<AtomicU64>,
@@ -94,6 +97,7 @@ impl Run {
             store,
             postgres_url: opts.postgres_url.clone(),
             dir: dir.clone(),
+            secret_key_file: dir.join("tidings.key"),
             ca_file,
             retry_schedule: retry_schedule.to_owned(),
             max_in_flight: opts.max_in_flight,
@@ -101,8 +105,8 @@ impl Run {
             rust_log: opts.rust_log.clone(),
             retention: opts.retention.clone(),
         };
-        let tidings = Tidings::start(&cfg, name).await?;
-        let api = Api::new(&tidings.base_url, opts.api_concurrency)?;
+        let tidings = Instances::start(&cfg, name, opts.instances).await?;
+        let api = Api::new(&tidings.base_urls(), opts.api_concurrency)?;
         let started = Instant::now();
         let hierarchy = api::build_hierarchy(&api, &sink, opts.shape, failing, opts.ordered)
             .await
@@ -136,7 +140,7 @@ impl Run {
         })
     }
 
-    fn tidings(&self) -> &Tidings {
+    fn tidings(&self) -> &Instances {
         self.tidings.as_ref().expect("running")
     }
 
@@ -152,12 +156,13 @@ impl Run {
     ) -> anyhow::Result<Phase> {
         let before = self.api.metrics().await?;
         let sink_before = self.sink.state.counts();
-        let proc_before = self.tidings().sampler.mark();
+        let samplers = self.tidings().samplers();
+        let proc_before: Vec<ProcReading> = samplers.iter().map(|s| s.mark()).collect();
         let self_before = child::read_self();
         let machine_before = child::machine_cpu();
         let pg_before = child::processes_cpu("postgres");
         let live = Arc::new(Firing::default());
-        let progress = Progress::start(name, &self.sink, self.tidings(), live.clone());
+        let progress = Progress::start(name, &self.sink, samplers.clone(), live.clone());
         self.sink.state.set_sampling(sample);
         let fired = api::fire(
             &self.api,
@@ -205,12 +210,15 @@ impl Run {
         }
         let delivered_seconds = fired.started.elapsed().as_secs_f64();
         progress.stop();
-        let proc_after = self.tidings().sampler.read();
-        let (rss_peak, cores_peak) = self.tidings().sampler.peaks();
+        let wall = delivered_seconds;
+        let per_instance: Vec<Process> = samplers
+            .iter()
+            .zip(&proc_before)
+            .map(|(s, before)| measured(s, before, wall, delivered))
+            .collect();
         let self_after = child::read_self();
         let machine_after = child::machine_cpu();
         let pg_after = child::processes_cpu("postgres");
-        let wall = delivered_seconds;
 
         // Latency: first arrival at the sink minus the acknowledgement of its event.
         let mut healthy = (Histogram::<u64>::new(3).expect("valid"), 0u64, 0u64);
@@ -270,22 +278,8 @@ impl Run {
             all_delivered: delivered >= expected,
             healthy: delivery(healthy),
             failing: any_failing.then(|| delivery(failing)),
-            tidings: Process {
-                cpu_cores_avg: (proc_after.cpu_seconds - proc_before.cpu_seconds) / wall,
-                cpu_cores_peak: cores_peak,
-                rss_peak_mib: rss_peak as f64 / MIB,
-                rss_end_mib: proc_after.rss_bytes as f64 / MIB,
-                hwm_mib: proc_after.hwm_bytes as f64 / MIB,
-                context_switches_per_second: (proc_after.context_switches
-                    - proc_before.context_switches)
-                    as f64
-                    / wall,
-                context_switches_per_webhook: (proc_after.context_switches
-                    - proc_before.context_switches)
-                    as f64
-                    / delivered.max(1) as f64,
-                threads: proc_after.threads,
-            },
+            tidings: Process::sum(&per_instance),
+            tidings_per_instance: per_instance,
             bench_cores_avg: (self_after.cpu_seconds - self_before.cpu_seconds) / wall,
             machine_cores_busy: (machine_after.0 - machine_before.0) / wall,
             postgres_cores_avg: (pg_after - pg_before).max(0.0) / wall,
@@ -311,10 +305,12 @@ impl Run {
             p.dedup();
             p.len().max(1)
         };
+        // Each instance has its own limits: together they were allowed as many times more.
         let concurrency = self
             .opts
             .max_in_flight
-            .min(self.opts.per_destination * destinations);
+            .min(self.opts.per_destination * destinations)
+            * self.tidings().count();
         let pb = spinner("ceiling: the sink driven directly");
         let c = ceiling::run(
             &self.sink,
@@ -342,7 +338,8 @@ impl Run {
             "every_level_ordered": self.opts.ordered,
             "failing_levels": self.hierarchy.failing_levels,
             "meetings": self.hierarchy.meetings.len(),
-            "tidings_pid": self.tidings().pid,
+            "tidings_pid": self.tidings().first().pid,
+            "tidings_pids": self.tidings().pids(),
         });
         if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
             o.extend(e.clone());
@@ -350,7 +347,21 @@ impl Run {
         v
     }
 
-    async fn finish(mut self) -> anyhow::Result<()> {
+    /// Stops Tidings and drops its store; counts in `r` what the sink saw delivered twice
+    /// over the whole run, a target when several instances shared the store.
+    async fn finish(mut self, r: &mut Report) -> anyhow::Result<()> {
+        r.delivered_again = self.sink.state.counts().delivered_again;
+        if self.opts.instances > 1 {
+            r.targets.push(Target {
+                what: format!(
+                    "webhooks answered 200 more than once for one (event, level), {} instances on one store",
+                    self.opts.instances
+                ),
+                target: "0".into(),
+                measured: r.delivered_again.to_string(),
+                met: r.delivered_again == 0,
+            });
+        }
         if let Some(t) = self.tidings.take() {
             t.stop().await?;
         }
@@ -360,6 +371,25 @@ impl Run {
             let _ = std::fs::remove_file(self.dir.join("tidings.db-shm"));
         }
         Ok(())
+    }
+}
+
+/// One instance's CPU and memory over `wall` seconds since `before` (its sampler's mark).
+fn measured(sampler: &ProcSampler, before: &ProcReading, wall: f64, delivered: u64) -> Process {
+    let after = sampler.read();
+    let (rss_peak, cores_peak) = sampler.peaks();
+    let switches = after
+        .context_switches
+        .saturating_sub(before.context_switches) as f64;
+    Process {
+        cpu_cores_avg: (after.cpu_seconds - before.cpu_seconds) / wall,
+        cpu_cores_peak: cores_peak,
+        rss_peak_mib: rss_peak as f64 / MIB,
+        rss_end_mib: after.rss_bytes as f64 / MIB,
+        hwm_mib: after.hwm_bytes as f64 / MIB,
+        context_switches_per_second: switches / wall,
+        context_switches_per_webhook: switches / delivered.max(1) as f64,
+        threads: after.threads,
     }
 }
 
@@ -456,30 +486,40 @@ struct Progress {
 }
 
 impl Progress {
-    fn start(name: &str, sink: &Sink, tidings: &Tidings, live: Arc<Firing>) -> Progress {
+    /// `samplers`: Tidings' instances, whose CPU and memory the line shows summed.
+    fn start(
+        name: &str,
+        sink: &Sink,
+        samplers: Vec<Arc<ProcSampler>>,
+        live: Arc<Firing>,
+    ) -> Progress {
         let pb = spinner(name);
         let stop = Arc::new(AtomicBool::new(false));
         let expected = Arc::new(AtomicU64::new(u64::MAX));
         let recorded = Arc::new(AtomicU64::new(0));
         let (pb2, stop2, expected2, recorded2) =
             (pb.clone(), stop.clone(), expected.clone(), recorded.clone());
-        let (state, sampler, name) = (sink.state.clone(), tidings.sampler.clone(), name.to_owned());
+        let (state, name) = (sink.state.clone(), name.to_owned());
+        // CPU seconds and RSS bytes of all the instances.
+        let read = move || {
+            samplers
+                .iter()
+                .map(|s| s.read())
+                .fold((0.0, 0), |(cpu, rss), r| {
+                    (cpu + r.cpu_seconds, rss + r.rss_bytes)
+                })
+        };
         tokio::spawn(async move {
-            let mut prev = (
-                Instant::now(),
-                0u64,
-                state.counts().first_ok,
-                sampler.read(),
-            );
+            let mut prev = (Instant::now(), 0u64, state.counts().first_ok, read().0);
             let base = state.counts().first_ok;
             while !stop2.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let now = Instant::now();
                 let accepted = live.accepted.load(Ordering::Relaxed);
                 let arrived = state.counts().first_ok;
-                let p = sampler.read();
+                let (cpu, rss) = read();
                 let dt = now.duration_since(prev.0).as_secs_f64();
-                let cores = (p.cpu_seconds - prev.3.cpu_seconds) / dt;
+                let cores = (cpu - prev.3) / dt;
                 let exp = expected2.load(Ordering::SeqCst);
                 let tail = if exp == u64::MAX {
                     String::new()
@@ -497,9 +537,9 @@ impl Progress {
                     arrived - base,
                     (arrived - prev.2) as f64 / dt,
                     cores,
-                    p.rss_bytes as f64 / MIB,
+                    rss as f64 / MIB,
                 ));
-                prev = (now, accepted, arrived, p);
+                prev = (now, accepted, arrived, cpu);
             }
         });
         Progress {
@@ -535,6 +575,7 @@ fn report(
         scenario: scenario.to_owned(),
         title: title.to_owned(),
         store: run.store.as_str().to_owned(),
+        instances: run.tidings().count(),
         machine: Machine::read(),
         load_average_before: load_before,
         load_average_after: report::load_average(),
@@ -543,6 +584,7 @@ fn report(
         phases: Vec::new(),
         ceiling: None,
         ratio_to_ceiling: None,
+        delivered_again: 0,
         targets: Vec::new(),
         notes: Vec::new(),
     }
@@ -553,8 +595,12 @@ fn secs(opts: &Options, default: f64) -> Duration {
 }
 
 fn summary(p: &Phase) {
+    let instances = match p.tidings_per_instance.len() {
+        0 | 1 => String::new(),
+        n => format!(" ({n} instances)"),
+    };
     println!(
-        "  {:<18} {:>7.0} events/s accepted, {:>7.0} webhooks/s delivered ({}/{}), p50 {:.2} ms p99 {:.2} ms max {:.1} ms, tidings {:.2} cores {:.0} MiB, bench {:.2} cores, postgres {:.2} cores, machine {:.2} cores busy",
+        "  {:<18} {:>7.0} events/s accepted, {:>7.0} webhooks/s delivered ({}/{}), p50 {:.2} ms p99 {:.2} ms max {:.1} ms, tidings{instances} {:.2} cores {:.0} MiB, bench {:.2} cores, postgres {:.2} cores, machine {:.2} cores busy, delivered again {}",
         p.name,
         p.events_per_second,
         p.webhooks_per_second,
@@ -567,7 +613,8 @@ fn summary(p: &Phase) {
         p.tidings.rss_peak_mib,
         p.bench_cores_avg,
         p.postgres_cores_avg,
-        p.machine_cores_busy
+        p.machine_cores_busy,
+        p.sink.delivered_again
     );
 }
 
@@ -623,7 +670,7 @@ pub async fn steady(opts: &Options, store: StoreKind) -> anyhow::Result<Report> 
     });
     r.phases.push(p);
     with_ceiling(&mut r, run.ceiling().await?);
-    run.finish().await?;
+    run.finish(&mut r).await?;
     Ok(r)
 }
 
@@ -705,7 +752,7 @@ pub async fn soak(opts: &Options, store: StoreKind) -> anyhow::Result<Report> {
         });
     }
     r.phases.push(p);
-    run.finish().await?;
+    run.finish(&mut r).await?;
     Ok(r)
 }
 
@@ -744,7 +791,7 @@ pub async fn max_throughput(opts: &Options, store: StoreKind) -> anyhow::Result<
         let d = dispatcher_only(&mut run, &meetings, opts.dispatch_events).await?;
         r.phases.push(d);
     }
-    run.finish().await?;
+    run.finish(&mut r).await?;
     Ok(r)
 }
 
@@ -770,19 +817,20 @@ async fn dispatcher_only(
     .await?;
     let want = 4 * fill.events_accepted;
     let queued_at = Instant::now();
-    // Stopped while the retries come due, so that all of them are due at once when it is
-    // back; the sink answers 200 again.
+    // Stopped (every instance) while the retries come due, so that all of them are due at
+    // once when it is back; the sink answers 200 again.
     let pb = spinner("dispatcher only: Tidings stopped until every retry is due");
     let tidings = run.tidings.as_mut().expect("running");
     tidings.pause().await;
     sink.set_fail_all(false);
     tokio::time::sleep(Duration::from_secs(21).saturating_sub(queued_at.elapsed())).await;
+    let sink_before = sink.counts();
     tidings.resume().await?;
     pb.finish_and_clear();
-    run.api = Api::new(&run.tidings().base_url, run.opts.api_concurrency)?;
-    // Tidings' counters belong to the process just started: everything it counted is this
-    // phase's (it starts on the due retries at once, before a first read could take a base).
-    // An older Tidings without the counter: the store's gauge, from a first read.
+    run.api = Api::new(&run.tidings().base_urls(), run.opts.api_concurrency)?;
+    // Tidings' counters belong to the processes just started: everything they counted is
+    // this phase's (they start on the due retries at once, before a first read could take a
+    // base). An older Tidings without the counter: the store's gauge, from a first read.
     let first = run.api.metrics().await?;
     let before = if first.has_recorded_counter() {
         Metrics::default()
@@ -790,7 +838,8 @@ async fn dispatcher_only(
         first
     };
     let base = before.succeeded();
-    let proc_before = run.tidings().sampler.mark();
+    let samplers = run.tidings().samplers();
+    let proc_before: Vec<ProcReading> = samplers.iter().map(|s| s.mark()).collect();
     let machine_before = child::machine_cpu();
     let pg_before = child::processes_cpu("postgres");
     let pb = spinner("dispatcher only: draining the due retries");
@@ -807,10 +856,13 @@ async fn dispatcher_only(
     }
     pb.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let proc_after = run.tidings().sampler.read();
-    let (rss_peak, cores_peak) = run.tidings().sampler.peaks();
-    let machine_after = child::machine_cpu();
     let delivered = last.succeeded().saturating_sub(base);
+    let per_instance: Vec<Process> = samplers
+        .iter()
+        .zip(&proc_before)
+        .map(|(s, before)| measured(s, before, seconds, delivered))
+        .collect();
+    let machine_after = child::machine_cpu();
     let p = Phase {
         name: "dispatcher-only".into(),
         rate: "due".into(),
@@ -819,21 +871,12 @@ async fn dispatcher_only(
         delivered_seconds: seconds,
         webhooks_per_second: delivered as f64 / seconds,
         all_delivered: delivered >= want,
-        tidings: Process {
-            cpu_cores_avg: (proc_after.cpu_seconds - proc_before.cpu_seconds) / seconds,
-            cpu_cores_peak: cores_peak,
-            rss_peak_mib: rss_peak as f64 / MIB,
-            rss_end_mib: proc_after.rss_bytes as f64 / MIB,
-            hwm_mib: proc_after.hwm_bytes as f64 / MIB,
-            context_switches_per_second: (proc_after.context_switches - proc_before.context_switches) as f64
-                / seconds,
-            context_switches_per_webhook: (proc_after.context_switches - proc_before.context_switches) as f64
-                / delivered.max(1) as f64,
-            threads: proc_after.threads,
-        },
+        tidings: Process::sum(&per_instance),
+        tidings_per_instance: per_instance,
         machine_cores_busy: (machine_after.0 - machine_before.0) / seconds,
         postgres_cores_avg: (child::processes_cpu("postgres") - pg_before).max(0.0) / seconds,
         attempts: outcomes(&before, &last),
+        sink: sink.counts().since(&sink_before),
         notes: vec![format!(
             "{want} webhooks all due at once, no API traffic: claimed, sent and recorded in {seconds:.1} s (polling /metrics every 200 ms)"
         )],
@@ -890,7 +933,7 @@ pub async fn failing(opts: &Options, store: StoreKind) -> anyhow::Result<Report>
         m.changed("succeeded")
     ));
     with_ceiling(&mut r, run.ceiling().await?);
-    run.finish().await?;
+    run.finish(&mut r).await?;
     Ok(r)
 }
 
@@ -959,7 +1002,8 @@ pub async fn backlog(opts: &Options, store: StoreKind) -> anyhow::Result<Report>
     ));
 
     // Idle with the backlog: memory and CPU when nothing is due.
-    let sampler = &run.tidings().sampler;
+    // Scenario d runs one instance.
+    let sampler = &run.tidings().first().sampler;
     let idle_before = sampler.mark();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle_after = sampler.read();
@@ -992,7 +1036,7 @@ pub async fn backlog(opts: &Options, store: StoreKind) -> anyhow::Result<Report>
         }
     }
     for (who, key) in &keys {
-        for p in crate::console::time_pages(&run.tidings().base_url, key, 5).await? {
+        for p in crate::console::time_pages(&run.tidings().first().base_url, key, 5).await? {
             println!(
                 "  console {:<26} {who:<22} HTTP {} p50 {:.0} ms, max {:.0} ms",
                 p.path, p.status, p.p50_ms, p.max_ms
@@ -1043,6 +1087,6 @@ pub async fn backlog(opts: &Options, store: StoreKind) -> anyhow::Result<Report>
     r.phases.push(fill);
     r.phases.push(with);
     with_ceiling(&mut r, run.ceiling().await?);
-    run.finish().await?;
+    run.finish(&mut r).await?;
     Ok(r)
 }

@@ -8,7 +8,9 @@
 //!
 //! It records the first arrival of each (event, level) for the latency figures: the event's
 //! sequence number is carried in the body (`data.subject` = `bench-{seq}`), the level in the
-//! path. It must stay cheap: it shares the machine's two cores with Tidings.
+//! path. It also counts the (event, level) pairs it answered 200 more than once: a webhook
+//! delivered twice, which must never happen, however many instances share the store. It must
+//! stay cheap: it shares the machine's two cores with Tidings.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,8 +42,14 @@ const CHUNK: usize = 1 << 16;
 /// Most events one run can match (64 chunks: 4,194,304 events).
 const MAX_CHUNKS: usize = 64;
 
+/// The top bit of an arrival slot: the sink has answered 200 for that (event, level). The
+/// arrival time below it would take centuries to reach it, and one atomic per slot keeps
+/// the table's size.
+const ANSWERED_OK: u64 = 1 << 63;
+
 /// First arrival time (nanoseconds since the run's epoch, plus one; 0 = none yet) per
-/// (event sequence number, level). Written by the sink, read after the phase.
+/// (event sequence number, level), and whether it was answered 200 yet ([`ANSWERED_OK`]).
+/// Written by the sink, read after the phase.
 pub struct Arrivals {
     chunks: Vec<OnceLock<Box<[AtomicU64]>>>,
 }
@@ -68,10 +76,17 @@ impl Arrivals {
         })
     }
 
+    /// Records an answer 200; true if one had been given before for this (event, level).
+    /// Called after [`Arrivals::record`] of the same request, so the slot holds its time.
+    fn record_ok(&self, seq: u64, level: usize) -> bool {
+        self.slot(seq, level)
+            .is_some_and(|s| s.fetch_or(ANSWERED_OK, Ordering::SeqCst) & ANSWERED_OK != 0)
+    }
+
     /// The first arrival, in nanoseconds since the epoch.
     pub fn get(&self, seq: u64, level: usize) -> Option<u64> {
         let chunk = self.chunks.get(seq as usize / CHUNK)?.get()?;
-        match chunk[(seq as usize % CHUNK) * 4 + level].load(Ordering::SeqCst) {
+        match chunk[(seq as usize % CHUNK) * 4 + level].load(Ordering::SeqCst) & !ANSWERED_OK {
             0 => None,
             n => Some(n - 1),
         }
@@ -91,6 +106,8 @@ pub struct Counters {
     pub first_ok: AtomicU64,
     /// Measured events seen again (retries, or a repeat after a lost claim).
     pub repeats: AtomicU64,
+    /// Measured events answered 200 again for a level already answered 200: delivered twice.
+    pub delivered_again: AtomicU64,
     pub connections: AtomicU64,
     /// Connections open now (accepted and not yet closed).
     pub open_connections: AtomicU64,
@@ -107,6 +124,7 @@ pub struct Counts {
     pub first_arrivals: u64,
     pub first_ok: u64,
     pub repeats: u64,
+    pub delivered_again: u64,
     pub connections: u64,
     pub open_connections: u64,
     pub http2_requests: u64,
@@ -122,6 +140,7 @@ impl Counts {
             first_arrivals: self.first_arrivals - before.first_arrivals,
             first_ok: self.first_ok - before.first_ok,
             repeats: self.repeats - before.repeats,
+            delivered_again: self.delivered_again - before.delivered_again,
             connections: self.connections - before.connections,
             open_connections: self.open_connections,
             http2_requests: self.http2_requests - before.http2_requests,
@@ -157,6 +176,19 @@ pub struct SinkState {
 const MAX_SAMPLES: usize = 1024;
 
 impl SinkState {
+    fn new(epoch: Instant) -> SinkState {
+        SinkState {
+            epoch,
+            ceiling: AtomicBool::new(false),
+            verifiers: RwLock::new(HashMap::new()),
+            arrivals: Arrivals::new(),
+            counters: Counters::default(),
+            samples: Mutex::new(Vec::new()),
+            sampling: AtomicBool::new(false),
+            fail_all: AtomicBool::new(false),
+        }
+    }
+
     pub fn nanos(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
@@ -172,6 +204,7 @@ impl SinkState {
             first_arrivals: l(&c.first_arrivals),
             first_ok: l(&c.first_ok),
             repeats: l(&c.repeats),
+            delivered_again: l(&c.delivered_again),
             connections: l(&c.connections),
             open_connections: l(&c.open_connections),
             http2_requests: l(&c.http2_requests),
@@ -214,6 +247,26 @@ impl SinkState {
     pub fn samples(&self) -> Vec<Sample> {
         self.samples.lock().unwrap().clone()
     }
+
+    /// Counts an arrival of a measured event's webhook to `level`, answered 200 if `ok`: the
+    /// first arrival of each (event, level), the repeats, and a second answer 200 as
+    /// delivered again. True if it was the first arrival.
+    fn count_arrival(&self, seq: u64, level: usize, arrived: u64, ok: bool) -> bool {
+        let c = &self.counters;
+        let first = self.arrivals.record(seq, level, arrived);
+        if first {
+            c.first_arrivals.fetch_add(1, Ordering::Relaxed);
+            if ok {
+                c.first_ok.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            c.repeats.fetch_add(1, Ordering::Relaxed);
+        }
+        if ok && self.arrivals.record_ok(seq, level) {
+            c.delivered_again.fetch_add(1, Ordering::Relaxed);
+        }
+        first
+    }
 }
 
 /// The running sink.
@@ -235,16 +288,7 @@ impl Sink {
         // Like most receivers: HTTP/2 when the client offers it, else HTTP/1.1.
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(tls));
-        let state = Arc::new(SinkState {
-            epoch,
-            ceiling: AtomicBool::new(false),
-            verifiers: RwLock::new(HashMap::new()),
-            arrivals: Arrivals::new(),
-            counters: Counters::default(),
-            samples: Mutex::new(Vec::new()),
-            sampling: AtomicBool::new(false),
-            fail_all: AtomicBool::new(false),
-        });
+        let state = Arc::new(SinkState::new(epoch));
         let mut bound = Vec::new();
         for _ in 0..ports {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -380,24 +424,19 @@ async fn answer(
                 .ok()
         });
         if let (Some(seq), Some(level)) = (seq, level) {
-            if state.arrivals.record(seq, level, arrived) {
-                c.first_arrivals.fetch_add(1, Ordering::Relaxed);
-                if !failing {
-                    c.first_ok.fetch_add(1, Ordering::Relaxed);
-                    if state.sampling.load(Ordering::Relaxed) {
-                        let mut samples = state.samples.lock().unwrap();
-                        if samples.len() < MAX_SAMPLES {
-                            samples.push(Sample {
-                                port,
-                                path: path.to_owned(),
-                                webhook_id: header("webhook-id").to_owned(),
-                                body: body.clone(),
-                            });
-                        }
-                    }
+            if state.count_arrival(seq, level, arrived, !failing)
+                && !failing
+                && state.sampling.load(Ordering::Relaxed)
+            {
+                let mut samples = state.samples.lock().unwrap();
+                if samples.len() < MAX_SAMPLES {
+                    samples.push(Sample {
+                        port,
+                        path: path.to_owned(),
+                        webhook_id: header("webhook-id").to_owned(),
+                        body: body.clone(),
+                    });
                 }
-            } else {
-                c.repeats.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -438,4 +477,33 @@ fn certificates() -> anyhow::Result<(
         vec![cert.der().clone(), issuer.der().clone()],
         PrivatePkcs8KeyDer::from(key.serialize_der()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_answer_200_for_one_event_and_level_is_delivered_again() {
+        let state = SinkState::new(Instant::now());
+        let counts = || state.counts();
+        // Answered 500, then 200 on the retry: delivered once.
+        assert!(state.count_arrival(1, 0, 10, false));
+        assert!(!state.count_arrival(1, 0, 20, true));
+        assert_eq!(counts().delivered_again, 0);
+        assert_eq!((counts().first_ok, counts().repeats), (0, 1));
+        // Another level of the same event is its own webhook.
+        assert!(state.count_arrival(1, 1, 30, true));
+        assert_eq!(counts().delivered_again, 0);
+        // Answered 200 twice (two instances sending one webhook): delivered again.
+        assert!(state.count_arrival(2, 3, 40, true));
+        assert!(!state.count_arrival(2, 3, 50, true));
+        assert!(!state.count_arrival(2, 3, 60, true));
+        assert_eq!(counts().delivered_again, 2);
+        assert_eq!((counts().first_arrivals, counts().first_ok), (3, 2));
+        // The mark of an answer 200 leaves the first arrival's time as it was.
+        assert_eq!(state.arrivals.get(1, 0), Some(10));
+        assert_eq!(state.arrivals.get(2, 3), Some(40));
+        assert_eq!(state.arrivals.get(2, 2), None);
+    }
 }
