@@ -332,11 +332,11 @@ impl Slots {
 /// failures), by level and unit. Of a level's units, only those within `count` of its newest
 /// are kept: an older one would share a slot with a newer one and be overwritten by it, and
 /// PostgreSQL refuses one statement that changes the same row twice.
-fn slot_rows<'a>(
-    deltas: &'a BTreeMap<EntityId, HealthDelta>,
+fn slot_rows(
+    deltas: &BTreeMap<EntityId, HealthDelta>,
     count: i64,
     counts: impl Fn(&HealthDelta) -> &BTreeMap<i64, (i64, i64)>,
-) -> Vec<(&'a EntityId, i64, i64, i64)> {
+) -> Vec<(&EntityId, i64, i64, i64)> {
     let mut rows = Vec::new();
     for (id, d) in deltas {
         let units = counts(d);
