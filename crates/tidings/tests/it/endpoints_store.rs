@@ -385,6 +385,62 @@ async fn health_is_kept_as_attempts_are_recorded_and_read_for_many_levels_at_onc
     }
 }
 
+/// Batches recorded at the same time (on PostgreSQL, in transactions side by side, their
+/// health written after them by one writer at a time) lose no count.
+#[tokio::test]
+async fn health_counts_every_attempt_of_batches_recorded_at_once() {
+    const BATCHES: usize = 8;
+    const EACH: usize = 5;
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let (ok, failing) = (id(), id());
+        let mut hooks = Vec::new();
+        for _ in 0..BATCHES * EACH {
+            hooks.push((
+                event(store, &ok, &id(), false, false, None).await.0,
+                event(store, &failing, &id(), false, false, None).await.0,
+            ));
+        }
+        assert_eq!(claim_ids(store, "o", T0).await.len(), 2 * BATCHES * EACH);
+        let at = Millis(T0.0 + 1_000);
+        let batches = hooks.chunks(EACH).map(|chunk| {
+            let results: Vec<Recorded> = chunk
+                .iter()
+                .flat_map(|(good, bad)| {
+                    [
+                        record(good, 1, 200, at, Next::Succeeded),
+                        record(bad, 1, 503, at, Next::RetryAt(Millis(T0.0 + 60_000))),
+                    ]
+                })
+                .collect();
+            async move { store.record("o", &results, at).await.unwrap().len() }
+        });
+        let recorded: usize = futures::future::join_all(batches).await.into_iter().sum();
+        assert_eq!(recorded, 2 * BATCHES * EACH, "{}", s.name);
+        let health = store
+            .endpoint_health(&[ok.clone(), failing.clone()], at)
+            .await
+            .unwrap();
+        let n = (BATCHES * EACH) as u64;
+        let h = &health[&ok];
+        assert_eq!(
+            (h.successes_24h, h.failures_24h, h.consecutive_failures),
+            (n, 0, 0),
+            "{}",
+            s.name
+        );
+        assert_eq!(h.last_success_at, Some(at), "{}", s.name);
+        let h = &health[&failing];
+        assert_eq!(
+            (h.successes_24h, h.failures_24h, h.consecutive_failures),
+            (0, n, n),
+            "{}",
+            s.name
+        );
+        assert_eq!(h.last_error.as_deref(), Some("HTTP 503"), "{}", s.name);
+    }
+}
+
 #[tokio::test]
 async fn a_webhook_held_back_for_a_retry_goes_as_soon_as_an_early_retry_succeeds() {
     for s in stores::both().await {
