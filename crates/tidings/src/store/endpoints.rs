@@ -555,17 +555,14 @@ mod tests {
             o(&a, true, 8),
             o(&a, false, 9),
         ];
-        let whole = health_deltas(all.iter().map(|x| Outcome {
-            error: x.error.clone(),
-            ..*x
-        }));
+        let part = |r: &[Outcome]| {
+            health_deltas(r.iter().map(|x| Outcome {
+                error: x.error.clone(),
+                ..*x
+            }))
+        };
+        let whole = part(&all);
         for split in 0..=all.len() {
-            let part = |r: &[Outcome]| {
-                health_deltas(r.iter().map(|x| Outcome {
-                    error: x.error.clone(),
-                    ..*x
-                }))
-            };
             let mut folded = part(&all[..split]);
             fold_into(&mut folded, part(&all[split..]));
             assert_eq!(folded, whole, "split after {split}");
