@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use sqlx::AnyPool;
 
 use super::endpoints::{self, ENDPOINT_COLUMNS};
-use super::exec::{Exec, Param};
+use super::exec::{Exec, Param, Row};
 use super::sql::{corrupt, parse_entity, parse_id, secrets_from_row, SqlBySize};
 use super::{Claimed, Lease, NewEvent, NewWebhook, Result, StoreError, Tx, Webhook, WebhookStatus};
 use crate::delivery::secrets::SealedSecrets;
@@ -20,6 +20,8 @@ use crate::domain::{EntityId, Kind, Millis};
 
 pub(super) struct SqlTx {
     exec: Box<dyn Exec>,
+    /// Whether the store is PostgreSQL (some statements are written for its planner).
+    postgres: bool,
     locks: RowLocks,
     /// Tells other instances when this transaction queued webhooks, once it has committed.
     work_signal: Option<Arc<WorkSignal>>,
@@ -31,6 +33,11 @@ pub(super) struct SqlTx {
     /// change reads the same parents for validation, the view and routing; this reads each
     /// once, and lets `put` skip rewriting references that did not change.
     seen: HashMap<EntityId, Option<Entity>>,
+    /// Each level's endpoint settings as this transaction read them (`None`: none stored),
+    /// with the entity queries or [`Tx::endpoints`]; their `level_keys` were read with them.
+    endpoints_read: HashMap<String, Option<Endpoint>>,
+    /// Entities whose row this transaction has written with [`Exec::execute_later`].
+    written_later: HashSet<EntityId>,
 }
 
 /// What an attempt needs of its level besides the webhook: the signing secrets and what
@@ -105,39 +112,89 @@ impl RowLocks {
     pub(super) const NONE: RowLocks = RowLocks { change: "" };
 }
 
-/// An entity, then what it refers to, then the levels above those, transitively: one
-/// query for what a change or a view reads next (the parents for validation and the view,
-/// the levels for routing), instead of one round trip each. `{lock}` applies to the entity
-/// alone.
-fn entity_and_above_sql(lock: &str) -> String {
+/// Per level, what a change needs besides the level itself: its endpoint settings
+/// ([`ENDPOINT_COLUMNS`], NULL when none are stored), then its signing secrets (NULL when
+/// none were made), from `en` and `s` joined by [`level_joins`].
+fn level_columns() -> String {
+    ENDPOINT_COLUMNS
+        .split(", ")
+        .map(|c| format!("en.{c}"))
+        .chain(["s.current", "s.previous", "s.previous_until"].map(String::from))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How many columns [`level_columns`] names.
+fn level_width() -> usize {
+    ENDPOINT_COLUMNS.split(", ").count() + 3
+}
+
+/// Joins `en` (endpoints) and `s` (level secrets) to the level whose id is `on`. On
+/// PostgreSQL each is looked up by its primary key, row by row (a lateral subquery that
+/// cannot be flattened): a plan chosen from the statistics of small or never-analysed tables
+/// would scan and hash them whole, and a prepared statement keeps that plan as they grow.
+fn level_joins(on: &str, postgres: bool) -> String {
+    if postgres {
+        format!(
+            "LEFT JOIN LATERAL (SELECT * FROM endpoints WHERE level_id = {on} OFFSET 0) en ON TRUE \
+             LEFT JOIN LATERAL (SELECT * FROM level_secrets WHERE level_id = {on} OFFSET 0) s ON TRUE"
+        )
+    } else {
+        format!(
+            "LEFT JOIN endpoints en ON en.level_id = {on} \
+             LEFT JOIN level_secrets s ON s.level_id = {on}"
+        )
+    }
+}
+
+/// An entity, then what it refers to, then the levels above those, transitively, each with
+/// its [`level_columns`]: one query for what a change or a view reads next (the parents for
+/// validation and the view, the levels and their endpoints for routing), instead of one
+/// round trip each. `{lock}` applies to the entity alone. Columns: the level columns, then
+/// id and document.
+fn entity_and_above_sql(lock: &str, postgres: bool) -> String {
     let levels = crate::domain::Level::ALL
         .iter()
         .map(|l| format!("'{}'", l.kind().as_str()))
         .collect::<Vec<_>>()
         .join(", ");
+    // The references of each entity reached, looked up by their index on PostgreSQL (see
+    // `level_joins`).
+    let refs = if postgres {
+        "CROSS JOIN LATERAL (SELECT target FROM entity_refs WHERE source = up.id OFFSET 0) r"
+    } else {
+        "JOIN entity_refs r ON r.source = up.id"
+    };
     format!(
         "WITH RECURSIVE first (id, doc) AS (SELECT id, doc FROM entities WHERE id = $1{lock}), \
          up (id, top) AS (SELECT id, 1 FROM first \
-         UNION SELECT r.target, 0 FROM up JOIN entity_refs r ON r.source = up.id \
+         UNION SELECT r.target, 0 FROM up {refs} \
          JOIN entities t ON t.id = r.target WHERE up.top = 1 OR t.kind IN ({levels})) \
-         SELECT id, doc FROM first \
-         UNION ALL SELECT e.id, e.doc FROM up JOIN entities e ON e.id = up.id WHERE up.top = 0"
+         SELECT {}, x.id, x.doc FROM (SELECT id, doc FROM first \
+         UNION ALL SELECT e.id, e.doc FROM up JOIN entities e ON e.id = up.id WHERE up.top = 0) x \
+         {}",
+        level_columns(),
+        level_joins("x.id", postgres)
     )
 }
 
 impl SqlTx {
     pub(super) fn new(
         exec: Box<dyn Exec>,
+        postgres: bool,
         locks: RowLocks,
         work_signal: Option<Arc<WorkSignal>>,
     ) -> Self {
         SqlTx {
             exec,
+            postgres,
             locks,
             work_signal,
             queued_work: false,
             level_keys: HashMap::new(),
             seen: HashMap::new(),
+            written_later: HashSet::new(),
+            endpoints_read: HashMap::new(),
         }
     }
 
@@ -156,21 +213,51 @@ impl SqlTx {
             }
         }
         static TEXTS: SqlBySize = SqlBySize::new();
-        let sql = TEXTS.get(usize::from(!lock.is_empty()), |_| {
-            entity_and_above_sql(lock)
-        });
+        let postgres = self.postgres;
+        let sql = TEXTS.get(
+            usize::from(!lock.is_empty()) * 2 + usize::from(postgres),
+            |_| entity_and_above_sql(lock, postgres),
+        );
         let rows = self.exec.fetch(&sql, &[id.as_str().into()]).await?;
         let mut entity = None;
+        let width = level_width();
         for row in &rows {
-            let e = parse_entity(row.text(1)?)?;
-            if row.text(0)? == id.as_str() {
+            let e = parse_entity(row.text(width + 1)?)?;
+            let row_id = row.text(width)?;
+            if e.kind().level().is_some() {
+                self.take_level(row_id, row)?;
+            }
+            if row_id == id.as_str() {
                 entity = Some(e);
             } else {
-                self.seen.entry(parse_id(row.text(0)?)?).or_insert(Some(e));
+                self.seen.entry(parse_id(row_id)?).or_insert(Some(e));
             }
         }
         self.seen.insert(id.clone(), entity.clone());
         Ok(entity)
+    }
+
+    /// Takes in what a row's [`level_columns`] say of `level`.
+    fn take_level(&mut self, level: &str, row: &Row) -> Result<()> {
+        let endpoint = match row.opt_text(0)? {
+            Some(_) => Some(endpoints::endpoint_from_row(row)?.1),
+            None => None,
+        };
+        // A level without secrets (none were ever made for it) gets none, as its attempts
+        // say (`no_secret`).
+        let keys = LevelKeys {
+            secrets: secrets_from_row(row, ENDPOINT_COLUMNS.split(", ").count())?,
+            success: endpoint.as_ref().map(|e| e.success).unwrap_or_default(),
+        };
+        self.level_keys.insert(level.to_owned(), keys);
+        self.endpoints_read.insert(level.to_owned(), endpoint);
+        Ok(())
+    }
+
+    /// Forgets what this transaction read of a level it changes.
+    fn forget_level(&mut self, level: &str) {
+        self.level_keys.remove(level);
+        self.endpoints_read.remove(level);
     }
 }
 
@@ -194,18 +281,21 @@ impl Tx for SqlTx {
             Some(None) => Some(Vec::new()),
             None => None,
         };
-        self.exec
-            .execute(
-                "INSERT INTO entities (id, kind, doc, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
-                 ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
-                &[
-                    id.into(),
-                    entity.kind().as_str().into(),
-                    doc.as_str().into(),
-                    now.0.into(),
-                ],
-            )
-            .await?;
+        let upsert = "INSERT INTO entities (id, kind, doc, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
+                      ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at";
+        let params: [Param; 4] = [
+            id.into(),
+            entity.kind().as_str().into(),
+            doc.as_str().into(),
+            now.0.into(),
+        ];
+        // Sent with the writes after it, unless this entity's row is already among them: one
+        // statement must not change a row twice.
+        if self.written_later.insert(entity.id().clone()) {
+            self.exec.execute_later(upsert, &params).await?;
+        } else {
+            self.exec.execute(upsert, &params).await?;
+        }
         if before.as_ref() != Some(&refs) {
             if before.as_ref().is_none_or(|b| !b.is_empty()) {
                 self.exec
@@ -308,7 +398,7 @@ impl Tx for SqlTx {
         // Claimed webhooks are this instance's own work: nobody else needs waking.
         self.queued_work |= due_unclaimed;
         self.exec
-            .execute(
+            .execute_later(
                 "INSERT INTO events (id, type, subject_id, data, created_at) VALUES ($1, $2, $3, $4, $5)",
                 &[
                     event.id.as_str().into(),
@@ -379,7 +469,7 @@ impl Tx for SqlTx {
                 ]
             })
             .collect();
-        self.exec.execute(&sql, &params).await?;
+        self.exec.execute_later(&sql, &params).await?;
         let Some(lease) = lease else {
             return Ok(Vec::new());
         };
@@ -436,48 +526,40 @@ impl Tx for SqlTx {
             return Ok(Vec::new());
         }
         // With each level's settings, what its attempts need if `add_event` hands them off
-        // (the signing secrets): one round trip, not two.
-        static SELECTS: SqlBySize = SqlBySize::new();
-        let sql = SELECTS.get(level_ids.len(), |n| {
-            let columns = ENDPOINT_COLUMNS
-                .split(", ")
-                .map(|c| format!("en.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            format!(
-                "SELECT {columns}, s.level_id, s.current, s.previous, s.previous_until \
-                 FROM (VALUES {}) AS v \
-                 LEFT JOIN endpoints en ON en.level_id = v.column1 \
-                 LEFT JOIN level_secrets s ON s.level_id = v.column1",
-                (1..=n)
-                    .map(|i| format!("(CAST(${i} AS TEXT))"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        });
-        let params: Vec<Param> = level_ids.iter().map(|id| id.as_str().into()).collect();
-        let mut found = Vec::new();
-        let width = ENDPOINT_COLUMNS.split(", ").count();
-        for row in self.exec.fetch(&sql, &params).await? {
-            let endpoint = match row.opt_text(0)? {
-                Some(_) => Some(endpoints::endpoint_from_row(&row)?),
-                None => None,
-            };
-            // A level without secrets (none were ever made for it) gets none, as its
-            // attempts say (`no_secret`).
-            if let Some(level) = row.opt_text(width)? {
-                let keys = LevelKeys {
-                    secrets: secrets_from_row(&row, width + 1)?,
-                    success: endpoint
-                        .as_ref()
-                        .map(|(_, e)| e.success)
-                        .unwrap_or_default(),
-                };
-                self.level_keys.insert(level.to_owned(), keys);
+        // (the signing secrets): one round trip, not two; none when the entity queries read
+        // them already.
+        let unread: Vec<&EntityId> = level_ids
+            .iter()
+            .copied()
+            .filter(|l| !self.endpoints_read.contains_key(l.as_str()))
+            .collect();
+        if !unread.is_empty() {
+            static SELECTS: SqlBySize = SqlBySize::new();
+            let postgres = self.postgres;
+            let sql = SELECTS.get(unread.len() * 2 + usize::from(postgres), |k| {
+                format!(
+                    "SELECT {}, v.column1 FROM (VALUES {}) AS v {}",
+                    level_columns(),
+                    (1..=k / 2)
+                        .map(|i| format!("(CAST(${i} AS TEXT))"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    level_joins("v.column1", postgres)
+                )
+            });
+            let params: Vec<Param> = unread.iter().map(|id| id.as_str().into()).collect();
+            let width = level_width();
+            for row in self.exec.fetch(&sql, &params).await? {
+                self.take_level(row.text(width)?, &row)?;
             }
-            found.extend(endpoint);
         }
-        Ok(found)
+        Ok(level_ids
+            .iter()
+            .filter_map(|l| {
+                let endpoint = self.endpoints_read.get(l.as_str())?.clone()?;
+                Some(((*l).clone(), endpoint))
+            })
+            .collect())
     }
 
     async fn enable_endpoint(&mut self, level_id: &EntityId, now: Millis) -> Result<bool> {
@@ -489,6 +571,7 @@ impl Tx for SqlTx {
                 &[now.0.into(), level_id.as_str().into()],
             )
             .await?;
+        self.forget_level(level_id.as_str());
         Ok(n > 0)
     }
 
@@ -500,6 +583,7 @@ impl Tx for SqlTx {
                 &[level_id.as_str().into(), sealed.into(), now.0.into()],
             )
             .await?;
+        self.forget_level(level_id.as_str());
         Ok(())
     }
 

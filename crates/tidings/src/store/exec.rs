@@ -76,6 +76,35 @@ impl rusqlite::ToSql for Param<'_> {
     }
 }
 
+/// A [`Param`] that owns its text: a statement's parameters kept until it is sent.
+#[derive(Debug, Clone)]
+enum Value {
+    Text(String),
+    Int(i64),
+    OptText(Option<String>),
+    OptInt(Option<i64>),
+}
+
+impl Value {
+    fn of(p: &Param<'_>) -> Self {
+        match *p {
+            Param::Text(s) => Value::Text(s.to_owned()),
+            Param::Int(i) => Value::Int(i),
+            Param::OptText(v) => Value::OptText(v.map(str::to_owned)),
+            Param::OptInt(v) => Value::OptInt(v),
+        }
+    }
+
+    fn param(&self) -> Param<'_> {
+        match self {
+            Value::Text(s) => Param::Text(s),
+            Value::Int(i) => Param::Int(*i),
+            Value::OptText(v) => Param::OptText(v.as_deref()),
+            Value::OptInt(v) => Param::OptInt(*v),
+        }
+    }
+}
+
 /// One value of a result row.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Cell {
@@ -135,6 +164,14 @@ pub(super) trait Exec: Send {
     /// Runs a query; returns every row.
     async fn fetch(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>>;
 
+    /// Runs a statement that returns nothing the caller needs, at the latest before the
+    /// transaction's next statement or its commit. PostgreSQL sends the statements put off
+    /// this way together, as one (see [`PgTx`]): one round trip instead of one each. Its
+    /// error, if any, is the error of the call that sends it.
+    async fn execute_later(&mut self, sql: &str, params: &[Param<'_>]) -> Result<()> {
+        self.execute(sql, params).await.map(|_| ())
+    }
+
     async fn commit(self: Box<Self>) -> Result<()>;
 
     /// The entity as the database holds it now, if this connection remembers it without
@@ -167,21 +204,20 @@ pub(super) fn bind_all<'q>(
     q
 }
 
+/// A row's cells by the type of each value (not of its column: SQLite gives no column type
+/// to an expression such as a `VALUES` column).
 fn row_from_any(row: &AnyRow) -> Result<Row> {
     use sqlx::any::AnyTypeInfoKind as K;
-    use sqlx::{Column as _, TypeInfo as _};
-    row.columns()
-        .iter()
-        .enumerate()
-        .map(|(i, column)| {
-            Ok(match column.type_info().kind() {
-                K::SmallInt | K::Integer | K::BigInt => row
-                    .try_get::<Option<i64>, _>(i)?
-                    .map_or(Cell::Null, Cell::Int),
-                _ if column.type_info().is_null() => Cell::Null,
-                _ => row
-                    .try_get::<Option<String>, _>(i)?
-                    .map_or(Cell::Null, Cell::Text),
+    use sqlx::ValueRef as _;
+    (0..row.len())
+        .map(|i| {
+            let value = row.try_get_raw(i)?;
+            if value.is_null() {
+                return Ok(Cell::Null);
+            }
+            Ok(match value.type_info().kind() {
+                K::SmallInt | K::Integer | K::BigInt => Cell::Int(row.try_get::<i64, _>(i)?),
+                _ => Cell::Text(row.try_get::<String, _>(i)?),
             })
         })
         .collect::<Result<Vec<_>>>()
@@ -205,6 +241,80 @@ impl Exec for Transaction<'static, Any> {
     async fn commit(self: Box<Self>) -> Result<()> {
         (*self).commit().await?;
         Ok(())
+    }
+}
+
+/// A write transaction on PostgreSQL: a sqlx transaction that keeps the statements put off
+/// with [`Exec::execute_later`] and sends them together before its next statement or its
+/// commit, as one statement: the first ones become data-modifying `WITH` parts of the last
+/// (`WITH d1 AS (INSERT …), d2 AS (INSERT …) INSERT …`). PostgreSQL runs every part, in one
+/// snapshot, and checks foreign keys at the end, so a part may refer to a row another part
+/// inserts. Parts must not change the same row twice (see `SqlTx::put`) nor begin with a
+/// `WITH` of their own.
+///
+/// An API change writes its entity, its event and the event's webhooks this way: one round
+/// trip instead of three.
+pub(super) struct PgTx {
+    tx: Transaction<'static, Any>,
+    later: Vec<(String, Vec<Value>)>,
+}
+
+impl PgTx {
+    pub(super) fn new(tx: Transaction<'static, Any>) -> Self {
+        PgTx {
+            tx,
+            later: Vec::new(),
+        }
+    }
+
+    /// Sends the statements put off, if any.
+    async fn flush(&mut self) -> Result<()> {
+        let later = std::mem::take(&mut self.later);
+        let Some(((last, _), first)) = later.split_last() else {
+            return Ok(());
+        };
+        let mut sql = String::new();
+        let mut taken = 0;
+        for (i, (part, values)) in first.iter().enumerate() {
+            sql.push_str(if i == 0 { "WITH " } else { ", " });
+            sql.push_str(&format!("d{i} AS ({})", shifted(part, taken)));
+            taken += values.len();
+        }
+        sql.push(' ');
+        sql.push_str(&shifted(last, taken));
+        let params: Vec<Param> = later
+            .iter()
+            .flat_map(|(_, values)| values.iter().map(Value::param))
+            .collect();
+        Exec::execute(&mut self.tx, &sql, &params).await.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Exec for PgTx {
+    async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
+        self.flush().await?;
+        Exec::execute(&mut self.tx, sql, params).await
+    }
+
+    async fn fetch(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
+        self.flush().await?;
+        Exec::fetch(&mut self.tx, sql, params).await
+    }
+
+    async fn execute_later(&mut self, sql: &str, params: &[Param<'_>]) -> Result<()> {
+        debug_assert!(
+            !sql.trim_start().starts_with("WITH"),
+            "a part cannot have its own WITH"
+        );
+        self.later
+            .push((sql.to_owned(), params.iter().map(Value::of).collect()));
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        self.flush().await?;
+        Exec::commit(Box::new(self.tx)).await
     }
 }
 
@@ -550,27 +660,59 @@ impl LiteTx {
     }
 }
 
+/// Where `sql` has a parameter (`$N`): the offsets of its `$`, outside quoted text (`'…'`,
+/// `"…"`).
+fn parameter_marks(sql: &str) -> impl Iterator<Item = usize> + '_ {
+    // Byte by byte: every byte looked at is ASCII, and UTF-8 never uses ASCII bytes inside a
+    // multi-byte character.
+    let bytes = sql.as_bytes();
+    let mut quote = None;
+    (0..bytes.len()).filter(move |&i| match (quote, bytes[i]) {
+        (None, q @ (b'\'' | b'"')) => {
+            quote = Some(q);
+            false
+        }
+        (Some(q), c) if c == q => {
+            quote = None;
+            false
+        }
+        (None, b'$') => bytes.get(i + 1).is_some_and(u8::is_ascii_digit),
+        _ => false,
+    })
+}
+
 /// The statement with every `$N` written `?N`. SQLite reads `$N` as a *named* parameter,
 /// numbered in order of appearance, so binding by N would need a name lookup per parameter
 /// (a linear search inside SQLite: quadratic for the many-row statements); `?N` is bound at
-/// index N directly. Quoted text (`'…'`, `"…"`) is left as it is.
+/// index N directly.
 fn numbered(sql: &str) -> Cow<'_, str> {
     if !sql.contains('$') {
         return Cow::Borrowed(sql);
     }
-    // Byte by byte: every byte looked at is ASCII, and UTF-8 never uses ASCII bytes inside a
-    // multi-byte character, so replacing one ASCII byte by another keeps the text valid.
     let mut out = sql.as_bytes().to_vec();
-    let mut quote = None;
-    for i in 0..out.len() {
-        match (quote, out[i]) {
-            (None, q @ (b'\'' | b'"')) => quote = Some(q),
-            (Some(q), c) if c == q => quote = None,
-            (None, b'$') if out.get(i + 1).is_some_and(u8::is_ascii_digit) => out[i] = b'?',
-            _ => {}
-        }
+    for i in parameter_marks(sql) {
+        out[i] = b'?';
     }
+    // Only ASCII bytes were replaced by ASCII bytes, so the text is still UTF-8.
     Cow::Owned(String::from_utf8(out).expect("only ASCII bytes were replaced"))
+}
+
+/// The statement with every `$N` written `$(N + by)`: for a statement that follows others
+/// in one text and takes its parameters after theirs.
+fn shifted(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut from = 0;
+    for i in parameter_marks(sql) {
+        let digits = sql[i + 1..]
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(sql.len(), |n| i + 1 + n);
+        let n: usize = sql[i + 1..digits].parse().expect("digits");
+        out.push_str(&sql[from..i]);
+        out.push_str(&format!("${}", n + by));
+        from = digits;
+    }
+    out.push_str(&sql[from..]);
+    out
 }
 
 /// Binds `params[N-1]` at `?N` (see [`numbered`]).
@@ -682,6 +824,16 @@ mod tests {
         );
         assert!(matches!(numbered("SELECT 1"), Cow::Borrowed(_)));
         assert_eq!(numbered("SELECT '$' || $1"), "SELECT '$' || ?1");
+    }
+
+    #[test]
+    fn shifted_parameters_follow_the_ones_before_them() {
+        assert_eq!(
+            shifted("INSERT INTO t VALUES ($1, '$2', $2, $10)", 3),
+            "INSERT INTO t VALUES ($4, '$2', $5, $13)"
+        );
+        assert_eq!(shifted("SELECT 1", 5), "SELECT 1");
+        assert_eq!(shifted("SELECT $1", 0), "SELECT $1");
     }
 
     /// `$N` is bound by its number, wherever it stands in the SQL; a parameter missing from

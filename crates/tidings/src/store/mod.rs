@@ -427,6 +427,11 @@ pub trait Store:
 
 /// One transaction. Dropping it without `commit` rolls it back.
 ///
+/// A write may be sent with the transaction's next statement rather than at once (on
+/// PostgreSQL the rows of [`Tx::put`] and [`Tx::add_event`] go out together, one round
+/// trip): its error then comes from a later call, at the latest from `commit`, and the
+/// transaction as a whole fails.
+///
 /// On SQLite a write transaction holds the single writer until it ends, so between
 /// [`Store::write`] and `commit` its user awaits nothing but this transaction's own calls.
 #[async_trait]

@@ -41,6 +41,20 @@ impl SqlStore {
         now: Millis,
     ) -> Result<Vec<usize>> {
         let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            // The update below joins its rows to `webhooks` by primary key. A prepared
+            // statement keeps the plan made at its first uses, when a young database's table
+            // is small: a scan of the whole table, which then grows with it (≈ 5 ms a batch
+            // of 64 after 80,000 webhooks). These settings, for this transaction only, leave
+            // the planner one plan at any size: each row looked up by its key.
+            tx.execute(
+                "SELECT set_config('enable_seqscan', 'off', true), \
+                 set_config('enable_hashjoin', 'off', true), \
+                 set_config('enable_mergejoin', 'off', true)",
+                &[],
+            )
+            .await?;
+        }
         // Each webhook's new state, many rows a statement (`$1` now, four per row, the owner
         // last); only rows this owner still holds are updated, and returned.
         let mut kept: Vec<&Recorded> = Vec::with_capacity(results.len());

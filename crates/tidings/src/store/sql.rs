@@ -287,6 +287,7 @@ impl Store for SqlStore {
         };
         Ok(Box::new(SqlTx::new(
             self.begin_write().await?,
+            self.backend == Backend::Postgres,
             locks,
             self.work_signal.clone(),
         )))
@@ -295,6 +296,7 @@ impl Store for SqlStore {
     async fn read(&self) -> Result<Box<dyn Tx>> {
         Ok(Box::new(SqlTx::new(
             self.begin_read().await?,
+            self.backend == Backend::Postgres,
             RowLocks::NONE,
             None,
         )))
@@ -537,7 +539,7 @@ impl SqlStore {
     async fn begin_write_as(&self, solo: bool) -> Result<Box<dyn Exec>> {
         Ok(match &self.lite {
             Some(lite) => Box::new(lite.begin(solo).await?),
-            None => Box::new(self.writer.begin().await?),
+            None => Box::new(super::exec::PgTx::new(self.writer.begin().await?)),
         })
     }
 

@@ -5,6 +5,7 @@ use crate::helpers::stores;
 use std::collections::HashSet;
 
 use tidings::domain::endpoint::{Endpoint, SuccessRule};
+use tidings::domain::entities::Entity;
 use tidings::domain::{EntityId, EventType, Level, Millis};
 use tidings::store::{
     EmailFilter, Lease, NewWebhook, Next, Recorded, Store, WebhookFilter, WebhookStatus,
@@ -477,5 +478,50 @@ async fn a_webhook_held_back_for_a_retry_goes_as_soon_as_an_early_retry_succeeds
             "{}: due at once, not in an hour",
             s.name
         );
+    }
+}
+
+/// A change reads the endpoints of the levels above its entity with the entity itself (on
+/// PostgreSQL), and what it reads afterwards is what the database holds: an endpoint it
+/// enables reads as enabled, and an entity written twice ends as written last.
+#[tokio::test]
+async fn a_change_reads_the_endpoints_above_as_they_stand_after_its_own_writes() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let r = stores::reseller(Some("https://r.example/hook"));
+        let d = stores::dealer(r.id());
+        let mut tx = store.write().await.unwrap();
+        tx.put(&r, T0).await.unwrap();
+        tx.put(&d, T0).await.unwrap();
+        tx.commit().await.unwrap();
+        let off = Endpoint {
+            enabled: false,
+            disabled_reason: Some("answered 410 Gone".into()),
+            ..Endpoint::default()
+        };
+        store.put_endpoint(r.id(), &off, true, T0).await.unwrap();
+
+        let mut tx = store.write().await.unwrap();
+        assert_eq!(tx.get_for_change(d.id()).await.unwrap(), Some(d.clone()));
+        let read = tx.endpoints(&[r.id(), d.id()]).await.unwrap();
+        assert_eq!(read, vec![(r.id().clone(), off.clone())], "{}", s.name);
+        assert!(tx.enable_endpoint(r.id(), T0).await.unwrap(), "{}", s.name);
+        let read = tx.endpoints(&[r.id()]).await.unwrap();
+        assert!(read[0].1.enabled, "{}: reads its own enabling", s.name);
+
+        let named = |name: &str| {
+            let mut e = d.clone();
+            if let Entity::Dealer(inner) = &mut e {
+                inner.name = name.into();
+            }
+            e
+        };
+        tx.put(&named("Dealer 2"), T0).await.unwrap();
+        let renamed = named("Dealer 3");
+        tx.put(&renamed, T0).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.read().await.unwrap();
+        assert_eq!(tx.get(d.id()).await.unwrap(), Some(renamed), "{}", s.name);
+        assert!(store.endpoint(r.id()).await.unwrap().enabled, "{}", s.name);
     }
 }
