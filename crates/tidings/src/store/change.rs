@@ -158,20 +158,28 @@ fn entity_and_above_sql(lock: &str, postgres: bool) -> String {
         .map(|l| format!("'{}'", l.kind().as_str()))
         .collect::<Vec<_>>()
         .join(", ");
-    // The references of each entity reached, looked up by their index on PostgreSQL (see
-    // `level_joins`).
-    let refs = if postgres {
-        "CROSS JOIN LATERAL (SELECT target FROM entity_refs WHERE source = up.id OFFSET 0) r"
+    // Each entity reached, its references and the entities they name, looked up by key on
+    // PostgreSQL (see `level_joins`).
+    let (refs, targets, docs) = if postgres {
+        (
+            "CROSS JOIN LATERAL (SELECT target FROM entity_refs WHERE source = up.id OFFSET 0) r",
+            "CROSS JOIN LATERAL (SELECT kind FROM entities WHERE id = r.target OFFSET 0) t",
+            "CROSS JOIN LATERAL (SELECT id, doc FROM entities WHERE id = up.id OFFSET 0) e",
+        )
     } else {
-        "JOIN entity_refs r ON r.source = up.id"
+        (
+            "JOIN entity_refs r ON r.source = up.id",
+            "JOIN entities t ON t.id = r.target",
+            "JOIN entities e ON e.id = up.id",
+        )
     };
     format!(
         "WITH RECURSIVE first (id, doc) AS (SELECT id, doc FROM entities WHERE id = $1{lock}), \
          up (id, top) AS (SELECT id, 1 FROM first \
-         UNION SELECT r.target, 0 FROM up {refs} \
-         JOIN entities t ON t.id = r.target WHERE up.top = 1 OR t.kind IN ({levels})) \
+         UNION SELECT r.target, 0 FROM up {refs} {targets} \
+         WHERE up.top = 1 OR t.kind IN ({levels})) \
          SELECT {}, x.id, x.doc FROM (SELECT id, doc FROM first \
-         UNION ALL SELECT e.id, e.doc FROM up JOIN entities e ON e.id = up.id WHERE up.top = 0) x \
+         UNION ALL SELECT e.id, e.doc FROM up {docs} WHERE up.top = 0) x \
          {}",
         level_columns(),
         level_joins("x.id", postgres)
