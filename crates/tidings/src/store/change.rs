@@ -20,8 +20,6 @@ use crate::domain::{EntityId, Kind, Millis};
 
 pub(super) struct SqlTx {
     exec: Box<dyn Exec>,
-    /// Whether the store is PostgreSQL (some statements are written for its planner).
-    postgres: bool,
     locks: RowLocks,
     /// Tells other instances when this transaction queued webhooks, once it has committed.
     work_signal: Option<Arc<WorkSignal>>,
@@ -129,22 +127,12 @@ fn level_width() -> usize {
     ENDPOINT_COLUMNS.split(", ").count() + 3
 }
 
-/// Joins `en` (endpoints) and `s` (level secrets) to the level whose id is `on`. On
-/// PostgreSQL each is looked up by its primary key, row by row (a lateral subquery that
-/// cannot be flattened): a plan chosen from the statistics of small or never-analysed tables
-/// would scan and hash them whole, and a prepared statement keeps that plan as they grow.
-fn level_joins(on: &str, postgres: bool) -> String {
-    if postgres {
-        format!(
-            "LEFT JOIN LATERAL (SELECT * FROM endpoints WHERE level_id = {on} OFFSET 0) en ON TRUE \
-             LEFT JOIN LATERAL (SELECT * FROM level_secrets WHERE level_id = {on} OFFSET 0) s ON TRUE"
-        )
-    } else {
-        format!(
-            "LEFT JOIN endpoints en ON en.level_id = {on} \
-             LEFT JOIN level_secrets s ON s.level_id = {on}"
-        )
-    }
+/// Joins `en` (endpoints) and `s` (level secrets) to the level whose id is `on`.
+fn level_joins(on: &str) -> String {
+    format!(
+        "LEFT JOIN endpoints en ON en.level_id = {on} \
+         LEFT JOIN level_secrets s ON s.level_id = {on}"
+    )
 }
 
 /// An entity, then what it refers to, then the levels above those, transitively, each with
@@ -152,50 +140,55 @@ fn level_joins(on: &str, postgres: bool) -> String {
 /// validation and the view, the levels and their endpoints for routing), instead of one
 /// round trip each. `{lock}` applies to the entity alone. Columns: the level columns, then
 /// id and document.
-fn entity_and_above_sql(lock: &str, postgres: bool) -> String {
+fn entity_and_above_sql(lock: &str) -> String {
     let levels = crate::domain::Level::ALL
         .iter()
         .map(|l| format!("'{}'", l.kind().as_str()))
         .collect::<Vec<_>>()
         .join(", ");
-    // Each entity reached, its references and the entities they name, looked up by key on
-    // PostgreSQL (see `level_joins`).
-    let (refs, targets, docs) = if postgres {
-        (
-            "CROSS JOIN LATERAL (SELECT target FROM entity_refs WHERE source = up.id OFFSET 0) r",
-            "CROSS JOIN LATERAL (SELECT kind FROM entities WHERE id = r.target OFFSET 0) t",
-            "CROSS JOIN LATERAL (SELECT id, doc FROM entities WHERE id = up.id OFFSET 0) e",
-        )
-    } else {
-        (
-            "JOIN entity_refs r ON r.source = up.id",
-            "JOIN entities t ON t.id = r.target",
-            "JOIN entities e ON e.id = up.id",
-        )
-    };
     format!(
         "WITH RECURSIVE first (id, doc) AS (SELECT id, doc FROM entities WHERE id = $1{lock}), \
          up (id, top) AS (SELECT id, 1 FROM first \
-         UNION SELECT r.target, 0 FROM up {refs} {targets} \
-         WHERE up.top = 1 OR t.kind IN ({levels})) \
+         UNION SELECT r.target, 0 FROM up JOIN entity_refs r ON r.source = up.id \
+         JOIN entities t ON t.id = r.target WHERE up.top = 1 OR t.kind IN ({levels})) \
          SELECT {}, x.id, x.doc FROM (SELECT id, doc FROM first \
-         UNION ALL SELECT e.id, e.doc FROM up {docs} WHERE up.top = 0) x \
+         UNION ALL SELECT e.id, e.doc FROM up JOIN entities e ON e.id = up.id WHERE up.top = 0) x \
          {}",
         level_columns(),
-        level_joins("x.id", postgres)
+        level_joins("x.id")
     )
+}
+
+/// `n` levels' [`level_columns`], then the level's id, a row each.
+fn levels_sql(n: usize) -> String {
+    format!(
+        "SELECT {}, v.column1 FROM (VALUES {}) AS v {}",
+        level_columns(),
+        (1..=n)
+            .map(|i| format!("(CAST(${i} AS TEXT))"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        level_joins("v.column1")
+    )
+}
+
+/// A change's reads on PostgreSQL, with arguments to run them with (see
+/// [`super::postgres_key_lookups`]).
+pub(super) fn key_lookups() -> [(String, &'static str); 2] {
+    [
+        (entity_and_above_sql(" FOR UPDATE"), "('x')"),
+        (levels_sql(2), "('x', 'y')"),
+    ]
 }
 
 impl SqlTx {
     pub(super) fn new(
         exec: Box<dyn Exec>,
-        postgres: bool,
         locks: RowLocks,
         work_signal: Option<Arc<WorkSignal>>,
     ) -> Self {
         SqlTx {
             exec,
-            postgres,
             locks,
             work_signal,
             queued_work: false,
@@ -221,11 +214,9 @@ impl SqlTx {
             }
         }
         static TEXTS: SqlBySize = SqlBySize::new();
-        let postgres = self.postgres;
-        let sql = TEXTS.get(
-            usize::from(!lock.is_empty()) * 2 + usize::from(postgres),
-            |_| entity_and_above_sql(lock, postgres),
-        );
+        let sql = TEXTS.get(usize::from(!lock.is_empty()), |_| {
+            entity_and_above_sql(lock)
+        });
         let rows = self.exec.fetch(&sql, &[id.as_str().into()]).await?;
         let mut entity = None;
         let width = level_width();
@@ -543,18 +534,7 @@ impl Tx for SqlTx {
             .collect();
         if !unread.is_empty() {
             static SELECTS: SqlBySize = SqlBySize::new();
-            let postgres = self.postgres;
-            let sql = SELECTS.get(unread.len() * 2 + usize::from(postgres), |k| {
-                format!(
-                    "SELECT {}, v.column1 FROM (VALUES {}) AS v {}",
-                    level_columns(),
-                    (1..=k / 2)
-                        .map(|i| format!("(CAST(${i} AS TEXT))"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    level_joins("v.column1", postgres)
-                )
-            });
+            let sql = SELECTS.get(unread.len(), levels_sql);
             let params: Vec<Param> = unread.iter().map(|id| id.as_str().into()).collect();
             let width = level_width();
             for row in self.exec.fetch(&sql, &params).await? {

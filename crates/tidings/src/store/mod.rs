@@ -485,6 +485,19 @@ pub trait Tx: Send {
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 
+/// The hot statements that must look their rows up by key on PostgreSQL whatever the
+/// tables' statistics, each with arguments to `EXECUTE` it with, and the settings their
+/// transactions begin with. For the test that checks their plans.
+#[doc(hidden)]
+pub fn postgres_key_lookups() -> (Vec<(String, &'static str)>, &'static str) {
+    let mut statements = change::key_lookups().to_vec();
+    statements.push((
+        queue::record_sql(2),
+        "(0, 'x', 'succeeded', 1, NULL, 'y', 'succeeded', 1, NULL, 'owner')",
+    ));
+    (statements, sql::BY_KEY)
+}
+
 /// Opens the store named by a database URL, creating and migrating it as needed.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
     open_with(url, &StoreOptions::default()).await

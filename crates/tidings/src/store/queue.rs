@@ -32,6 +32,35 @@ impl Queue {
     }
 }
 
+/// Recording's update of `n` webhooks: `$1` now, four parameters a row (id, status, attempts,
+/// due time), the owner last; only rows the owner still holds are updated, and returned.
+pub(super) fn record_sql(n: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            let p = 2 + i * 4;
+            format!(
+                "(${p}, ${}, CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                p + 1,
+                p + 2,
+                p + 3
+            )
+        })
+        .collect();
+    // A retry of a webhook whose endpoint was disabled meanwhile waits as `disabled` instead.
+    let held = "v.column2 = 'pending' AND EXISTS (SELECT 1 FROM endpoints en \
+                WHERE en.level_id = webhooks.level_id AND en.enabled = 0)";
+    format!(
+        "UPDATE webhooks SET status = CASE WHEN {held} THEN 'disabled' ELSE v.column2 END, \
+         attempts = v.column3, due_at = CASE WHEN {held} THEN NULL ELSE v.column4 END, \
+         claimed_by = NULL, updated_at = $1 FROM (VALUES {}) AS v \
+         WHERE webhooks.id = v.column1 AND webhooks.claimed_by = ${} \
+         RETURNING webhooks.id, webhooks.level_id, webhooks.url, webhooks.ordered, \
+         webhooks.subject_id",
+        rows.join(", "),
+        2 + n * 4
+    )
+}
+
 impl SqlStore {
     /// Records a batch of finished attempts (see [`Store::record`]).
     pub(super) async fn record_attempts(
@@ -40,21 +69,8 @@ impl SqlStore {
         results: &[Recorded],
         now: Millis,
     ) -> Result<Vec<usize>> {
-        let mut tx = self.begin_write().await?;
-        if self.backend == Backend::Postgres {
-            // The update below joins its rows to `webhooks` by primary key. A prepared
-            // statement keeps the plan made at its first uses, when a young database's table
-            // is small: a scan of the whole table, which then grows with it (≈ 5 ms a batch
-            // of 64 after 80,000 webhooks). These settings, for this transaction only, leave
-            // the planner one plan at any size: each row looked up by its key.
-            tx.execute(
-                "SELECT set_config('enable_seqscan', 'off', true), \
-                 set_config('enable_hashjoin', 'off', true), \
-                 set_config('enable_mergejoin', 'off', true)",
-                &[],
-            )
-            .await?;
-        }
+        // Every statement below finds its rows by key.
+        let mut tx = self.begin_write_by_key().await?;
         // Each webhook's new state, many rows a statement (`$1` now, four per row, the owner
         // last); only rows this owner still holds are updated, and returned.
         let mut kept: Vec<&Recorded> = Vec::with_capacity(results.len());
@@ -67,33 +83,7 @@ impl SqlStore {
             let n = first;
             first += chunk.len();
             static UPDATES: SqlBySize = SqlBySize::new();
-            let sql = UPDATES.get(chunk.len(), |n| {
-                let rows: Vec<String> = (0..n)
-                    .map(|i| {
-                        let p = 2 + i * 4;
-                        format!(
-                            "(${p}, ${}, CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
-                            p + 1,
-                            p + 2,
-                            p + 3
-                        )
-                    })
-                    .collect();
-                // A retry of a webhook whose endpoint was disabled meanwhile waits as
-                // `disabled` instead.
-                let held = "v.column2 = 'pending' AND EXISTS (SELECT 1 FROM endpoints en \
-                            WHERE en.level_id = webhooks.level_id AND en.enabled = 0)";
-                format!(
-                    "UPDATE webhooks SET status = CASE WHEN {held} THEN 'disabled' ELSE v.column2 END, \
-                     attempts = v.column3, due_at = CASE WHEN {held} THEN NULL ELSE v.column4 END, \
-                     claimed_by = NULL, updated_at = $1 FROM (VALUES {}) AS v \
-                     WHERE webhooks.id = v.column1 AND webhooks.claimed_by = ${} \
-                     RETURNING webhooks.id, webhooks.level_id, webhooks.url, webhooks.ordered, \
-                     webhooks.subject_id",
-                    rows.join(", "),
-                    2 + n * 4
-                )
-            });
+            let sql = UPDATES.get(chunk.len(), record_sql);
             let mut params: Vec<Param> = vec![now.0.into()];
             for r in chunk {
                 let (status, due_at) = match r.next {

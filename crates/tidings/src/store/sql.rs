@@ -286,8 +286,7 @@ impl Store for SqlStore {
             },
         };
         Ok(Box::new(SqlTx::new(
-            self.begin_write().await?,
-            self.backend == Backend::Postgres,
+            self.begin_write_by_key().await?,
             locks,
             self.work_signal.clone(),
         )))
@@ -295,8 +294,7 @@ impl Store for SqlStore {
 
     async fn read(&self) -> Result<Box<dyn Tx>> {
         Ok(Box::new(SqlTx::new(
-            self.begin_read().await?,
-            self.backend == Backend::Postgres,
+            self.begin_read_by_key().await?,
             RowLocks::NONE,
             None,
         )))
@@ -520,6 +518,14 @@ impl Store for SqlStore {
     }
 }
 
+/// PostgreSQL's planner settings for a transaction whose statements all look their rows up
+/// by key: a plan that reads a table whole (or hashes it) is then chosen only where no index
+/// serves. A prepared statement keeps the plan made at its first uses, and in a young
+/// database the tables are small then: the whole-table scans and hashes chosen for them
+/// stayed while the tables grew, until the next `ANALYZE` (measured in BENCHMARKS.md).
+pub(super) const BY_KEY: &str = "SET LOCAL enable_seqscan = off; \
+    SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
 /// The two leased queues in the store: webhooks to deliver, e-mails to send. Both keep a
 /// `due_at` (NULL once done) and a `claimed_by`.
 impl SqlStore {
@@ -546,6 +552,29 @@ impl SqlStore {
     /// A read-only transaction on the reader pool.
     pub(super) async fn begin_read(&self) -> Result<Box<dyn Exec>> {
         Ok(Box::new(self.reader.begin().await?))
+    }
+
+    /// A write transaction whose statements all look their rows up by key (an API change's,
+    /// a recorded batch's): on PostgreSQL it begins with [`BY_KEY`], in the same round trip
+    /// as its `BEGIN`.
+    pub(super) async fn begin_write_by_key(&self) -> Result<Box<dyn Exec>> {
+        match &self.lite {
+            Some(_) => self.begin_write().await,
+            None => Ok(Box::new(super::exec::PgTx::new(
+                self.writer.begin_with(format!("BEGIN; {BY_KEY}")).await?,
+            ))),
+        }
+    }
+
+    /// A read-only transaction whose statements all look their rows up by key (see
+    /// [`BY_KEY`]).
+    pub(super) async fn begin_read_by_key(&self) -> Result<Box<dyn Exec>> {
+        match self.backend {
+            Backend::Sqlite => self.begin_read().await,
+            Backend::Postgres => Ok(Box::new(
+                self.reader.begin_with(format!("BEGIN; {BY_KEY}")).await?,
+            )),
+        }
     }
 
     /// One statement in a transaction of its own; returns how many rows it changed.

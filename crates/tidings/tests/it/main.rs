@@ -19,6 +19,7 @@ mod email;
 mod endpoints;
 mod endpoints_store;
 mod faults;
+mod plans;
 mod prune_crash;
 mod pruning;
 mod receiver_e2e;
