@@ -486,7 +486,7 @@ pub trait Tx: Send {
 }
 
 /// The hot statements that must look their rows up by key on PostgreSQL whatever the
-/// tables' statistics, each with arguments to `EXECUTE` it with, and the settings their
+/// tables' statistics, each with arguments to `EXECUTE` it with, and the statement their
 /// transactions begin with. For the test that checks their plans.
 #[doc(hidden)]
 pub fn postgres_key_lookups() -> (Vec<(String, &'static str)>, &'static str) {
@@ -495,7 +495,7 @@ pub fn postgres_key_lookups() -> (Vec<(String, &'static str)>, &'static str) {
         queue::record_sql(2),
         "(0, 'x', 'succeeded', 1, NULL, 'y', 'succeeded', 1, NULL, 'owner')",
     ));
-    (statements, sql::BY_KEY)
+    (statements, sql::BEGIN_BY_KEY)
 }
 
 /// Opens the store named by a database URL, creating and migrating it as needed.

@@ -71,8 +71,7 @@ impl SqlStore {
     ) -> Result<Vec<usize>> {
         // Every statement below finds its rows by key.
         let mut tx = self.begin_write_by_key().await?;
-        // Each webhook's new state, many rows a statement (`$1` now, four per row, the owner
-        // last); only rows this owner still holds are updated, and returned.
+        // Each webhook's new state, many rows a statement (`record_sql`).
         let mut kept: Vec<&Recorded> = Vec::with_capacity(results.len());
         let mut positions = Vec::with_capacity(results.len());
         // What the returned rows say of each kept webhook: level, URL, ordered, subject.

@@ -523,7 +523,8 @@ impl Store for SqlStore {
 /// serves. A prepared statement keeps the plan made at its first uses, and in a young
 /// database the tables are small then: the whole-table scans and hashes chosen for them
 /// stayed while the tables grew, until the next `ANALYZE` (measured in BENCHMARKS.md).
-pub(super) const BY_KEY: &str = "SET LOCAL enable_seqscan = off; \
+/// Sent as one statement, so the settings cost no round trip of their own.
+pub(super) const BEGIN_BY_KEY: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
 /// The two leased queues in the store: webhooks to deliver, e-mails to send. Both keep a
@@ -555,25 +556,22 @@ impl SqlStore {
     }
 
     /// A write transaction whose statements all look their rows up by key (an API change's,
-    /// a recorded batch's): on PostgreSQL it begins with [`BY_KEY`], in the same round trip
-    /// as its `BEGIN`.
+    /// a recorded batch's): on PostgreSQL it begins with [`BEGIN_BY_KEY`].
     pub(super) async fn begin_write_by_key(&self) -> Result<Box<dyn Exec>> {
         match &self.lite {
             Some(_) => self.begin_write().await,
             None => Ok(Box::new(super::exec::PgTx::new(
-                self.writer.begin_with(format!("BEGIN; {BY_KEY}")).await?,
+                self.writer.begin_with(BEGIN_BY_KEY).await?,
             ))),
         }
     }
 
     /// A read-only transaction whose statements all look their rows up by key (see
-    /// [`BY_KEY`]).
+    /// [`BEGIN_BY_KEY`]).
     pub(super) async fn begin_read_by_key(&self) -> Result<Box<dyn Exec>> {
         match self.backend {
             Backend::Sqlite => self.begin_read().await,
-            Backend::Postgres => Ok(Box::new(
-                self.reader.begin_with(format!("BEGIN; {BY_KEY}")).await?,
-            )),
+            Backend::Postgres => Ok(Box::new(self.reader.begin_with(BEGIN_BY_KEY).await?)),
         }
     }
 

@@ -32,11 +32,10 @@ async fn hot_statements_look_rows_up_by_key_on_small_analysed_tables() {
     )
     .await
     .unwrap();
-    let (statements, settings) = tidings::store::postgres_key_lookups();
+    let (statements, begin) = tidings::store::postgres_key_lookups();
     assert!(statements.len() >= 3);
     for (i, (sql, args)) in statements.iter().enumerate() {
-        let mut tx = conn.begin().await.unwrap();
-        tx.execute(settings).await.unwrap();
+        let mut tx = conn.begin_with(begin).await.unwrap();
         tx.execute("SET LOCAL plan_cache_mode = force_generic_plan")
             .await
             .unwrap();
