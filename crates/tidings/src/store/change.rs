@@ -34,8 +34,6 @@ pub(super) struct SqlTx {
     /// Each level's endpoint settings as this transaction read them (`None`: none stored),
     /// with the entity queries or [`Tx::endpoints`]; their `level_keys` were read with them.
     endpoints_read: HashMap<String, Option<Endpoint>>,
-    /// Entities whose row this transaction has written with [`Exec::execute_later`].
-    written_later: HashSet<EntityId>,
 }
 
 /// What an attempt needs of its level besides the webhook: the signing secrets and what
@@ -194,7 +192,6 @@ impl SqlTx {
             queued_work: false,
             level_keys: HashMap::new(),
             seen: HashMap::new(),
-            written_later: HashSet::new(),
             endpoints_read: HashMap::new(),
         }
     }
@@ -288,17 +285,12 @@ impl Tx for SqlTx {
             doc.as_str().into(),
             now.0.into(),
         ];
-        // Sent with the writes after it, unless this entity's row is already among them: one
-        // statement must not change a row twice.
-        if self.written_later.insert(entity.id().clone()) {
-            self.exec.execute_later(upsert, &params).await?;
-        } else {
-            self.exec.execute(upsert, &params).await?;
-        }
+        // Sent with what the transaction sends next (on PostgreSQL often the commit).
+        self.exec.execute_later(upsert, &params).await?;
         if before.as_ref() != Some(&refs) {
             if before.as_ref().is_none_or(|b| !b.is_empty()) {
                 self.exec
-                    .execute("DELETE FROM entity_refs WHERE source = $1", &[id.into()])
+                    .execute_later("DELETE FROM entity_refs WHERE source = $1", &[id.into()])
                     .await?;
             }
             for target in &refs {

@@ -295,7 +295,7 @@ pub(super) async fn record_health(
                 ]
             })
             .collect();
-        tx.execute(&sql, &params).await?;
+        tx.execute_later(&sql, &params).await?;
     }
     static HOURS: SqlBySize = SqlBySize::new();
     static MINUTES: SqlBySize = SqlBySize::new();
@@ -394,7 +394,7 @@ async fn add_to_slots(
                 ]
             })
             .collect();
-        tx.execute(&sql, &params).await?;
+        tx.execute_later(&sql, &params).await?;
     }
     Ok(())
 }

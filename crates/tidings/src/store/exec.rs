@@ -6,7 +6,8 @@
 //!   SQLite. (sqlx runs each SQLite connection on a thread of its own and sends it every
 //!   statement and every row over a channel; measured in BENCHMARKS.md, those hand-offs, not
 //!   SQL, bounded the single writer.)
-//! - **PostgreSQL**: a sqlx transaction, as everywhere else.
+//! - **PostgreSQL**: a `tokio-postgres` connection that pipelines the transaction's
+//!   statements (see `pg.rs`); read-only transactions are sqlx's.
 //!
 //! The SQL is written once for both, with `$N` placeholders (on SQLite rewritten `?N` and
 //! bound by index).
@@ -78,7 +79,7 @@ impl rusqlite::ToSql for Param<'_> {
 
 /// A [`Param`] that owns its text: a statement's parameters kept until it is sent.
 #[derive(Debug, Clone)]
-enum Value {
+pub(super) enum Value {
     Text(String),
     Int(i64),
     OptText(Option<String>),
@@ -86,7 +87,7 @@ enum Value {
 }
 
 impl Value {
-    fn of(p: &Param<'_>) -> Self {
+    pub(super) fn of(p: &Param<'_>) -> Self {
         match *p {
             Param::Text(s) => Value::Text(s.to_owned()),
             Param::Int(i) => Value::Int(i),
@@ -95,7 +96,7 @@ impl Value {
         }
     }
 
-    fn param(&self) -> Param<'_> {
+    pub(super) fn param(&self) -> Param<'_> {
         match self {
             Value::Text(s) => Param::Text(s),
             Value::Int(i) => Param::Int(*i),
@@ -118,6 +119,10 @@ pub(super) enum Cell {
 pub(super) struct Row(Vec<Cell>);
 
 impl Row {
+    pub(super) fn new(cells: Vec<Cell>) -> Self {
+        Row(cells)
+    }
+
     fn cell(&self, i: usize) -> Result<&Cell> {
         self.0
             .get(i)
@@ -166,8 +171,8 @@ pub(super) trait Exec: Send {
 
     /// Runs a statement that returns nothing the caller needs, at the latest before the
     /// transaction's next statement or its commit. PostgreSQL sends the statements put off
-    /// this way together, as one (see [`PgTx`]): one round trip instead of one each. Its
-    /// error, if any, is the error of the call that sends it.
+    /// this way with that next one, in one round trip (see `pg.rs`). Its error, if any, is
+    /// the error of the call that sends it.
     async fn execute_later(&mut self, sql: &str, params: &[Param<'_>]) -> Result<()> {
         self.execute(sql, params).await.map(|_| ())
     }
@@ -241,80 +246,6 @@ impl Exec for Transaction<'static, Any> {
     async fn commit(self: Box<Self>) -> Result<()> {
         (*self).commit().await?;
         Ok(())
-    }
-}
-
-/// A write transaction on PostgreSQL: a sqlx transaction that keeps the statements put off
-/// with [`Exec::execute_later`] and sends them together before its next statement or its
-/// commit, as one statement: the first ones become data-modifying `WITH` parts of the last
-/// (`WITH d1 AS (INSERT …), d2 AS (INSERT …) INSERT …`). PostgreSQL runs every part, in one
-/// snapshot, and checks foreign keys at the end, so a part may refer to a row another part
-/// inserts. Parts must not change the same row twice (see `SqlTx::put`) nor begin with a
-/// `WITH` of their own.
-///
-/// An API change writes its entity, its event and the event's webhooks this way: one round
-/// trip instead of three.
-pub(super) struct PgTx {
-    tx: Transaction<'static, Any>,
-    later: Vec<(String, Vec<Value>)>,
-}
-
-impl PgTx {
-    pub(super) fn new(tx: Transaction<'static, Any>) -> Self {
-        PgTx {
-            tx,
-            later: Vec::new(),
-        }
-    }
-
-    /// Sends the statements put off, if any.
-    async fn flush(&mut self) -> Result<()> {
-        let later = std::mem::take(&mut self.later);
-        let Some(((last, _), first)) = later.split_last() else {
-            return Ok(());
-        };
-        let mut sql = String::new();
-        let mut taken = 0;
-        for (i, (part, values)) in first.iter().enumerate() {
-            sql.push_str(if i == 0 { "WITH " } else { ", " });
-            sql.push_str(&format!("d{i} AS ({})", shifted(part, taken)));
-            taken += values.len();
-        }
-        sql.push(' ');
-        sql.push_str(&shifted(last, taken));
-        let params: Vec<Param> = later
-            .iter()
-            .flat_map(|(_, values)| values.iter().map(Value::param))
-            .collect();
-        Exec::execute(&mut self.tx, &sql, &params).await.map(|_| ())
-    }
-}
-
-#[async_trait]
-impl Exec for PgTx {
-    async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
-        self.flush().await?;
-        Exec::execute(&mut self.tx, sql, params).await
-    }
-
-    async fn fetch(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
-        self.flush().await?;
-        Exec::fetch(&mut self.tx, sql, params).await
-    }
-
-    async fn execute_later(&mut self, sql: &str, params: &[Param<'_>]) -> Result<()> {
-        debug_assert!(
-            !sql.trim_start().starts_with("WITH"),
-            "a part cannot have its own WITH"
-        );
-        self.later
-            .push((sql.to_owned(), params.iter().map(Value::of).collect()));
-        Ok(())
-    }
-
-    async fn commit(mut self: Box<Self>) -> Result<()> {
-        self.flush().await?;
-        Exec::commit(Box::new(self.tx)).await
     }
 }
 
@@ -697,24 +628,6 @@ fn numbered(sql: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8(out).expect("only ASCII bytes were replaced"))
 }
 
-/// The statement with every `$N` written `$(N + by)`: for a statement that follows others
-/// in one text and takes its parameters after theirs.
-fn shifted(sql: &str, by: usize) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut from = 0;
-    for i in parameter_marks(sql) {
-        let digits = sql[i + 1..]
-            .find(|c: char| !c.is_ascii_digit())
-            .map_or(sql.len(), |n| i + 1 + n);
-        let n: usize = sql[i + 1..digits].parse().expect("digits");
-        out.push_str(&sql[from..i]);
-        out.push_str(&format!("${}", n + by));
-        from = digits;
-    }
-    out.push_str(&sql[from..]);
-    out
-}
-
 /// Binds `params[N-1]` at `?N` (see [`numbered`]).
 fn bind(stmt: &mut rusqlite::CachedStatement<'_>, params: &[Param<'_>]) -> Result<()> {
     if stmt.parameter_count() != params.len() {
@@ -824,16 +737,6 @@ mod tests {
         );
         assert!(matches!(numbered("SELECT 1"), Cow::Borrowed(_)));
         assert_eq!(numbered("SELECT '$' || $1"), "SELECT '$' || ?1");
-    }
-
-    #[test]
-    fn shifted_parameters_follow_the_ones_before_them() {
-        assert_eq!(
-            shifted("INSERT INTO t VALUES ($1, '$2', $2, $10)", 3),
-            "INSERT INTO t VALUES ($4, '$2', $5, $13)"
-        );
-        assert_eq!(shifted("SELECT 1", 5), "SELECT 1");
-        assert_eq!(shifted("SELECT $1", 0), "SELECT $1");
     }
 
     /// `$N` is bound by its number, wherever it stands in the SQL; a parameter missing from

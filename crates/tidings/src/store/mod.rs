@@ -12,6 +12,7 @@ mod endpoints;
 mod exec;
 mod keys;
 mod notifications;
+mod pg;
 mod queue;
 mod retention;
 mod sql;
@@ -35,6 +36,10 @@ pub use sql::SqlStore;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("no database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
     #[error("SQLite error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("commit failed: {0}")]
@@ -76,6 +81,8 @@ impl StoreError {
     pub fn fault(&self) -> Fault {
         match self {
             StoreError::Database(e) => sqlx_fault(e),
+            StoreError::Postgres(e) => pg::pg_fault(e),
+            StoreError::Pool(e) => pg::pool_fault(e),
             StoreError::Sqlite(e) => sqlite_fault(e),
             StoreError::Commit(_, fault) => *fault,
             StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => sqlx_fault(e),
@@ -87,8 +94,15 @@ impl StoreError {
 impl StoreError {
     /// Whether a statement broke a foreign key (PostgreSQL's `foreign_key_violation`).
     pub(crate) fn is_foreign_key_violation(&self) -> bool {
-        matches!(self, StoreError::Database(sqlx::Error::Database(db))
-            if db.code().as_deref() == Some("23503"))
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                db.code().as_deref() == Some("23503")
+            }
+            StoreError::Postgres(e) => {
+                e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -101,18 +115,20 @@ pub(crate) fn sqlx_fault(e: &sqlx::Error) -> Fault {
         | sqlx::Error::WorkerCrashed
         // A connection cut in the middle of a message.
         | sqlx::Error::Protocol(_) => Fault::Unavailable,
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            match code.as_ref() {
-                // PostgreSQL: disk_full; SQLite: SQLITE_FULL.
-                "53100" | "13" => Fault::Full,
-                // connection_exception, insufficient_resources (too many connections, out
-                // of memory), the server shutting down or starting up.
-                c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => {
-                    Fault::Unavailable
-                }
-                _ => Fault::Other,
-            }
+        sqlx::Error::Database(db) => code_fault(&db.code().unwrap_or_default()),
+        _ => Fault::Other,
+    }
+}
+
+/// What a database's error code means.
+pub(crate) fn code_fault(code: &str) -> Fault {
+    match code {
+        // PostgreSQL: disk_full; SQLite: SQLITE_FULL.
+        "53100" | "13" => Fault::Full,
+        // connection_exception, insufficient_resources (too many connections, out of
+        // memory), the server shutting down or starting up.
+        c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => {
+            Fault::Unavailable
         }
         _ => Fault::Other,
     }
@@ -428,8 +444,8 @@ pub trait Store:
 /// One transaction. Dropping it without `commit` rolls it back.
 ///
 /// A write may be sent with the transaction's next statement rather than at once (on
-/// PostgreSQL the rows of [`Tx::put`] and [`Tx::add_event`] go out together, one round
-/// trip): its error then comes from a later call, at the latest from `commit`, and the
+/// PostgreSQL the rows of [`Tx::put`] and [`Tx::add_event`] go out with the `COMMIT`, in one
+/// round trip): its error then comes from a later call, at the latest from `commit`, and the
 /// transaction as a whole fails.
 ///
 /// On SQLite a write transaction holds the single writer until it ends, so between

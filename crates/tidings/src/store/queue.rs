@@ -120,7 +120,7 @@ impl SqlStore {
             }
         }
         for r in kept.iter().filter(|r| r.next == Next::Failed) {
-            tx.execute(
+            tx.execute_later(
                 "INSERT INTO notifications (id, webhook_id, level_id, url, status, created_at, updated_at) \
                  SELECT $1, id, level_id, url, 'queued', $2, $2 FROM webhooks WHERE id = $3 \
                  ON CONFLICT (webhook_id) DO NOTHING",
@@ -189,7 +189,8 @@ impl SqlStore {
                     ]
                 })
                 .collect();
-            tx.execute(&sql, &params).await?;
+            // Sent with the commit.
+            tx.execute_later(&sql, &params).await?;
         }
         let deltas = endpoints::health_deltas(kept.iter().map(|r| {
             Outcome {

@@ -25,6 +25,7 @@ use sqlx::{AnyPool, Row as _};
 
 use super::change::{RowLocks, SqlTx, WorkSignal, WORK_CHANNEL};
 use super::exec::{sqlite_path, Exec, LiteWriter, Param, Row, SQLITE_PRAGMAS};
+use super::pg::PgWriter;
 use super::queue::Queue;
 use super::webhook_list::Order;
 use super::{
@@ -69,12 +70,11 @@ pub struct SqlStore {
     pub(super) backend: Backend,
     /// The database URL, for the PostgreSQL listener connection.
     pub(super) url: String,
-    /// On SQLite a pool of one connection that runs the migrations at open; every later
-    /// write goes through `lite`.
-    pub(super) writer: AnyPool,
     pub(super) reader: AnyPool,
     /// SQLite's single writer, driven in place (`None` on PostgreSQL).
     lite: Option<LiteWriter>,
+    /// PostgreSQL's write transactions, pipelined (`None` on SQLite).
+    pg: Option<PgWriter>,
     /// Tells other instances that work was queued (PostgreSQL; `None` on SQLite).
     work_signal: Option<Arc<WorkSignal>>,
     /// On PostgreSQL, the health deltas of recorded batches waiting to be written.
@@ -126,37 +126,42 @@ impl SqlStore {
             };
             let path = sqlite_path(&url)?;
             let owner = own_sqlite_file(&path)?;
-            let writer = sqlite_pool(1, options.sqlite_max_pages)
+            // Migrations run on a connection of their own; every later write goes through
+            // `lite`.
+            let migrating = sqlite_pool(1, options.sqlite_max_pages)
                 .connect(&url)
                 .await?;
-            SQLITE_MIGRATIONS.run(&writer).await?;
+            SQLITE_MIGRATIONS.run(&migrating).await?;
+            migrating.close().await;
             let reader = sqlite_pool(4, None).connect(&url).await?;
             let lite = Some(LiteWriter::open(path, options.sqlite_max_pages)?);
             SqlStore {
                 backend: Backend::Sqlite,
                 url,
-                writer,
                 reader,
                 lite,
+                pg: None,
                 work_signal: None,
                 health: Default::default(),
                 _owner: Some(owner),
             }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let mut pool = AnyPoolOptions::new().max_connections(16);
+            // Reads, migrations and notices; the write transactions have a pool of their own.
+            let mut pool = AnyPoolOptions::new().max_connections(8);
             if let Some(t) = options.acquire_timeout {
                 pool = pool.acquire_timeout(t);
             }
             let pool = pool.connect(url).await?;
             POSTGRES_MIGRATIONS.run(&pool).await?;
             warn_without_autovacuum(&pool).await;
+            let pg = Some(PgWriter::open(url, 16, options)?);
             SqlStore {
                 backend: Backend::Postgres,
                 url: url.to_owned(),
-                writer: pool.clone(),
                 work_signal: Some(Arc::new(WorkSignal::new(pool.clone()))),
                 reader: pool,
                 lite: None,
+                pg,
                 health: Default::default(),
                 _owner: None,
             }
@@ -544,9 +549,16 @@ impl SqlStore {
     }
 
     async fn begin_write_as(&self, solo: bool) -> Result<Box<dyn Exec>> {
-        Ok(match &self.lite {
-            Some(lite) => Box::new(lite.begin(solo).await?),
-            None => Box::new(super::exec::PgTx::new(self.writer.begin().await?)),
+        self.begin_write_with(solo, "BEGIN").await
+    }
+
+    /// On SQLite a savepoint in the writer's batch; on PostgreSQL a pipelined transaction
+    /// that begins with `begin`.
+    async fn begin_write_with(&self, solo: bool, begin: &'static str) -> Result<Box<dyn Exec>> {
+        Ok(match (&self.lite, &self.pg) {
+            (Some(lite), _) => Box::new(lite.begin(solo).await?),
+            (None, Some(pg)) => Box::new(pg.begin(begin).await?),
+            (None, None) => unreachable!("a store is on SQLite or on PostgreSQL"),
         })
     }
 
@@ -558,12 +570,7 @@ impl SqlStore {
     /// A write transaction whose statements all look their rows up by key (an API change's,
     /// a recorded batch's): on PostgreSQL it begins with [`BEGIN_BY_KEY`].
     pub(super) async fn begin_write_by_key(&self) -> Result<Box<dyn Exec>> {
-        match &self.lite {
-            Some(_) => self.begin_write().await,
-            None => Ok(Box::new(super::exec::PgTx::new(
-                self.writer.begin_with(BEGIN_BY_KEY).await?,
-            ))),
-        }
+        self.begin_write_with(false, BEGIN_BY_KEY).await
     }
 
     /// A read-only transaction whose statements all look their rows up by key (see
