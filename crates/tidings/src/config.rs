@@ -70,6 +70,9 @@ pub struct Settings {
     /// (`TIDINGS_STORE_TIMEOUT`).
     #[serde(with = "humantime_serde")]
     pub store_timeout: Duration,
+    /// PostgreSQL connections for write transactions, per instance
+    /// (`TIDINGS_DATABASE_CONNECTIONS`; reads have 8 more of their own).
+    pub database_connections: usize,
     /// The most the SQLite database may grow to, in MiB; writes beyond answer 503 "the disk
     /// is full" (`TIDINGS_SQLITE_MAX_MIB`; none: as far as the disk allows).
     pub sqlite_max_mib: Option<u64>,
@@ -153,6 +156,7 @@ impl Default for Settings {
             api_request_timeout: Duration::from_secs(30),
             api_max_connections: 1024,
             store_timeout: Duration::from_secs(5),
+            database_connections: crate::store::WRITE_CONNECTIONS,
             sqlite_max_mib: None,
             retention: Retention::default(),
             auth_failure_limit: crate::api::auth::MAX_FAILURES,
@@ -206,6 +210,7 @@ pub fn help() -> String {
         ("TIDINGS_API_REQUEST_TIMEOUT", "time from headers to answer, body included", dur(d.api_request_timeout)),
         ("TIDINGS_API_MAX_CONNECTIONS", "API connections at once (more: 503)", d.api_max_connections.to_string()),
         ("TIDINGS_STORE_TIMEOUT", "wait for a PostgreSQL connection (then 503)", dur(d.store_timeout)),
+        ("TIDINGS_DATABASE_CONNECTIONS", "PostgreSQL connections for writes, per instance", d.database_connections.to_string()),
         ("TIDINGS_SQLITE_MAX_MIB", "most the SQLite database may grow to", d.sqlite_max_mib.map_or_else(none, |m| m.to_string())),
         ("TIDINGS_AUTH_FAILURE_LIMIT", "failed authentications per address per minute before 429s", d.auth_failure_limit.to_string()),
         ("TIDINGS_RETENTION", "keep finished webhooks, their events and sent e-mails this long; off keeps all", d.retention.to_string()),

@@ -44,7 +44,7 @@ pub struct App {
 
 /// Opens the store (creating and migrating it), the secret key and the outbound client.
 pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
-    let store = store::open_with(&settings.database_url, &store_options(settings))
+    let store = store::open_with(&settings.database_url, &store_options(settings)?)
         .await
         .with_context(|| format!("opening the store at {}", redact(&settings.database_url)))?;
     if store.backend() == "sqlite" {
@@ -116,12 +116,16 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result
     })
 }
 
-fn store_options(settings: &Settings) -> store::StoreOptions {
-    store::StoreOptions {
+fn store_options(settings: &Settings) -> anyhow::Result<store::StoreOptions> {
+    if settings.database_connections == 0 {
+        anyhow::bail!("TIDINGS_DATABASE_CONNECTIONS must be at least 1");
+    }
+    Ok(store::StoreOptions {
         acquire_timeout: Some(settings.store_timeout),
+        write_connections: settings.database_connections,
         // SQLite's default page: 4 KiB.
         sqlite_max_pages: settings.sqlite_max_mib.map(|mib| mib * 256),
-    }
+    })
 }
 
 fn egress_config(settings: &Settings) -> anyhow::Result<EgressConfig> {
@@ -308,7 +312,7 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
 
 /// Applies migrations and exits (`tidings migrate`).
 pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
-    let store = store::open_with(&settings.database_url, &store_options(&settings)).await?;
+    let store = store::open_with(&settings.database_url, &store_options(&settings)?).await?;
     tracing::info!(store = store.backend(), "migrations applied");
     println!("migrations applied to {}", redact(&settings.database_url));
     Ok(())
@@ -368,5 +372,22 @@ pub fn redact(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_write_connections_reach_the_store_and_none_is_refused() {
+        let mut settings = Settings {
+            database_connections: 3,
+            ..Settings::default()
+        };
+        assert_eq!(store_options(&settings).unwrap().write_connections, 3);
+        settings.database_connections = 0;
+        let refused = store_options(&settings).unwrap_err().to_string();
+        assert!(refused.contains("TIDINGS_DATABASE_CONNECTIONS"), "{refused}");
     }
 }

@@ -141,14 +141,31 @@ pub(crate) fn sqlite_fault(e: &rusqlite::Error) -> Fault {
     }
 }
 
+/// How many connections PostgreSQL's write transactions have by default (see
+/// docs/scaling.md: a few connections busy with pipelined statements do as much as many,
+/// with less waiting on each other in the server).
+pub const WRITE_CONNECTIONS: usize = 8;
+
 /// How the store waits and grows.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// How long to wait for a database connection before giving up (PostgreSQL); `None`:
-    /// sqlx's default.
+    /// 30 s.
     pub acquire_timeout: Option<std::time::Duration>,
+    /// How many connections PostgreSQL's write transactions have (at least 1).
+    pub write_connections: usize,
     /// SQLite's `max_page_count` on the writing connections.
     pub sqlite_max_pages: Option<u64>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            acquire_timeout: None,
+            write_connections: WRITE_CONNECTIONS,
+            sqlite_max_pages: None,
+        }
+    }
 }
 
 /// An event to record, with the subject's data as it is now (serialized JSON).

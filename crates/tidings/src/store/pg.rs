@@ -38,9 +38,9 @@ pub(super) struct PgWriter {
 }
 
 impl PgWriter {
-    /// A pool of up to `size` connections to the database at `url` (opened as they are
-    /// needed).
-    pub(super) fn open(url: &str, size: usize, options: &StoreOptions) -> Result<Self> {
+    /// A pool of up to `options.write_connections` connections to the database at `url`
+    /// (opened as they are needed).
+    pub(super) fn open(url: &str, options: &StoreOptions) -> Result<Self> {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Corrupt(format!("PostgreSQL URL: {e}")))?;
         if config.get_application_name().is_none() {
@@ -56,7 +56,7 @@ impl PgWriter {
         // sqlx's default wait, as for the other pool.
         let wait = options.acquire_timeout.unwrap_or(Duration::from_secs(30));
         let pool = Pool::builder(manager)
-            .max_size(size)
+            .max_size(options.write_connections)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(wait))
             .create_timeout(Some(wait))

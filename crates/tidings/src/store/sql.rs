@@ -154,7 +154,7 @@ impl SqlStore {
             let pool = pool.connect(url).await?;
             POSTGRES_MIGRATIONS.run(&pool).await?;
             warn_without_autovacuum(&pool).await;
-            let pg = Some(PgWriter::open(url, 16, options)?);
+            let pg = Some(PgWriter::open(url, options)?);
             SqlStore {
                 backend: Backend::Postgres,
                 url: url.to_owned(),
