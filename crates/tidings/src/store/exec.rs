@@ -190,7 +190,7 @@ pub(super) trait Exec: Send {
     fn remember(&mut self, _seen: Entities) {}
 }
 
-// --- PostgreSQL (and any sqlx connection) ---
+// --- sqlx connections (read-only transactions) ---
 
 /// `sql` with `params` bound, for a sqlx connection.
 pub(super) fn bind_all<'q>(

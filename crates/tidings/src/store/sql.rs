@@ -2,10 +2,10 @@
 //! dialects agree, and the backend named where they differ.
 //!
 //! Reads go through sqlx's `Any` driver (on SQLite a pool of several connections: WAL lets
-//! them run beside the writer). Writes go through [`Exec`]: on PostgreSQL a sqlx
-//! transaction; on SQLite the single writer connection, driven in place with `rusqlite`
-//! (see `exec.rs`), which every write takes in turn (no `SQLITE_BUSY` between our own
-//! writers).
+//! them run beside the writer). Writes go through [`Exec`]: on PostgreSQL a pipelined
+//! `tokio-postgres` transaction (see `pg.rs`); on SQLite the single writer connection,
+//! driven in place with `rusqlite` (see `exec.rs`), which every write takes in turn (no
+//! `SQLITE_BUSY` between our own writers).
 //!
 //! This file opens the store and answers the [`Store`] trait; an API change's transaction
 //! is in `change.rs`, the delivery queue's claims and records in `queue.rs`, and the
