@@ -388,6 +388,9 @@ mod tests {
         assert_eq!(store_options(&settings).unwrap().write_connections, 3);
         settings.database_connections = 0;
         let refused = store_options(&settings).unwrap_err().to_string();
-        assert!(refused.contains("TIDINGS_DATABASE_CONNECTIONS"), "{refused}");
+        assert!(
+            refused.contains("TIDINGS_DATABASE_CONNECTIONS"),
+            "{refused}"
+        );
     }
 }
