@@ -50,6 +50,8 @@ pub enum StoreError {
     Vanished(String),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    #[error("the PostgreSQL URL is not valid: {0} (its options are libpq's: host, port, user, password, dbname, application_name, options, connect_timeout, ...)")]
+    PostgresUrl(String),
     #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
     #[error(

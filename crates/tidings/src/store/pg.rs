@@ -6,9 +6,9 @@
 //! the one before. An API change is then two round trips (`BEGIN` and its read; its writes
 //! and `COMMIT`), a recorded batch two, a health update one. PostgreSQL runs the statements
 //! one after the other as ever; what goes is the wait between them, and with it a wake-up of
-//! the server's backend and of our task per statement (most of both sides' CPU per statement
-//! on a loopback connection, measured in BENCHMARKS.md). sqlx, which serves every other
-//! query, sends one statement at a time.
+//! the server's backend and of our task per statement (about a fifth of each side's CPU per
+//! delivered webhook, measured in BENCHMARKS.md). sqlx, which serves every other query,
+//! sends one statement at a time.
 //!
 //! A failed statement aborts the transaction, so the statements behind it in the pipeline
 //! fail too; the error returned is the first one's.
@@ -42,7 +42,7 @@ impl PgWriter {
     /// (opened as they are needed).
     pub(super) fn open(url: &str, options: &StoreOptions) -> Result<Self> {
         let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Corrupt(format!("PostgreSQL URL: {e}")))?;
+            .map_err(|e| StoreError::PostgresUrl(e.to_string()))?;
         if config.get_application_name().is_none() {
             config.application_name("tidings");
         }
@@ -61,7 +61,7 @@ impl PgWriter {
             .wait_timeout(Some(wait))
             .create_timeout(Some(wait))
             .build()
-            .map_err(|e| StoreError::Corrupt(format!("PostgreSQL pool: {e}")))?;
+            .expect("the only build error is timeouts without a runtime, and it has one");
         Ok(PgWriter { pool })
     }
 
@@ -390,6 +390,24 @@ mod tests {
             request(2, log.clone()),
         ];
         assert_eq!(pipelined(requests).await, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_url_the_write_pool_cannot_take_is_refused_before_connecting() {
+        let refused = PgWriter::open(
+            "postgres://postgres@127.0.0.1:1/x?statement-cache-capacity=10",
+            &StoreOptions::default(),
+        );
+        assert!(
+            matches!(refused, Err(StoreError::PostgresUrl(_))),
+            "{:?}",
+            refused.err()
+        );
+        assert!(PgWriter::open(
+            "postgres://postgres@127.0.0.1:1/x",
+            &StoreOptions::default()
+        )
+        .is_ok());
     }
 
     /// The value as sent, or `None` for NULL; or the error.

@@ -146,7 +146,10 @@ impl SqlStore {
                 _owner: Some(owner),
             }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            // Reads, migrations and notices; the write transactions have a pool of their own.
+            // The write transactions' pool, which connects when first used: a URL it cannot
+            // take is refused before anything else is done.
+            let pg = Some(PgWriter::open(url, options)?);
+            // Reads, migrations and notices.
             let mut pool = AnyPoolOptions::new().max_connections(8);
             if let Some(t) = options.acquire_timeout {
                 pool = pool.acquire_timeout(t);
@@ -154,7 +157,6 @@ impl SqlStore {
             let pool = pool.connect(url).await?;
             POSTGRES_MIGRATIONS.run(&pool).await?;
             warn_without_autovacuum(&pool).await;
-            let pg = Some(PgWriter::open(url, options)?);
             SqlStore {
                 backend: Backend::Postgres,
                 url: url.to_owned(),
