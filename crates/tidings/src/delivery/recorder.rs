@@ -19,10 +19,13 @@ const RECORD_BATCH: usize = 512;
 /// records one batch at a time whatever the number. On PostgreSQL each batch is a
 /// transaction of its own, written side by side: with one at a time, an attempt waited for
 /// the batch before its own, and the room it held in the dispatcher (which back-pressure
-/// lends to the API) was given back that much later.
+/// lends to the API) was given back that much later. With more than two, one is nearly
+/// always free at a moderate rate and takes whatever has finished, a webhook or three: at
+/// 1,000 events/s four cost the server 9 % more CPU than two, for no more throughput at the
+/// maximum rate (BENCHMARKS.md).
 fn recorders(store: &dyn Store) -> usize {
     match store.backend() {
-        "postgres" => 4,
+        "postgres" => 2,
         _ => 1,
     }
 }
