@@ -151,17 +151,17 @@ impl PgTx {
                 client.execute(statement, params).await.map(Answer::Changed)
             }));
         }
-        requests.push(match (last, &last_statement) {
-            (Last::Execute(..), Some(statement)) => Box::pin(async {
+        requests.push(match (&last_statement, last) {
+            (Some(statement), Last::Fetch(..)) => {
+                Box::pin(async { client.query(statement, &last_refs).await.map(Answer::Rows) })
+            }
+            (Some(statement), _) => Box::pin(async {
                 client
                     .execute(statement, &last_refs)
                     .await
                     .map(Answer::Changed)
             }),
-            (Last::Fetch(..), Some(statement)) => {
-                Box::pin(async { client.query(statement, &last_refs).await.map(Answer::Rows) })
-            }
-            _ => Box::pin(async move {
+            (None, _) => Box::pin(async move {
                 client
                     .batch_execute("COMMIT")
                     .await

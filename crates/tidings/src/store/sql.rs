@@ -66,15 +66,20 @@ impl Backend {
     }
 }
 
+/// Where a store's write transactions run: SQLite's single writer, driven in place, or
+/// PostgreSQL's pool of pipelined transactions.
+enum Writes {
+    Sqlite(LiteWriter),
+    Postgres(PgWriter),
+}
+
 pub struct SqlStore {
     pub(super) backend: Backend,
     /// The database URL, for the PostgreSQL listener connection.
     pub(super) url: String,
     pub(super) reader: AnyPool,
-    /// SQLite's single writer, driven in place (`None` on PostgreSQL).
-    lite: Option<LiteWriter>,
-    /// PostgreSQL's write transactions, pipelined (`None` on SQLite).
-    pg: Option<PgWriter>,
+    /// Where write transactions run.
+    writes: Writes,
     /// Tells other instances that work was queued (PostgreSQL; `None` on SQLite).
     work_signal: Option<Arc<WorkSignal>>,
     /// On PostgreSQL, the health deltas of recorded batches waiting to be written.
@@ -134,13 +139,12 @@ impl SqlStore {
             SQLITE_MIGRATIONS.run(&migrating).await?;
             migrating.close().await;
             let reader = sqlite_pool(4, None).connect(&url).await?;
-            let lite = Some(LiteWriter::open(path, options.sqlite_max_pages)?);
+            let lite = LiteWriter::open(path, options.sqlite_max_pages)?;
             SqlStore {
                 backend: Backend::Sqlite,
                 url,
                 reader,
-                lite,
-                pg: None,
+                writes: Writes::Sqlite(lite),
                 work_signal: None,
                 health: Default::default(),
                 _owner: Some(owner),
@@ -148,7 +152,7 @@ impl SqlStore {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             // The write transactions' pool, which connects when first used: a URL it cannot
             // take is refused before anything else is done.
-            let pg = Some(PgWriter::open(url, options)?);
+            let pg = PgWriter::open(url, options)?;
             // Reads, migrations and notices.
             let mut pool = AnyPoolOptions::new().max_connections(8);
             if let Some(t) = options.acquire_timeout {
@@ -162,8 +166,7 @@ impl SqlStore {
                 url: url.to_owned(),
                 work_signal: Some(Arc::new(WorkSignal::new(pool.clone()))),
                 reader: pool,
-                lite: None,
-                pg,
+                writes: Writes::Postgres(pg),
                 health: Default::default(),
                 _owner: None,
             }
@@ -540,27 +543,22 @@ impl SqlStore {
     /// Begins a write transaction: on SQLite, waits for the single writer and joins the
     /// open batch (group commit).
     pub(super) async fn begin_write(&self) -> Result<Box<dyn Exec>> {
-        self.begin_write_as(false).await
+        self.begin_write_with(false, "BEGIN").await
     }
 
     /// Begins a write transaction that, on SQLite, commits its batch as soon as it is done
     /// (one commit for it and the changes before it): for claims, whose webhooks are sent
     /// right away and should not wait for the flusher.
     pub(super) async fn begin_write_now(&self) -> Result<Box<dyn Exec>> {
-        self.begin_write_as(true).await
-    }
-
-    async fn begin_write_as(&self, solo: bool) -> Result<Box<dyn Exec>> {
-        self.begin_write_with(solo, "BEGIN").await
+        self.begin_write_with(true, "BEGIN").await
     }
 
     /// On SQLite a savepoint in the writer's batch; on PostgreSQL a pipelined transaction
     /// that begins with `begin`.
     async fn begin_write_with(&self, solo: bool, begin: &'static str) -> Result<Box<dyn Exec>> {
-        Ok(match (&self.lite, &self.pg) {
-            (Some(lite), _) => Box::new(lite.begin(solo).await?),
-            (None, Some(pg)) => Box::new(pg.begin(begin).await?),
-            (None, None) => unreachable!("a store is on SQLite or on PostgreSQL"),
+        Ok(match &self.writes {
+            Writes::Sqlite(lite) => Box::new(lite.begin(solo).await?),
+            Writes::Postgres(pg) => Box::new(pg.begin(begin).await?),
         })
     }
 
