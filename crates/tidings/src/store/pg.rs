@@ -393,7 +393,7 @@ mod tests {
     }
 
     #[test]
-    fn a_url_the_write_pool_cannot_take_is_refused_before_connecting() {
+    fn a_url_the_write_pool_cannot_take_is_refused_and_its_size_is_the_setting() {
         let refused = PgWriter::open(
             "postgres://postgres@127.0.0.1:1/x?statement-cache-capacity=10",
             &StoreOptions::default(),
@@ -403,11 +403,12 @@ mod tests {
             "{:?}",
             refused.err()
         );
-        assert!(PgWriter::open(
-            "postgres://postgres@127.0.0.1:1/x",
-            &StoreOptions::default()
-        )
-        .is_ok());
+        let options = StoreOptions {
+            write_connections: 3,
+            ..StoreOptions::default()
+        };
+        let taken = PgWriter::open("postgres://postgres@127.0.0.1:1/x", &options).unwrap();
+        assert_eq!(taken.pool.status().max_size, 3);
     }
 
     /// The value as sent, or `None` for NULL; or the error.
