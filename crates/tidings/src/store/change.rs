@@ -351,6 +351,15 @@ impl Tx for SqlTx {
         webhooks: &[NewWebhook],
         lease: Option<&Lease>,
     ) -> Result<Vec<Claimed>> {
+        if let Some(w) = webhooks
+            .iter()
+            .find(|w| w.id.as_str()[..12] != event.id.as_str()[..12])
+        {
+            return Err(StoreError::Refused(format!(
+                "webhook {} was not made in the millisecond of its event {}",
+                w.id, event.id
+            )));
+        }
         // Each webhook's state as written: disabled (its endpoint is), claimed by the lease's
         // owner (handed off), or due now. An ordered webhook is handed off only when no older
         // one to its level about the subject is unfinished; otherwise the claim decides.

@@ -50,6 +50,8 @@ pub enum StoreError {
     Vanished(String),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    #[error("refused to write: {0}")]
+    Refused(String),
     #[error("the PostgreSQL URL is not valid: {0} (its options are libpq's: host, port, user, password, dbname, application_name, options, connect_timeout, ...)")]
     PostgresUrl(String),
     #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://...")]
@@ -500,7 +502,9 @@ pub trait Tx: Send {
     /// claimed by its owner until it ends, and returned as claimed (with the levels' secrets),
     /// in `webhooks`' order. Without a lease it returns nothing. Disabled webhooks are
     /// written `disabled` and never claimed; an ordered webhook behind an unfinished older
-    /// one to its level about the subject is written due, not claimed.
+    /// one to its level about the subject is written due, not claimed. Each webhook's id is
+    /// made in the event's millisecond (its first 12 hex digits are the event id's): pruning
+    /// finds an event's webhooks by them. Anything else is refused.
     async fn add_event(
         &mut self,
         event: &NewEvent,

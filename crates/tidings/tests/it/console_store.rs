@@ -666,7 +666,8 @@ async fn webhooks_across_levels(
     let mut tx = store.write().await.unwrap();
     for w in &made {
         let event = NewEvent {
-            id: id(),
+            // Made in its webhook's millisecond, as the store requires.
+            id: EntityId::generate(w.created_at),
             event_type: w.event_type,
             subject_id: subjects[w.subject].clone(),
             data: "{}".into(),

@@ -950,3 +950,45 @@ async fn on_postgres_queued_work_wakes_the_other_instances_after_its_commit() {
         .unwrap();
     assert_eq!(claimed.len(), ids.len(), "and finds the work committed");
 }
+
+/// A webhook whose id was not made in its event's millisecond is refused, and nothing of the
+/// event is written: pruning finds an event's webhooks by the millisecond their ids share.
+#[tokio::test]
+async fn a_webhook_made_in_another_millisecond_than_its_event_is_refused() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        let r = reseller(Some("https://r.example/hook"));
+        let mut tx = store.write().await.unwrap();
+        tx.put(&r, T0).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let event = new_event(EventType::DealerChanged, r.id(), "{}", T0);
+        let hooks = [
+            new_webhook(Level::Reseller, r.id(), "https://r.example/hook", T0),
+            new_webhook(
+                Level::Reseller,
+                r.id(),
+                "https://r.example/hook",
+                Millis(T0.0 + 1),
+            ),
+        ];
+        let mut tx = store.write().await.unwrap();
+        let err = tx.add_event(&event, &hooks, None).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Refused(m) if m.contains(hooks[1].id.as_str())),
+            "{}: {err}",
+            s.name
+        );
+        drop(tx);
+
+        let listed = store
+            .webhooks(&WebhookFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(listed.is_empty(), "{}: {listed:?}", s.name);
+        assert_eq!(store.next_due_at().await.unwrap(), None, "{}", s.name);
+    }
+}
