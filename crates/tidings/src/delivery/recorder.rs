@@ -30,6 +30,48 @@ fn recorders(store: &dyn Store) -> usize {
     }
 }
 
+/// How long a batch waits for more finished attempts once its first is in. SQLite's
+/// single writer already commits many changes at once, so it waits for none. On
+/// PostgreSQL every batch is a transaction of its own, and two of them (the record and the
+/// endpoints' health after it); a moderate rate would otherwise make a batch of nearly
+/// every attempt: the server's CPU then follows the number of batches, not of webhooks.
+/// A few milliseconds of waiting delays only the recording, never an attempt.
+fn linger(store: &dyn Store) -> Duration {
+    match store.backend() {
+        "postgres" => Duration::from_millis(5),
+        _ => Duration::ZERO,
+    }
+}
+
+/// A batch: `first`, and what else comes in within `linger` of it (or is waiting already),
+/// up to [`RECORD_BATCH`].
+async fn gather(
+    rx: &mut mpsc::UnboundedReceiver<Recorded>,
+    first: Recorded,
+    linger: Duration,
+) -> Vec<Recorded> {
+    let deadline = tokio::time::Instant::now() + linger;
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    batch.push(first);
+    while batch.len() < RECORD_BATCH {
+        let next = match rx.try_recv() {
+            Ok(r) => Some(r),
+            Err(mpsc::error::TryRecvError::Empty) if !linger.is_zero() => {
+                tokio::time::timeout_at(deadline, rx.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            Err(_) => None,
+        };
+        match next {
+            Some(r) => batch.push(r),
+            None => break,
+        }
+    }
+    batch
+}
+
 /// Records finished attempts in batches; a failed write is retried, never dropped. Returns
 /// once the channel is closed and every batch is recorded.
 #[allow(clippy::too_many_arguments)]
@@ -44,6 +86,7 @@ pub(super) async fn record_loop(
     new_work: Arc<Notify>,
 ) {
     let parallel = recorders(store.as_ref());
+    let linger = linger(store.as_ref());
     let recorders = Arc::new(tokio::sync::Semaphore::new(parallel));
     while let Some(first) = rx.recv().await {
         // The batch grows while every recorder is busy.
@@ -52,14 +95,7 @@ pub(super) async fn record_loop(
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        let mut batch = Vec::with_capacity(RECORD_BATCH);
-        batch.push(first);
-        while batch.len() < RECORD_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+        let batch = gather(&mut rx, first, linger).await;
         let (store, metrics, owner, clock) =
             (store.clone(), metrics.clone(), owner.clone(), clock.clone());
         let (in_flight, slot_freed, new_work) =
@@ -101,6 +137,74 @@ mod tests {
     use super::*;
     use crate::clock::SystemClock;
     use crate::store::{Attempt, SqlStore};
+
+    fn finished(number: u32) -> Recorded {
+        Recorded {
+            webhook_id: crate::domain::EntityId::generate(crate::domain::Millis(0)),
+            attempt: Attempt {
+                number,
+                started_at: crate::domain::Millis(0),
+                duration_ms: 1,
+                status_code: Some(200),
+                error: None,
+                body: String::new(),
+            },
+            next: Next::Succeeded,
+        }
+    }
+
+    fn numbers(batch: &[Recorded]) -> Vec<u32> {
+        batch.iter().map(|r| r.attempt.number).collect()
+    }
+
+    /// A batch takes what comes within the linger of its first attempt, and what is already
+    /// waiting; what comes later starts the next batch. Without a linger it takes only what
+    /// is waiting.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_gathers_what_finishes_within_the_linger() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tx.send(finished(2)).unwrap();
+        let late = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            late.send(finished(3)).unwrap();
+            tokio::time::sleep(Duration::from_millis(4)).await;
+            late.send(finished(4)).unwrap();
+        });
+        let started = tokio::time::Instant::now();
+        let batch = gather(&mut rx, finished(1), Duration::from_millis(5)).await;
+        assert_eq!(numbers(&batch), [1, 2, 3]);
+        assert_eq!(started.elapsed(), Duration::from_millis(5));
+
+        let first = rx.recv().await.unwrap();
+        tx.send(finished(5)).unwrap();
+        let batch = gather(&mut rx, first, Duration::ZERO).await;
+        assert_eq!(numbers(&batch), [4, 5]);
+        assert_eq!(started.elapsed(), Duration::from_millis(7));
+
+        // A closed channel ends the wait at once.
+        drop(tx);
+        let batch = gather(&mut rx, finished(6), Duration::from_millis(5)).await;
+        assert_eq!(numbers(&batch), [6]);
+        assert_eq!(started.elapsed(), Duration::from_millis(7));
+    }
+
+    /// A full batch goes without waiting out the linger.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_does_not_wait() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for n in 0..RECORD_BATCH as u32 {
+            tx.send(finished(n + 2)).unwrap();
+        }
+        let started = tokio::time::Instant::now();
+        let batch = gather(&mut rx, finished(1), Duration::from_secs(1)).await;
+        assert_eq!(batch.len(), RECORD_BATCH);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(
+            rx.try_recv().unwrap().attempt.number,
+            RECORD_BATCH as u32 + 1
+        );
+    }
 
     fn line<'a>(text: &'a str, name: &str) -> Option<&'a str> {
         text.lines()
