@@ -5,7 +5,7 @@
 --   recorded attempt, a new row version each). Pruning, the only reader of webhooks by
 --   event, finds an event's webhooks through the primary key instead: they are written in
 --   the event's transaction with ids made in the event's millisecond, which the store
---   checks (store/retention.rs).
+--   checks (store/change.rs, store/retention.rs).
 -- - The key from an attempt to its webhook, a lookup of the webhook per attempt recorded.
 --   An attempt is written only for a webhook that the same transaction has just updated
 --   (and so holds locked), and pruning deletes a webhook's attempts with it.

@@ -41,6 +41,11 @@ impl EntityId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The millisecond it was made in: its first 12 hex digits.
+    pub fn millisecond(&self) -> &str {
+        &self.0[..12]
+    }
 }
 
 impl TryFrom<String> for EntityId {
@@ -159,6 +164,12 @@ mod tests {
         assert_eq!(a.as_str().len(), 24);
         assert!(EntityId::parse(a.as_str()).is_ok());
         assert!(a < b);
+        assert_eq!(a.millisecond(), "01735276f310");
+        assert_eq!(
+            a.millisecond(),
+            EntityId::generate(Millis(1_594_816_394_000)).millisecond()
+        );
+        assert_ne!(a.millisecond(), b.millisecond());
     }
 
     #[test]

@@ -353,7 +353,7 @@ impl Tx for SqlTx {
     ) -> Result<Vec<Claimed>> {
         if let Some(w) = webhooks
             .iter()
-            .find(|w| w.id.as_str()[..12] != event.id.as_str()[..12])
+            .find(|w| w.id.millisecond() != event.id.millisecond())
         {
             return Err(StoreError::Refused(format!(
                 "webhook {} was not made in the millisecond of its event {}",

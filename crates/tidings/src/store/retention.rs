@@ -17,9 +17,9 @@
 //! attempts and their events stay; pending webhooks (due, waiting for a retry or in flight)
 //! and their events stay. Every delete is in one transaction with the checks, so a crash at
 //! any point leaves either the batch or nothing. On SQLite foreign keys hold attempts to
-//! their webhooks and webhooks to their events. PostgreSQL has neither key (each cost a lookup per
-//! row written, and the webhook's key an index of webhooks by event): an attempt is
-//! written only for a webhook its transaction has just updated, and goes with it here;
+//! their webhooks and webhooks to their events. PostgreSQL has neither key (each cost a
+//! lookup per row written, and the webhook's key an index of webhooks by event): an attempt
+//! is written only for a webhook its transaction has just updated, and goes with it here;
 //! webhooks are written only with their event, and the store refuses one whose id was not
 //! made in its event's millisecond, so the batch's range of webhook ids holds every webhook
 //! its events have.
