@@ -71,6 +71,7 @@ pub struct Metrics {
     events_created: Family<TypeLabel, Counter>,
     webhooks_created: Family<TypeLabel, Counter>,
     webhooks_handed_off: Counter,
+    changes_ran_again: Counter,
     attempts: Family<OutcomeLabel, Counter>,
     webhooks_recorded: Family<StatusLabel, Counter>,
     record_failures: Counter,
@@ -119,6 +120,12 @@ impl Metrics {
             "webhooks_handed_off",
             "Webhooks that API changes of this process handed straight to its dispatcher (the rest of webhooks_created waited for a claim: the dispatcher was busy)",
             webhooks_handed_off.clone(),
+        );
+        let changes_ran_again = Counter::default();
+        registry.register(
+            "changes_ran_again",
+            "API changes that ran a second time in a transaction of their own (PostgreSQL): their group of changes was rolled back, or a row lock they waited for stayed held too long",
+            changes_ran_again.clone(),
         );
         let attempts = Family::<OutcomeLabel, Counter>::default();
         registry.register(
@@ -227,6 +234,7 @@ impl Metrics {
             events_created,
             webhooks_created,
             webhooks_handed_off,
+            changes_ran_again,
             attempts,
             webhooks_recorded,
             record_failures,
@@ -356,6 +364,9 @@ impl Metrics {
                 .inc_by(applied.webhooks as u64);
             self.webhooks_handed_off.inc_by(applied.handed_off as u64);
         }
+        if applied.ran_again {
+            self.changes_ran_again.inc();
+        }
     }
 
     pub fn attempt(&self, outcome: &'static str, duration: std::time::Duration) {
@@ -483,7 +494,7 @@ pub(crate) mod tests {
             disabled: false,
         };
         let id = hook.id.clone();
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         tx.add_event(&event, &[hook], None).await.unwrap();
         tx.commit().await.unwrap();
         id

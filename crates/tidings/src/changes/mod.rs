@@ -113,6 +113,9 @@ pub struct Applied {
     pub handed_off: usize,
     /// How the change waited for room in the dispatcher before it began, if it had to.
     pub waited: Option<Waited>,
+    /// Whether it ran a second time, alone, after its group was rolled back
+    /// ([`StoreError::Again`]).
+    pub ran_again: bool,
 }
 
 /// Room in the dispatcher that a change took before it began, and how it waited for it.
@@ -181,8 +184,17 @@ impl Hierarchy {
         input
             .validate(self.rules.url_rules)
             .map_err(ChangeError::Invalid)?;
+        self.again_alone(None, |tx| self.create_in(tx, who, input.clone()))
+            .await
+    }
+
+    async fn create_in(
+        &self,
+        (mut tx, admitted): (Box<dyn Tx>, Admitted<'_>),
+        who: &Principal,
+        input: Input,
+    ) -> Result<Applied, ChangeError> {
         let now = self.clock.now();
-        let (mut tx, admitted) = self.begin_change().await?;
         ensure_active(tx.as_mut(), who).await?;
         check_references(tx.as_mut(), who, &input, None).await?;
         check_consistency(tx.as_mut(), &input).await?;
@@ -215,13 +227,24 @@ impl Hierarchy {
                 "a PATCH body must be a JSON object",
             )));
         }
+        self.again_alone(Some(id), |tx| self.patch_in(tx, who, kind, id, &patch))
+            .await
+    }
+
+    async fn patch_in(
+        &self,
+        (mut tx, admitted): (Box<dyn Tx>, Admitted<'_>),
+        who: &Principal,
+        kind: Kind,
+        id: &str,
+        patch: &Value,
+    ) -> Result<Applied, ChangeError> {
         let now = self.clock.now();
-        let (mut tx, admitted) = self.begin_change().await?;
         let current = get_visible(tx.as_mut(), who, kind, id, true).await?;
         operator_only_for_packages(who, kind)?;
         ensure_active(tx.as_mut(), who).await?;
         let mut form = Input::of(&current).to_json();
-        merge_patch(&mut form, &patch);
+        merge_patch(&mut form, patch);
         let mut input = Input::parse(kind, form).map_err(ChangeError::Invalid)?;
         input
             .validate(self.rules.url_rules)
@@ -268,6 +291,7 @@ impl Hierarchy {
                 webhooks: 0,
                 handed_off: 0,
                 waited: admitted.waited,
+                ran_again: false,
             });
         }
         tx.put(&entity, now).await?;
@@ -282,7 +306,17 @@ impl Hierarchy {
         kind: Kind,
         id: &str,
     ) -> Result<Applied, ChangeError> {
-        let (mut tx, admitted) = self.begin_change().await?;
+        self.again_alone(Some(id), |tx| self.delete_in(tx, who, kind, id))
+            .await
+    }
+
+    async fn delete_in(
+        &self,
+        (mut tx, admitted): (Box<dyn Tx>, Admitted<'_>),
+        who: &Principal,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Applied, ChangeError> {
         let current = get_visible(tx.as_mut(), who, kind, id, true).await?;
         operator_only_for_packages(who, kind)?;
         ensure_active(tx.as_mut(), who).await?;
@@ -314,8 +348,18 @@ impl Hierarchy {
         id: &str,
         moment: Moment,
     ) -> Result<Applied, ChangeError> {
+        self.again_alone(Some(id), |tx| self.moment_in(tx, who, id, moment))
+            .await
+    }
+
+    async fn moment_in(
+        &self,
+        (mut tx, admitted): (Box<dyn Tx>, Admitted<'_>),
+        who: &Principal,
+        id: &str,
+        moment: Moment,
+    ) -> Result<Applied, ChangeError> {
         let now = self.clock.now();
-        let (mut tx, admitted) = self.begin_change().await?;
         let Entity::Meeting(mut meeting) =
             get_visible(tx.as_mut(), who, Kind::Meeting, id, true).await?
         else {
@@ -382,12 +426,46 @@ impl Hierarchy {
         }
     }
 
+    /// Runs `change` in a transaction begun by [`Hierarchy::begin_change`], grouped with
+    /// other changes on the lane of `key` (the entity changed) where the store groups them;
+    /// when the group was rolled back ([`StoreError::Again`]), runs it again alone.
+    async fn again_alone<'a, F, Fut>(
+        &'a self,
+        key: Option<&str>,
+        change: F,
+    ) -> Result<Applied, ChangeError>
+    where
+        F: Fn((Box<dyn Tx>, Admitted<'a>)) -> Fut,
+        Fut: std::future::Future<Output = Result<Applied, ChangeError>>,
+    {
+        match change(self.begin_change(Some(key)).await?).await {
+            Err(ChangeError::Store(StoreError::Again)) => {
+                tracing::debug!(
+                    entity = key,
+                    "a change rolled back with its group runs again alone"
+                );
+                let mut applied = change(self.begin_change(None).await?).await?;
+                applied.ran_again = true;
+                Ok(applied)
+            }
+            applied => applied,
+        }
+    }
+
     /// Begins a change that may emit an event: once the dispatcher has room for its
     /// webhooks (as many as an event can have), or the back-pressure wait ran out (see
-    /// [`Handoff::admit`]).
-    async fn begin_change(&self) -> Result<(Box<dyn Tx>, Admitted<'_>), StoreError> {
+    /// [`Handoff::admit`]). `group`: grouped with other changes, on the lane of the entity
+    /// named if any ([`Store::write`]); `None`: alone.
+    async fn begin_change(
+        &self,
+        group: Option<Option<&str>>,
+    ) -> Result<(Box<dyn Tx>, Admitted<'_>), StoreError> {
         let (room, waited) = self.handoff.admit(Level::ALL.len(), self.clock.now()).await;
-        Ok((self.store.write().await?, Admitted { room, waited }))
+        let tx = match group {
+            Some(key) => self.store.write(key).await?,
+            None => self.store.write_alone().await?,
+        };
+        Ok((tx, Admitted { room, waited }))
     }
 
     /// Writes the event for `entity` (if its kind emits one) and its webhooks, then commits.
@@ -480,6 +558,7 @@ impl Hierarchy {
             webhooks: queued,
             handed_off,
             waited: admitted.waited,
+            ran_again: false,
         })
     }
 }

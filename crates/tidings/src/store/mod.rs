@@ -52,6 +52,11 @@ pub enum StoreError {
     Corrupt(String),
     #[error("refused to write: {0}")]
     Refused(String),
+    /// A change grouped with others was rolled back with its group, or gave up waiting for
+    /// a lock the way grouped changes do: it has to run again alone
+    /// ([`Store::write_alone`]); nothing of it was written.
+    #[error("the change was rolled back with its group; run it again alone")]
+    Again,
     #[error("the PostgreSQL URL is not valid: {0} (its options are libpq's: host, port, user, password, dbname, application_name, options, connect_timeout, ...)")]
     PostgresUrl(String),
     #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://...")]
@@ -89,6 +94,7 @@ impl StoreError {
             StoreError::Pool(e) => pg::pool_fault(e),
             StoreError::Sqlite(e) => sqlite_fault(e),
             StoreError::Commit(_, fault) => *fault,
+            StoreError::Again => Fault::Unavailable,
             StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => sqlx_fault(e),
             _ => Fault::Other,
         }
@@ -376,7 +382,13 @@ pub trait Store:
     fn backend(&self) -> &'static str;
 
     /// A transaction for an API change; commit makes the change and its outbox rows visible.
-    async fn write(&self) -> Result<Box<dyn Tx>>;
+    /// It may be grouped with other changes (on PostgreSQL, on the lane of `key`, the entity
+    /// changed, when known) and then fail with [`StoreError::Again`], having written
+    /// nothing: the change has to run again on [`Store::write_alone`].
+    async fn write(&self, key: Option<&str>) -> Result<Box<dyn Tx>>;
+
+    /// A transaction for an API change that never fails with [`StoreError::Again`].
+    async fn write_alone(&self) -> Result<Box<dyn Tx>>;
 
     /// A consistent read-only view for composing API answers.
     async fn read(&self) -> Result<Box<dyn Tx>>;

@@ -283,21 +283,22 @@ impl Store for SqlStore {
         }
     }
 
-    async fn write(&self) -> Result<Box<dyn Tx>> {
-        // SQLite has one writer, so reads inside a write transaction are stable already.
-        // PostgreSQL runs writers side by side: rows about to change are locked. Reads take
-        // no lock; the references a change writes are guarded by a foreign key instead (a
-        // parent cannot be deleted under a new child; see `put`), so hot rows that every
-        // change reads, the levels above, are never locked.
-        let locks = match self.backend {
-            Backend::Sqlite => RowLocks::NONE,
-            Backend::Postgres => RowLocks {
-                change: " FOR UPDATE",
-            },
+    async fn write(&self, key: Option<&str>) -> Result<Box<dyn Tx>> {
+        let exec: Box<dyn Exec> = match &self.writes {
+            Writes::Postgres(pg) => Box::new(pg.begin_member(BEGIN_BY_KEY, key).await?),
+            Writes::Sqlite(_) => self.begin_write_by_key().await?,
         };
         Ok(Box::new(SqlTx::new(
+            exec,
+            self.change_locks(),
+            self.work_signal.clone(),
+        )))
+    }
+
+    async fn write_alone(&self) -> Result<Box<dyn Tx>> {
+        Ok(Box::new(SqlTx::new(
             self.begin_write_by_key().await?,
-            locks,
+            self.change_locks(),
             self.work_signal.clone(),
         )))
     }
@@ -525,6 +526,22 @@ impl Store for SqlStore {
         )
         .await?;
         Ok(())
+    }
+}
+
+impl SqlStore {
+    /// How a change locks the rows it changes. SQLite has one writer, so reads inside a
+    /// write transaction are stable already. PostgreSQL runs writers side by side: rows
+    /// about to change are locked. Reads take no lock; the references a change writes are
+    /// guarded by a foreign key instead (a parent cannot be deleted under a new child; see
+    /// `put`), so hot rows that every change reads, the levels above, are never locked.
+    fn change_locks(&self) -> RowLocks {
+        match self.backend {
+            Backend::Sqlite => RowLocks::NONE,
+            Backend::Postgres => RowLocks {
+                change: " FOR UPDATE",
+            },
+        }
     }
 }
 

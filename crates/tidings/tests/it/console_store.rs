@@ -663,7 +663,7 @@ async fn webhooks_across_levels(
             },
         })
         .collect();
-    let mut tx = store.write().await.unwrap();
+    let mut tx = store.write_alone().await.unwrap();
     for w in &made {
         let event = NewEvent {
             // Made in its webhook's millisecond, as the store requires.
@@ -900,7 +900,7 @@ async fn the_queue_of_some_levels_is_counted_across_them_up_to_the_cap() {
         let add = |level: &EntityId, n: usize| {
             let level = level.clone();
             async move {
-                let mut tx = store.write().await.unwrap();
+                let mut tx = store.write_alone().await.unwrap();
                 let mut ids = Vec::new();
                 for _ in 0..n {
                     let event = NewEvent {

@@ -32,7 +32,7 @@ async fn event(
         ..new_webhook(Level::Company, level, "https://c.example/hook", T0)
     };
     let wid = w.id.clone();
-    let mut tx = store.write().await.unwrap();
+    let mut tx = store.write_alone().await.unwrap();
     let claimed = tx.add_event(&e, &[w], lease).await.unwrap();
     tx.commit().await.unwrap();
     (wid, claimed.len())
@@ -311,7 +311,7 @@ async fn settings_round_trip_and_new_webhooks_of_a_disabled_endpoint_are_kept_di
             .patched(Level::Company, &serde_json::json!({"enabled": false}))
             .unwrap();
         store.put_endpoint(&level, &off, true, T0).await.unwrap();
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         assert!(tx.enable_endpoint(&level, T0).await.unwrap(), "{}", s.name);
         assert!(!tx.enable_endpoint(&level, T0).await.unwrap(), "{}", s.name);
         tx.commit().await.unwrap();
@@ -490,7 +490,7 @@ async fn a_change_reads_the_endpoints_above_as_they_stand_after_its_own_writes()
         let store = s.store.as_ref();
         let r = stores::reseller(Some("https://r.example/hook"));
         let d = stores::dealer(r.id());
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         tx.put(&r, T0).await.unwrap();
         tx.put(&d, T0).await.unwrap();
         tx.commit().await.unwrap();
@@ -501,7 +501,7 @@ async fn a_change_reads_the_endpoints_above_as_they_stand_after_its_own_writes()
         };
         store.put_endpoint(r.id(), &off, true, T0).await.unwrap();
 
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         assert_eq!(tx.get_for_change(d.id()).await.unwrap(), Some(d.clone()));
         let read = tx.endpoints(&[r.id(), d.id()]).await.unwrap();
         assert_eq!(read, vec![(r.id().clone(), off.clone())], "{}", s.name);

@@ -19,6 +19,7 @@ mod email;
 mod endpoints;
 mod endpoints_store;
 mod faults;
+mod groups;
 mod plans;
 mod prune_crash;
 mod pruning;

@@ -26,7 +26,7 @@ async fn event(store: &dyn Store, at: Millis, urls: &[&str]) -> (EntityId, Vec<E
         .iter()
         .map(|url| new_webhook(Level::Reseller, &EntityId::generate(at), url, at))
         .collect();
-    let mut tx = store.write().await.unwrap();
+    let mut tx = store.write_alone().await.unwrap();
     tx.add_event(&event, &hooks, None).await.unwrap();
     tx.commit().await.unwrap();
     (event.id, hooks.into_iter().map(|w| w.id).collect())

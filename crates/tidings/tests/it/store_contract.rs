@@ -20,7 +20,7 @@ async fn entities_round_trip_and_references_block_nothing_else() {
         let store = s.store.as_ref();
         let r = reseller(None);
         let d = dealer(r.id());
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         tx.put(&r, T0).await.unwrap();
         tx.put(&d, T0).await.unwrap();
         tx.commit().await.unwrap();
@@ -60,7 +60,7 @@ async fn entities_round_trip_and_references_block_nothing_else() {
             s.name
         );
 
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         tx.delete(d.id()).await.unwrap();
         tx.commit().await.unwrap();
         let mut tx = store.read().await.unwrap();
@@ -79,7 +79,7 @@ async fn an_uncommitted_change_leaves_no_entity_event_or_webhook() {
         let store = s.store.as_ref();
         let r = reseller(Some("https://r.example/hook"));
         {
-            let mut tx = store.write().await.unwrap();
+            let mut tx = store.write_alone().await.unwrap();
             tx.put(&r, T0).await.unwrap();
             let event = new_event(EventType::DealerCreated, &id(), "{}", T0);
             let w = new_webhook(Level::Reseller, r.id(), "https://r.example/hook", T0);
@@ -106,7 +106,7 @@ async fn an_uncommitted_change_leaves_no_entity_event_or_webhook() {
 async fn a_write_transaction_reads_the_committed_entity_never_a_rolled_back_one() {
     /// What a new write transaction reads for `id`.
     async fn expect(store: &dyn Store, id: &EntityId, want: Option<&Entity>, name: &str) {
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         assert_eq!(
             tx.get_for_change(id).await.unwrap().as_ref(),
             want,
@@ -122,13 +122,13 @@ async fn a_write_transaction_reads_the_committed_entity_never_a_rolled_back_one(
         r.webhook_url = Some("https://second.example/hook".into());
         let second = Entity::Reseller(r);
 
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         tx.put(&first, T0).await.unwrap();
         tx.commit().await.unwrap();
         expect(store, first.id(), Some(&first), s.name).await;
 
         // Written, then dropped.
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         tx.put(&second, T0).await.unwrap();
         assert_eq!(
             tx.get(first.id()).await.unwrap(),
@@ -142,7 +142,7 @@ async fn a_write_transaction_reads_the_committed_entity_never_a_rolled_back_one(
         // Written, then a statement fails (an event id that exists) and the change is dropped.
         let (_, ids) = queue(store, 1, T0).await;
         let taken = store.webhook(&ids[0]).await.unwrap().unwrap().0.event_id;
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         tx.put(&second, T0).await.unwrap();
         let event = NewEvent {
             id: taken,
@@ -160,17 +160,17 @@ async fn a_write_transaction_reads_the_committed_entity_never_a_rolled_back_one(
         expect(store, first.id(), Some(&first), s.name).await;
 
         // Committed: every later transaction reads it.
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         tx.put(&second, T0).await.unwrap();
         tx.commit().await.unwrap();
         expect(store, first.id(), Some(&second), s.name).await;
 
         // Deleted and dropped, then deleted and committed.
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         tx.delete(first.id()).await.unwrap();
         drop(tx);
         expect(store, first.id(), Some(&second), s.name).await;
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         tx.delete(first.id()).await.unwrap();
         tx.commit().await.unwrap();
         expect(store, first.id(), None, s.name).await;
@@ -250,7 +250,7 @@ async fn webhooks_written_claimed_are_as_if_claimed() {
         let lease_end = Millis(T0.0 + 60_000);
         let r = reseller(Some("https://r.example/hook"));
         let (d, other) = (dealer(r.id()), reseller(Some("https://o.example/hook")));
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         for e in [&r, &d, &other] {
             tx.put(e, T0).await.unwrap();
         }
@@ -590,7 +590,7 @@ async fn secrets_rotate_with_the_previous_one_kept_until_the_overlap_ends() {
         let store = s.store.as_ref();
         let level = id();
         assert_eq!(store.secrets(&level).await.unwrap(), None, "{}", s.name);
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         tx.put_secret(&level, "sealed-1", T0).await.unwrap();
         tx.commit().await.unwrap();
         let first = store.secrets(&level).await.unwrap().unwrap();
@@ -670,7 +670,7 @@ async fn concurrent_changes_commit_and_a_failed_one_takes_nothing_with_it() {
     }
     for s in stores::both().await {
         let r = reseller(Some("https://r.example/hook"));
-        let mut tx = s.store.write().await.unwrap();
+        let mut tx = s.store.write_alone().await.unwrap();
         tx.put(&r, T0).await.unwrap();
         tx.commit().await.unwrap();
         let taken_event_id = {
@@ -712,7 +712,7 @@ async fn concurrent_changes_commit_and_a_failed_one_takes_nothing_with_it() {
                     return (fate, None, None);
                 }
                 let d = dealer(&reseller_id);
-                let mut tx = store.write().await.unwrap();
+                let mut tx = store.write_alone().await.unwrap();
                 tx.put(&d, T0).await.unwrap();
                 let data = format!("{{\"id\":\"{}\"}}", d.id());
                 let mut event = new_event(EventType::DealerCreated, d.id(), &data, T0);
@@ -880,19 +880,19 @@ async fn until_a_change_waits_for_a_lock(url: &str) {
 async fn on_postgres_a_reference_and_a_delete_of_its_target_exclude_each_other() {
     let s = stores::postgres().await;
     let r = reseller(None);
-    let mut tx = s.store.write().await.unwrap();
+    let mut tx = s.store.write_alone().await.unwrap();
     tx.put(&r, T0).await.unwrap();
     tx.commit().await.unwrap();
 
     // The delete first: the child's change reads the parent (no lock, no wait), then
     // waits to write its reference until the delete commits, and fails.
-    let mut deleting = s.store.write().await.unwrap();
+    let mut deleting = s.store.write_alone().await.unwrap();
     assert!(deleting.get_for_change(r.id()).await.unwrap().is_some());
     deleting.delete(r.id()).await.unwrap();
     let store = s.store.clone();
     let parent = r.id().clone();
     let child = tokio::spawn(async move {
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         assert!(
             tx.get(&parent).await.unwrap().is_some(),
             "the delete is not committed yet"
@@ -908,16 +908,16 @@ async fn on_postgres_a_reference_and_a_delete_of_its_target_exclude_each_other()
 
     // The child first: the delete waits for it to commit, then sees it refer to the parent.
     let r = reseller(None);
-    let mut tx = s.store.write().await.unwrap();
+    let mut tx = s.store.write_alone().await.unwrap();
     tx.put(&r, T0).await.unwrap();
     tx.commit().await.unwrap();
-    let mut creating = s.store.write().await.unwrap();
+    let mut creating = s.store.write_alone().await.unwrap();
     let d = dealer(r.id());
     creating.put(&d, T0).await.unwrap();
     let store = s.store.clone();
     let parent = r.id().clone();
     let delete = tokio::spawn(async move {
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         assert!(tx.get_for_change(&parent).await.unwrap().is_some());
         let referrers = tx.referrers(&parent, None, 5).await.unwrap();
         referrers.iter().map(|e| e.id().clone()).collect::<Vec<_>>()
@@ -958,7 +958,7 @@ async fn a_webhook_made_in_another_millisecond_than_its_event_is_refused() {
     for s in stores::both().await {
         let store = s.store.as_ref();
         let r = reseller(Some("https://r.example/hook"));
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         tx.put(&r, T0).await.unwrap();
         tx.commit().await.unwrap();
 
@@ -972,7 +972,7 @@ async fn a_webhook_made_in_another_millisecond_than_its_event_is_refused() {
                 Millis(T0.0 + 1),
             ),
         ];
-        let mut tx = store.write().await.unwrap();
+        let mut tx = store.write_alone().await.unwrap();
         let err = tx.add_event(&event, &hooks, None).await.unwrap_err();
         assert!(
             matches!(&err, StoreError::Refused(m) if m.contains(hooks[1].id.as_str())),

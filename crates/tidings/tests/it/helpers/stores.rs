@@ -213,7 +213,7 @@ pub fn new_webhook(level: Level, level_id: &EntityId, url: &str, at: Millis) -> 
 pub async fn queue(store: &dyn Store, n: usize, at: Millis) -> (EntityId, Vec<EntityId>) {
     let url = "https://r.example/hook";
     let r = reseller(Some(url));
-    let mut tx = store.write().await.unwrap();
+    let mut tx = store.write_alone().await.unwrap();
     tx.put(&r, at).await.unwrap();
     let mut ids = Vec::new();
     for _ in 0..n {
