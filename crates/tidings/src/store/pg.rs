@@ -60,10 +60,11 @@ const GROUP_MEMBERS: usize = 32;
 const GROUP_LOCK_TIMEOUT: &str = "50ms";
 
 /// How many write connections there are per lane of grouped changes: with the default 8,
-/// four lanes, the other connections left to recorded batches, endpoint health and claims.
-/// On the benchmark's machine two lanes delivered 0.97 of what four did, one 0.85 with the
-/// machine a third idle (its changes wait for each other's round trips).
-const CONNECTIONS_PER_LANE: usize = 2;
+/// two lanes, the other connections left to recorded batches, endpoint health and claims.
+/// On the benchmark's machine four lanes delivered as much as two (the machine full either
+/// way) with about a tenth more CPU per webhook on both sides: the fewer the lanes, the more
+/// changes a group holds (BENCHMARKS.md).
+const CONNECTIONS_PER_LANE: usize = 4;
 
 /// The pool of connections that PostgreSQL's write transactions run on, and the lanes of
 /// grouped changes.
