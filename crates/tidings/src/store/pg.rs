@@ -136,7 +136,9 @@ impl PgWriter {
         lane.flusher.call_once(|| {
             tokio::spawn(flusher(Arc::downgrade(&lane.state), lane.flush.clone()));
         });
+        let asked = Instant::now();
         let mut state = lane.state.clone().lock_owned().await;
+        state.load.waited += asked.elapsed();
         if state.group.is_none() {
             let client = self.pool.get().await?;
             let begin = format!("{begin}; SET LOCAL lock_timeout = '{GROUP_LOCK_TIMEOUT}'");
@@ -151,6 +153,7 @@ impl PgWriter {
         let savepoint = group.conn.later.len();
         group.conn.later.push((SAVEPOINT.to_owned(), Vec::new()));
         Ok(PgMember {
+            took: Instant::now(),
             state: Some(state),
             flush: lane.flush.clone(),
             savepoint: Some(savepoint),
@@ -466,8 +469,13 @@ enum GroupEnd {
     Failed(String, Fault),
 }
 
-/// How the lanes are used, logged at debug level every 10 s.
+/// How the lanes are used, logged at debug level every 10 s: the changes and groups a lane
+/// ended, how many ran again alone, and per change how long it waited for the lane, how long
+/// it held it, and how much of that went to its round trips.
 struct GroupLoad {
+    waited: Duration,
+    held: Duration,
+    rounds: Duration,
     since: Instant,
     changes: u64,
     groups: u64,
@@ -477,6 +485,9 @@ struct GroupLoad {
 impl Default for GroupLoad {
     fn default() -> Self {
         GroupLoad {
+            waited: Duration::ZERO,
+            held: Duration::ZERO,
+            rounds: Duration::ZERO,
             since: Instant::now(),
             changes: 0,
             groups: 0,
@@ -498,6 +509,9 @@ impl GroupLoad {
                 changes = self.changes,
                 groups = self.groups,
                 run_again = self.again,
+                waited_us = self.waited.as_micros() as u64 / self.changes.max(1),
+                held_us = self.held.as_micros() as u64 / self.changes.max(1),
+                round_trips_us = self.rounds.as_micros() as u64 / self.changes.max(1),
                 "PostgreSQL change groups of a lane over the last {:.0} s",
                 window.as_secs_f64()
             );
@@ -559,6 +573,8 @@ async fn flusher(state: std::sync::Weak<Mutex<LaneState>>, flush: Arc<Notify>) {
 /// A change in a group (see the module's doc). Dropping it without [`Exec::commit`] undoes
 /// its statements and leaves the group's others alone.
 pub(super) struct PgMember {
+    /// When it took the lane.
+    took: Instant,
     /// The lane, held from the member's start to its end.
     state: Option<OwnedMutexGuard<LaneState>>,
     flush: Arc<Notify>,
@@ -584,7 +600,8 @@ impl PgMember {
             ));
         }
         let state = self.state.as_mut().expect("the member is open");
-        let Some(group) = state.group.as_mut() else {
+        let LaneState { group, load } = &mut **state;
+        let Some(group) = group.as_mut() else {
             return Err(StoreError::Again); // ended by a failure before this member's turn
         };
         if group.poisoned {
@@ -593,8 +610,10 @@ impl PgMember {
         }
         let savepoint = self.savepoint.take();
         group.conn.unsure = true;
+        let sent = Instant::now();
         let outcome = group.conn.round(last).await;
         group.conn.unsure = false;
+        load.rounds += sent.elapsed();
         let (at, e) = match outcome {
             Ok(answer) => return Ok(answer),
             Err(failure) => failure,
@@ -659,7 +678,8 @@ impl Exec for PgMember {
             ));
         }
         let mut state = self.state.take().expect("the member is open");
-        let Some(group) = state.group.as_mut() else {
+        let LaneState { group, load } = &mut *state;
+        let Some(group) = group.as_mut() else {
             return Err(StoreError::Again);
         };
         if let Some(s) = self.savepoint.take() {
@@ -674,6 +694,7 @@ impl Exec for PgMember {
         group.conn.later.push((RELEASE.to_owned(), Vec::new()));
         group.members += 1;
         let mut done = group.done.subscribe();
+        load.held += self.took.elapsed();
         if group.members >= GROUP_MEMBERS {
             state.end_group(false).await;
         } else {
