@@ -26,12 +26,10 @@
 //! member answers [`StoreError::Again`]. Changes to one entity go to one lane, so that they
 //! do not wait for each other across lanes.
 
-use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -72,8 +70,7 @@ const CONNECTIONS_PER_LANE: usize = 4;
 pub(super) struct PgWriter {
     pool: Pool,
     lanes: Arc<[Lane]>,
-    /// The lane of the next change that names no entity.
-    next_lane: Arc<AtomicUsize>,
+    assign: Arc<std::sync::Mutex<Assign>>,
 }
 
 impl PgWriter {
@@ -105,7 +102,10 @@ impl PgWriter {
         Ok(PgWriter {
             pool,
             lanes: (0..lanes).map(|_| Lane::new()).collect(),
-            next_lane: Arc::new(AtomicUsize::new(0)),
+            assign: Arc::new(std::sync::Mutex::new(Assign {
+                under_way: vec![0; lanes],
+                entities: HashMap::new(),
+            })),
         })
     }
 
@@ -124,15 +124,8 @@ impl PgWriter {
         begin: &'static str,
         key: Option<&str>,
     ) -> Result<PgMember> {
-        let lane = match key {
-            Some(key) => {
-                let mut h = DefaultHasher::new();
-                key.hash(&mut h);
-                h.finish() as usize % self.lanes.len()
-            }
-            None => self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len(),
-        };
-        let lane = &self.lanes[lane];
+        let ticket = LaneTicket::take(&self.assign, key);
+        let lane = &self.lanes[ticket.lane];
         lane.flusher.call_once(|| {
             tokio::spawn(flusher(Arc::downgrade(&lane.state), lane.flush.clone()));
         });
@@ -153,6 +146,7 @@ impl PgWriter {
         let savepoint = group.conn.later.len();
         group.conn.later.push((SAVEPOINT.to_owned(), Vec::new()));
         Ok(PgMember {
+            _ticket: ticket,
             took: Instant::now(),
             state: Some(state),
             flush: lane.flush.clone(),
@@ -422,6 +416,68 @@ impl PgConn {
 
 // --- Groups ---
 
+/// Which lane a change goes to: the lane of a change to the same entity still under way, so
+/// that the two do not wait for each other's row lock across lanes (the first holds it until
+/// its group commits); otherwise the lane with the fewest changes under way.
+struct Assign {
+    /// Changes under way on each lane: waiting for it, holding it, or waiting for their
+    /// group's end.
+    under_way: Vec<usize>,
+    /// The entities with changes under way: their lane, and how many.
+    entities: HashMap<String, (usize, usize)>,
+}
+
+/// A change's place in [`Assign`], given back when dropped.
+struct LaneTicket {
+    assign: Arc<std::sync::Mutex<Assign>>,
+    lane: usize,
+    key: Option<String>,
+}
+
+impl LaneTicket {
+    fn take(assign: &Arc<std::sync::Mutex<Assign>>, key: Option<&str>) -> Self {
+        let mut a = assign
+            .lock()
+            .expect("the lanes' assignment is never poisoned");
+        let least = || {
+            (0..a.under_way.len())
+                .min_by_key(|&i| a.under_way[i])
+                .expect("there is at least one lane")
+        };
+        let lane = match key.and_then(|k| a.entities.get(k)) {
+            Some(&(lane, _)) => lane,
+            None => least(),
+        };
+        a.under_way[lane] += 1;
+        if let Some(k) = key {
+            a.entities.entry(k.to_owned()).or_insert((lane, 0)).1 += 1;
+        }
+        LaneTicket {
+            assign: assign.clone(),
+            lane,
+            key: key.map(str::to_owned),
+        }
+    }
+}
+
+impl Drop for LaneTicket {
+    fn drop(&mut self) {
+        let mut a = self
+            .assign
+            .lock()
+            .expect("the lanes' assignment is never poisoned");
+        a.under_way[self.lane] -= 1;
+        if let Some(k) = &self.key {
+            if let Some(entry) = a.entities.get_mut(k) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    a.entities.remove(k);
+                }
+            }
+        }
+    }
+}
+
 /// One connection's queue of grouped changes (see the module's doc).
 struct Lane {
     state: Arc<Mutex<LaneState>>,
@@ -573,6 +629,8 @@ async fn flusher(state: std::sync::Weak<Mutex<LaneState>>, flush: Arc<Notify>) {
 /// A change in a group (see the module's doc). Dropping it without [`Exec::commit`] undoes
 /// its statements and leaves the group's others alone.
 pub(super) struct PgMember {
+    /// Its place in the lanes' assignment, given back once its group has ended.
+    _ticket: LaneTicket,
     /// When it took the lane.
     took: Instant,
     /// The lane, held from the member's start to its end.
