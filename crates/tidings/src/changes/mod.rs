@@ -427,7 +427,7 @@ impl Hierarchy {
     }
 
     /// Runs `change` in a transaction begun by [`Hierarchy::begin_change`], grouped with
-    /// other changes on the lane of `key` (the entity changed) where the store groups them;
+    /// other changes on a lane chosen for `key` (the entity changed) where the store groups them;
     /// when the group was rolled back ([`StoreError::Again`]), runs it again alone.
     async fn again_alone<'a, F, Fut>(
         &'a self,
@@ -454,7 +454,7 @@ impl Hierarchy {
 
     /// Begins a change that may emit an event: once the dispatcher has room for its
     /// webhooks (as many as an event can have), or the back-pressure wait ran out (see
-    /// [`Handoff::admit`]). `group`: grouped with other changes, on the lane of the entity
+    /// [`Handoff::admit`]). `group`: grouped with other changes, on a lane chosen for the entity
     /// named if any ([`Store::write`]); `None`: alone.
     async fn begin_change(
         &self,

@@ -382,7 +382,7 @@ pub trait Store:
     fn backend(&self) -> &'static str;
 
     /// A transaction for an API change; commit makes the change and its outbox rows visible.
-    /// It may be grouped with other changes (on PostgreSQL, on the lane of `key`, the entity
+    /// It may be grouped with other changes (on PostgreSQL, on a lane chosen for `key`, the entity
     /// changed, when known) and then fail with [`StoreError::Again`], having written
     /// nothing: the change has to run again on [`Store::write_alone`].
     async fn write(&self, key: Option<&str>) -> Result<Box<dyn Tx>>;

@@ -23,8 +23,9 @@
 //! back too and answers [`StoreError::Again`]: its change runs again in a transaction of its
 //! own, which waits as long as the lock takes. A failure that is not one member's own (a
 //! write put off by an earlier member, the `COMMIT`) rolls the whole group back, and every
-//! member answers [`StoreError::Again`]. Changes to one entity go to one lane, so that they
-//! do not wait for each other across lanes.
+//! member answers [`StoreError::Again`]. A change goes to the lane of a change to the same
+//! entity still under way, so that the two do not wait for each other across lanes, and
+//! otherwise to the lane with the fewest changes under way ([`Assign`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -117,8 +118,8 @@ impl PgWriter {
         })
     }
 
-    /// A member of a group on the lane of `key` (the entity the change is about; any lane
-    /// when `None`), whose transaction begins with `begin`. See the module's doc.
+    /// A member of a group on a lane chosen for `key` (the entity the change is about, if
+    /// known; see [`Assign`]), whose transaction begins with `begin`. See the module's doc.
     pub(super) async fn begin_member(
         &self,
         begin: &'static str,
