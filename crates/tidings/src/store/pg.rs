@@ -305,8 +305,13 @@ impl PgConn {
         }
         if let Err(e) = self.client.batch_execute("ROLLBACK").await {
             tracing::warn!(error = %e, "rolling back a PostgreSQL transaction failed; closing its connection");
-            drop(Object::take(self.client));
+            self.close();
         }
+    }
+
+    /// Closes the connection instead of giving it back to the pool.
+    fn close(self) {
+        drop(Object::take(self.client));
     }
 }
 
@@ -367,12 +372,16 @@ impl Exec for PgTx {
         if conn.idle() {
             return Ok(()); // nothing was sent: there is nothing to commit
         }
-        let outcome = conn.round(Last::Commit).await;
-        conn.open = false;
-        if outcome.is_err() {
-            conn.roll_back_later();
+        match conn.round(Last::Commit).await {
+            Ok(_) => Ok(()),
+            Err((_, e)) => {
+                // Nothing may have been sent (a statement failed to prepare): the
+                // transaction is still open, and is rolled back before the connection
+                // goes back to the pool.
+                conn.roll_back_later();
+                Err(e)
+            }
         }
-        outcome.map(|_| ()).map_err(|(_, e)| e)
     }
 }
 
@@ -410,7 +419,7 @@ impl PgConn {
             Ok(runtime) => {
                 runtime.spawn(self.roll_back());
             }
-            Err(_) => drop(Object::take(self.client)),
+            Err(_) => self.close(),
         }
     }
 }
@@ -600,7 +609,7 @@ impl LaneState {
                     // an answer to the `COMMIT` it may have committed.
                     let answered = matches!(&e, StoreError::Postgres(pe) if pe.code().is_some());
                     // The connection may still be in the transaction.
-                    drop(Object::take(group.conn.client));
+                    group.conn.close();
                     if at == Some(commit_at) && !answered {
                         Err(GroupEnd::Failed(e.to_string(), e.fault()))
                     } else {
@@ -652,12 +661,18 @@ fn lock_conflict(e: &StoreError) -> bool {
 }
 
 impl PgMember {
-    async fn round(&mut self, last: Last<'_>) -> Result<Answer> {
-        if self.ended {
-            return Err(StoreError::Corrupt(
+    /// Refuses a statement or a commit after the member was rolled back to its savepoint.
+    fn not_ended(&self) -> Result<()> {
+        match self.ended {
+            true => Err(StoreError::Corrupt(
                 "a statement after its change was rolled back".into(),
-            ));
+            )),
+            false => Ok(()),
         }
+    }
+
+    async fn round(&mut self, last: Last<'_>) -> Result<Answer> {
+        self.not_ended()?;
         let state = self.state.as_mut().expect("the member is open");
         let LaneState { group, load } = &mut **state;
         let Some(group) = group.as_mut() else {
@@ -714,11 +729,7 @@ impl Exec for PgMember {
     }
 
     async fn execute_later(&mut self, sql: &str, params: &[Param<'_>]) -> Result<()> {
-        if self.ended {
-            return Err(StoreError::Corrupt(
-                "a statement after its change was rolled back".into(),
-            ));
-        }
+        self.not_ended()?;
         let state = self.state.as_mut().expect("the member is open");
         let Some(group) = state.group.as_mut() else {
             return Err(StoreError::Again);
@@ -731,11 +742,7 @@ impl Exec for PgMember {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        if self.ended {
-            return Err(StoreError::Corrupt(
-                "a commit after its change was rolled back".into(),
-            ));
-        }
+        self.not_ended()?;
         let mut state = self.state.take().expect("the member is open");
         let LaneState { group, load } = &mut *state;
         let Some(group) = group.as_mut() else {
@@ -930,6 +937,41 @@ mod tests {
             request(2, log.clone()),
         ];
         assert_eq!(pipelined(requests).await, vec![0, 1, 2]);
+    }
+
+    fn assign(lanes: usize) -> Arc<std::sync::Mutex<Assign>> {
+        Arc::new(std::sync::Mutex::new(Assign {
+            under_way: vec![0; lanes],
+            entities: HashMap::new(),
+        }))
+    }
+
+    /// A change goes to the lane of a change to the same entity still under way, however
+    /// busy that lane is; otherwise to the least busy lane. Tickets give their place back.
+    #[test]
+    fn a_change_follows_its_entity_under_way_or_takes_the_least_busy_lane() {
+        let a = assign(2);
+        let first = LaneTicket::take(&a, Some("meeting-1"));
+        let other = LaneTicket::take(&a, Some("meeting-2"));
+        assert_ne!(first.lane, other.lane, "the least busy lane");
+        let created = LaneTicket::take(&a, None);
+        let same = LaneTicket::take(&a, Some("meeting-1"));
+        assert_eq!(same.lane, first.lane, "the lane of the change under way");
+        let busiest = first.lane;
+        assert_eq!(
+            a.lock().unwrap().under_way[busiest],
+            2 + usize::from(created.lane == busiest)
+        );
+
+        drop((first, same, other, created));
+        let a_now = a.lock().unwrap();
+        assert_eq!(a_now.under_way, vec![0, 0]);
+        assert!(a_now.entities.is_empty(), "no entity is under way any more");
+        drop(a_now);
+        // Nothing under way: the entity may go to any lane, the least busy one.
+        let busy = LaneTicket::take(&a, None);
+        let next = LaneTicket::take(&a, Some("meeting-1"));
+        assert_ne!(next.lane, busy.lane);
     }
 
     #[test]

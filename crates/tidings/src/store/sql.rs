@@ -284,12 +284,12 @@ impl Store for SqlStore {
     }
 
     async fn write(&self, key: Option<&str>) -> Result<Box<dyn Tx>> {
-        let exec: Box<dyn Exec> = match &self.writes {
-            Writes::Postgres(pg) => Box::new(pg.begin_member(BEGIN_BY_KEY, key).await?),
-            Writes::Sqlite(_) => self.begin_write_by_key().await?,
+        // SQLite's writer groups every transaction already.
+        let Writes::Postgres(pg) = &self.writes else {
+            return self.write_alone().await;
         };
         Ok(Box::new(SqlTx::new(
-            exec,
+            Box::new(pg.begin_member(BEGIN_BY_KEY, key).await?),
             self.change_locks(),
             self.work_signal.clone(),
         )))
