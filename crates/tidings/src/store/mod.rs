@@ -536,17 +536,46 @@ pub trait Tx: Send {
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 
-/// The hot statements that must look their rows up by key on PostgreSQL whatever the
-/// tables' statistics, each with arguments to `EXECUTE` it with, and the statement their
-/// transactions begin with. For the test that checks their plans.
+/// A hot statement that must look its rows up by key on PostgreSQL whatever the tables'
+/// statistics: for the test that checks its plan.
 #[doc(hidden)]
-pub fn postgres_key_lookups() -> (Vec<(String, &'static str)>, &'static str) {
-    let mut statements = change::key_lookups().to_vec();
-    statements.push((
-        queue::record_sql(2),
-        "(0, 'x', 'succeeded', 1, NULL, 'y', 'succeeded', 1, NULL, 'owner')",
-    ));
-    (statements, sql::BEGIN_BY_KEY)
+pub struct HotStatement {
+    pub sql: String,
+    /// Arguments to `EXECUTE` it with.
+    pub args: String,
+    /// What its transaction begins with.
+    pub begin: &'static str,
+    /// Whether it must find every row through an index condition; otherwise it must only
+    /// not read a table by a sequential scan, nor hash one.
+    pub by_index_condition: bool,
+}
+
+/// The hot statements (see [`HotStatement`]).
+#[doc(hidden)]
+pub fn postgres_key_lookups() -> Vec<HotStatement> {
+    // A change's reads: on small tables their generic plans read the small tables they join
+    // (entity_refs, endpoints, level_secrets) whole through an index; the next `ANALYZE` of
+    // a grown table replaces such a plan.
+    let mut statements: Vec<HotStatement> = change::key_lookups()
+        .into_iter()
+        .map(|(sql, args)| HotStatement {
+            sql,
+            args: args.to_owned(),
+            begin: sql::BEGIN_BY_KEY,
+            by_index_condition: false,
+        })
+        .collect();
+    // A recorded batch's update, of a few webhooks and of a chunk's most.
+    for n in [2, 64] {
+        let rows = (0..n).map(|i| format!("'w{i}', 'succeeded', 1, NULL"));
+        statements.push(HotStatement {
+            sql: queue::record_sql(n),
+            args: format!("(0, {}, 'owner')", rows.collect::<Vec<_>>().join(", ")),
+            begin: queue::RECORD_BEGIN,
+            by_index_condition: true,
+        });
+    }
+    statements
 }
 
 /// Opens the store named by a database URL, creating and migrating it as needed.

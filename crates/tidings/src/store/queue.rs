@@ -61,6 +61,10 @@ pub(super) fn record_sql(n: usize) -> String {
     )
 }
 
+/// What a recorded batch's transaction begins with on PostgreSQL: every statement in it
+/// finds its rows by key, in no particular order.
+pub(super) const RECORD_BEGIN: &str = super::sql::BEGIN_BY_KEY_ONLY;
+
 impl SqlStore {
     /// Records a batch of finished attempts (see [`Store::record`]).
     pub(super) async fn record_attempts(
@@ -69,8 +73,7 @@ impl SqlStore {
         results: &[Recorded],
         now: Millis,
     ) -> Result<Vec<usize>> {
-        // Every statement below finds its rows by key.
-        let mut tx = self.begin_write_by_key().await?;
+        let mut tx = self.begin_write_with(false, RECORD_BEGIN).await?;
         // Each webhook's new state, many rows a statement (`record_sql`).
         let mut kept: Vec<&Recorded> = Vec::with_capacity(results.len());
         let mut positions = Vec::with_capacity(results.len());

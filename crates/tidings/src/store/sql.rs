@@ -554,6 +554,17 @@ impl SqlStore {
 pub(super) const BEGIN_BY_KEY: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
+/// [`BEGIN_BY_KEY`] for a transaction that reads nothing in an index's order (a recorded
+/// batch's): plain index scans are off too, so that a table is read only through an index
+/// condition (bitmap scans). With them on, a statement that joins many keys to a table, the
+/// record's `UPDATE webhooks … FROM (VALUES …)`, was at times planned on a young table as one
+/// read of the whole primary key in order, its rows matched to the keys afterwards; kept while
+/// the table grew, that plan read 47 times the blocks of the lookups and cost the server a
+/// third more CPU per webhook for a whole benchmark run (BENCHMARKS.md).
+pub(super) const BEGIN_BY_KEY_ONLY: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
+    SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
+    SET LOCAL enable_indexscan = off; SET LOCAL enable_indexonlyscan = off";
+
 /// The two leased queues in the store: webhooks to deliver, e-mails to send. Both keep a
 /// `due_at` (NULL once done) and a `claimed_by`.
 impl SqlStore {
@@ -572,7 +583,11 @@ impl SqlStore {
 
     /// On SQLite a savepoint in the writer's batch; on PostgreSQL a pipelined transaction
     /// that begins with `begin`.
-    async fn begin_write_with(&self, solo: bool, begin: &'static str) -> Result<Box<dyn Exec>> {
+    pub(super) async fn begin_write_with(
+        &self,
+        solo: bool,
+        begin: &'static str,
+    ) -> Result<Box<dyn Exec>> {
         Ok(match &self.writes {
             Writes::Sqlite(lite) => Box::new(lite.begin(solo).await?),
             Writes::Postgres(pg) => Box::new(pg.begin(begin).await?),
@@ -584,8 +599,8 @@ impl SqlStore {
         Ok(Box::new(self.reader.begin().await?))
     }
 
-    /// A write transaction whose statements all look their rows up by key (an API change's,
-    /// a recorded batch's): on PostgreSQL it begins with [`BEGIN_BY_KEY`].
+    /// A write transaction whose statements all look their rows up by key (an API change's):
+    /// on PostgreSQL it begins with [`BEGIN_BY_KEY`].
     pub(super) async fn begin_write_by_key(&self) -> Result<Box<dyn Exec>> {
         self.begin_write_with(false, BEGIN_BY_KEY).await
     }
