@@ -559,8 +559,8 @@ pub(super) const BEGIN_BY_KEY: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
 /// condition (bitmap scans). With them on, a statement that joins many keys to a table, the
 /// record's `UPDATE webhooks … FROM (VALUES …)`, was at times planned on a young table as one
 /// read of the whole primary key in order, its rows matched to the keys afterwards; kept while
-/// the table grew, that plan read 47 times the blocks of the lookups and cost the server a
-/// third more CPU per webhook for a whole benchmark run (BENCHMARKS.md).
+/// the table grew, that plan read 47 times the blocks of the lookups, cost the server 2.7 times
+/// its CPU per webhook and delivered 0.6 as much for a whole benchmark run (BENCHMARKS.md).
 pub(super) const BEGIN_BY_KEY_ONLY: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
     SET LOCAL enable_indexscan = off; SET LOCAL enable_indexonlyscan = off";
