@@ -553,9 +553,10 @@ pub struct HotStatement {
 /// The hot statements (see [`HotStatement`]).
 #[doc(hidden)]
 pub fn postgres_key_lookups() -> Vec<HotStatement> {
-    // A change's reads: on small tables their generic plans read the small tables they join
-    // (entity_refs, endpoints, level_secrets) whole through an index; the next `ANALYZE` of
-    // a grown table replaces such a plan.
+    // A change's reads. On small tables the entity read's generic plan reads the tables it
+    // joins (entity_refs, endpoints, level_secrets) whole through an index; the next
+    // `ANALYZE` of a grown table replaces such a plan. Plain index scans stay on for changes:
+    // some of their reads want an index's order (a level's first referrers).
     let mut statements: Vec<HotStatement> = change::key_lookups()
         .into_iter()
         .map(|(sql, args)| HotStatement {

@@ -160,6 +160,65 @@ async fn on_postgres_a_failure_outside_a_change_rolls_its_group_back_and_each_an
     assert!(stored(store.as_ref(), written.id()).await);
 }
 
+/// More changes queue for one lane than a group holds: the change that fills the group
+/// commits it itself, the rest make the next group, and every change is kept.
+#[tokio::test]
+async fn changes_past_a_full_group_all_commit() {
+    for s in stores::both().await {
+        let resellers: Vec<_> = (0..40).map(|_| reseller(None)).collect();
+        let changes: Vec<_> = resellers
+            .iter()
+            .map(|r| {
+                let (store, r) = (s.store.clone(), r.clone());
+                tokio::spawn(async move {
+                    let mut tx = store.write(Some("lane")).await?;
+                    tx.put(&r, T0).await?;
+                    tx.commit().await
+                })
+            })
+            .collect();
+        for change in changes {
+            change.await.unwrap().unwrap();
+        }
+        for r in &resellers {
+            assert!(stored(s.store.as_ref(), r.id()).await, "{}", s.name);
+        }
+    }
+}
+
+/// A change dropped while its round trip is under way leaves its group's state unknown:
+/// the group is rolled back (by the flusher or the lane's next change, whichever comes
+/// first), its changes answer Again, and the lane goes on with a new one.
+#[tokio::test]
+async fn on_postgres_a_change_cancelled_mid_round_trip_rolls_its_group_back() {
+    let s = stores::postgres().await;
+    let store = s.store.clone();
+    let r = reseller(None);
+    let mut tx = store.write_alone().await.unwrap();
+    tx.put(&r, T0).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let written = reseller(None);
+    let mut a = store.write(Some("lane")).await.unwrap();
+    a.put(&written, T0).await.unwrap();
+    let a = tokio::spawn(a.commit());
+    let mut b = store.write(Some("lane")).await.unwrap();
+    {
+        // b's read goes out (with a's writes), and b is dropped before the answer.
+        let mut read = Box::pin(b.get(r.id()));
+        assert!(futures::poll!(read.as_mut()).is_pending());
+    }
+    drop(b);
+    let a = a.await.unwrap();
+    assert!(matches!(a, Err(StoreError::Again)), "{a:?}");
+    assert!(!stored(store.as_ref(), written.id()).await);
+
+    let mut d = store.write(Some("lane")).await.unwrap();
+    d.put(&written, T0).await.unwrap();
+    d.commit().await.unwrap();
+    assert!(stored(store.as_ref(), written.id()).await);
+}
+
 /// Through the API: a PATCH whose entity is locked elsewhere longer than a grouped change
 /// waits runs again alone, waits for the lock, and succeeds.
 #[tokio::test]
