@@ -103,10 +103,7 @@ impl PgWriter {
         Ok(PgWriter {
             pool,
             lanes: (0..lanes).map(|_| Lane::new()).collect(),
-            assign: Arc::new(std::sync::Mutex::new(Assign {
-                under_way: vec![0; lanes],
-                entities: HashMap::new(),
-            })),
+            assign: Arc::new(std::sync::Mutex::new(Assign::new(lanes))),
         })
     }
 
@@ -435,6 +432,16 @@ struct Assign {
     under_way: Vec<usize>,
     /// The entities with changes under way: their lane, and how many.
     entities: HashMap<String, (usize, usize)>,
+}
+
+impl Assign {
+    /// Nothing under way on any of `lanes` lanes.
+    fn new(lanes: usize) -> Self {
+        Assign {
+            under_way: vec![0; lanes],
+            entities: HashMap::new(),
+        }
+    }
 }
 
 /// A change's place in [`Assign`], given back when dropped.
@@ -940,10 +947,7 @@ mod tests {
     }
 
     fn assign(lanes: usize) -> Arc<std::sync::Mutex<Assign>> {
-        Arc::new(std::sync::Mutex::new(Assign {
-            under_way: vec![0; lanes],
-            entities: HashMap::new(),
-        }))
+        Arc::new(std::sync::Mutex::new(Assign::new(lanes)))
     }
 
     /// A change goes to the lane of a change to the same entity still under way, however

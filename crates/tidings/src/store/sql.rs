@@ -545,14 +545,21 @@ impl SqlStore {
     }
 }
 
+/// [`BEGIN_BY_KEY`]'s text, which [`BEGIN_BY_KEY_ONLY`] extends.
+macro_rules! begin_by_key {
+    () => {
+        "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+         SET LOCAL enable_mergejoin = off"
+    };
+}
+
 /// PostgreSQL's planner settings for a transaction whose statements all look their rows up
 /// by key: a plan that reads a table whole (or hashes it) is then chosen only where no index
 /// serves. A prepared statement keeps the plan made at its first uses, and in a young
 /// database the tables are small then: the whole-table scans and hashes chosen for them
 /// stayed while the tables grew, until the next `ANALYZE` (measured in BENCHMARKS.md).
 /// Sent as one statement, so the settings cost no round trip of their own.
-pub(super) const BEGIN_BY_KEY: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
-    SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+pub(super) const BEGIN_BY_KEY: &str = begin_by_key!();
 
 /// [`BEGIN_BY_KEY`] for a transaction that reads nothing in an index's order (a recorded
 /// batch's): plain index scans are off too, so that a table is read only through an index
@@ -561,9 +568,10 @@ pub(super) const BEGIN_BY_KEY: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
 /// read of the whole primary key in order, its rows matched to the keys afterwards; kept while
 /// the table grew, that plan read 47 times the blocks of the lookups, cost the server 2.7 times
 /// its CPU per webhook and delivered 0.6 as much for a whole benchmark run (BENCHMARKS.md).
-pub(super) const BEGIN_BY_KEY_ONLY: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
-    SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
-    SET LOCAL enable_indexscan = off; SET LOCAL enable_indexonlyscan = off";
+pub(super) const BEGIN_BY_KEY_ONLY: &str = concat!(
+    begin_by_key!(),
+    "; SET LOCAL enable_indexscan = off; SET LOCAL enable_indexonlyscan = off"
+);
 
 /// The two leased queues in the store: webhooks to deliver, e-mails to send. Both keep a
 /// `due_at` (NULL once done) and a `claimed_by`.

@@ -7,15 +7,37 @@ use crate::helpers::{metric, stores};
 
 use stores::{dealer, id, new_event, reseller, T0};
 
+use std::sync::Arc;
+
 use axum::http::{Method, StatusCode};
 use sqlx::Connection;
+use tidings::domain::entities::Entity;
 use tidings::domain::EventType;
 use tidings::store::{Store, StoreError};
+use tokio::task::JoinHandle;
 
 /// Whether the entity is stored, read outside any group.
 async fn stored(store: &dyn Store, id: &tidings::domain::EntityId) -> bool {
     let mut tx = store.read().await.unwrap();
     tx.get(id).await.unwrap().is_some()
+}
+
+/// `a`, the commit of a change that put `written` in a group since rolled back, answers
+/// Again and left nothing; the lane then goes on with a new group, where the same change
+/// is kept.
+async fn rolled_back_then_the_lane_goes_on(
+    store: &Arc<dyn Store>,
+    a: JoinHandle<Result<(), StoreError>>,
+    written: &Entity,
+) {
+    let again = a.await.unwrap();
+    assert!(matches!(again, Err(StoreError::Again)), "{again:?}");
+    assert!(!stored(store.as_ref(), written.id()).await);
+
+    let mut c = store.write(Some("lane")).await.unwrap();
+    c.put(written, T0).await.unwrap();
+    c.commit().await.unwrap();
+    assert!(stored(store.as_ref(), written.id()).await);
 }
 
 #[tokio::test]
@@ -149,15 +171,7 @@ async fn on_postgres_a_failure_outside_a_change_rolls_its_group_back_and_each_an
         "{rolled_back:?}"
     );
     drop(b);
-    let again = a.await.unwrap();
-    assert!(matches!(again, Err(StoreError::Again)), "{again:?}");
-    assert!(!stored(store.as_ref(), written.id()).await);
-
-    // The lane goes on with a new group.
-    let mut c = store.write(Some("lane")).await.unwrap();
-    c.put(&written, T0).await.unwrap();
-    c.commit().await.unwrap();
-    assert!(stored(store.as_ref(), written.id()).await);
+    rolled_back_then_the_lane_goes_on(&store, a, &written).await;
 }
 
 /// More changes queue for one lane than a group holds: the change that fills the group
@@ -209,14 +223,7 @@ async fn on_postgres_a_change_cancelled_mid_round_trip_rolls_its_group_back() {
         assert!(futures::poll!(read.as_mut()).is_pending());
     }
     drop(b);
-    let a = a.await.unwrap();
-    assert!(matches!(a, Err(StoreError::Again)), "{a:?}");
-    assert!(!stored(store.as_ref(), written.id()).await);
-
-    let mut d = store.write(Some("lane")).await.unwrap();
-    d.put(&written, T0).await.unwrap();
-    d.commit().await.unwrap();
-    assert!(stored(store.as_ref(), written.id()).await);
+    rolled_back_then_the_lane_goes_on(&store, a, &written).await;
 }
 
 /// Through the API: a PATCH whose entity is locked elsewhere longer than a grouped change
