@@ -15,8 +15,10 @@
 //! **Groups.** API changes run as members of a shared transaction on one of a few *lanes*
 //! (connections), one member at a time, each inside a savepoint, as SQLite's writer groups
 //! them (`exec.rs`): a member's writes go out with the next member's first statement, and one
-//! `COMMIT` serves every member, sent by a flusher once no member waits for the lane. A
-//! change is then one round trip, not two, and a transaction serves many changes. A member
+//! `COMMIT` serves every member, sent by a flusher once no member waits for the lane. The
+//! `COMMIT` (and the WAL flush it waits for) does not hold the lane: the members that queue
+//! meanwhile open the next group, on another connection. A change is then one round trip,
+//! not two, and a transaction serves many changes. A member
 //! whose own statement fails is rolled back to its savepoint, leaving the others alone. One
 //! whose row lock is held elsewhere for longer than [`GROUP_LOCK_TIMEOUT`] (by another
 //! lane's or another instance's open group, which could be waiting for this one) is rolled
@@ -31,6 +33,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -138,6 +141,7 @@ impl PgWriter {
                 done: watch::channel(None).0,
                 members: 0,
                 poisoned: false,
+                ran_again: state.load.again.clone(),
             });
         }
         let group = state.group.as_mut().expect("opened above");
@@ -529,6 +533,8 @@ struct Group {
     /// A member's round trip was cancelled half-way (its request dropped), so what the
     /// transaction holds is not known: it is rolled back rather than committed.
     poisoned: bool,
+    /// The lane's count of members rolled back ([`GroupLoad`]).
+    ran_again: Arc<AtomicU64>,
 }
 
 /// What a group's members wait on: its end.
@@ -552,7 +558,9 @@ struct GroupLoad {
     since: Instant,
     changes: u64,
     groups: u64,
-    again: u64,
+    /// Members of the lane's groups that ended rolled back, counted by [`Group::end`]
+    /// (which runs without the lane).
+    again: Arc<AtomicU64>,
 }
 
 impl Default for GroupLoad {
@@ -564,59 +572,72 @@ impl Default for GroupLoad {
             since: Instant::now(),
             changes: 0,
             groups: 0,
-            again: 0,
+            again: Arc::new(AtomicU64::new(0)),
         }
     }
 }
 
 impl GroupLoad {
-    fn ended(&mut self, members: usize, again: bool) {
+    fn ended(&mut self, members: usize) {
         self.groups += 1;
         self.changes += members as u64;
-        if again {
-            self.again += members as u64;
-        }
         let window = self.since.elapsed();
         if window >= Duration::from_secs(10) {
             tracing::debug!(
                 changes = self.changes,
                 groups = self.groups,
-                run_again = self.again,
+                run_again = self.again.swap(0, Ordering::Relaxed),
                 waited_us = self.waited.as_micros() as u64 / self.changes.max(1),
                 held_us = self.held.as_micros() as u64 / self.changes.max(1),
                 round_trips_us = self.rounds.as_micros() as u64 / self.changes.max(1),
                 "PostgreSQL change groups of a lane over the last {:.0} s",
                 window.as_secs_f64()
             );
-            *self = GroupLoad::default();
+            *self = GroupLoad {
+                again: self.again.clone(),
+                ..GroupLoad::default()
+            };
         }
     }
 }
 
 impl LaneState {
-    /// Ends the open group, if any: commits it (or rolls it back, when `again` or
-    /// poisoned) and tells its members.
+    /// Takes the open group, if any, out of the lane, to be ended with [`Group::end`]: the
+    /// lane's next member opens another group (on another connection) meanwhile.
+    fn take_group(&mut self) -> Option<Group> {
+        let group = self.group.take()?;
+        self.load.ended(group.members);
+        Some(group)
+    }
+
+    /// Ends the open group, if any, holding the lane: rolls it back when `again`.
     async fn end_group(&mut self, again: bool) {
-        let Some(mut group) = self.group.take() else {
-            return;
-        };
-        let outcome = if again || group.poisoned {
-            group.conn.roll_back().await;
+        if let Some(group) = self.take_group() {
+            group.end(again).await;
+        }
+    }
+}
+
+impl Group {
+    /// Commits the group (or rolls it back, when `again` or poisoned) and tells its members.
+    async fn end(mut self, again: bool) {
+        let outcome = if again || self.poisoned {
+            self.conn.roll_back().await;
             Err(GroupEnd::Again)
-        } else if group.conn.idle() {
+        } else if self.conn.idle() {
             Ok(())
         } else {
-            let commit_at = group.conn.later.len();
-            match group.conn.round(Last::Commit).await {
+            let commit_at = self.conn.later.len();
+            match self.conn.round(Last::Commit).await {
                 Ok(_) => Ok(()),
                 Err((at, e)) => {
-                    tracing::warn!(error = %e, members = group.members, "a group of changes failed to commit; they run again alone");
+                    tracing::warn!(error = %e, members = self.members, "a group of changes failed to commit; they run again alone");
                     // Failed before the `COMMIT` (which PostgreSQL then answers by rolling
                     // back), or the `COMMIT` answered with an error: rolled back. Without
                     // an answer to the `COMMIT` it may have committed.
                     let answered = matches!(&e, StoreError::Postgres(pe) if pe.code().is_some());
                     // The connection may still be in the transaction.
-                    group.conn.close();
+                    self.conn.close();
                     if at == Some(commit_at) && !answered {
                         Err(GroupEnd::Failed(e.to_string(), e.fault()))
                     } else {
@@ -625,13 +646,19 @@ impl LaneState {
                 }
             }
         };
-        self.load
-            .ended(group.members, matches!(outcome, Err(GroupEnd::Again)));
-        group.done.send_replace(Some(outcome));
+        if matches!(outcome, Err(GroupEnd::Again)) {
+            self.ran_again
+                .fetch_add(self.members as u64, Ordering::Relaxed);
+        }
+        self.done.send_replace(Some(outcome));
     }
 }
 
-/// Ends each group once the members that were waiting when it was announced are done.
+/// Ends each group once the members that were waiting when it was announced are done. The
+/// group's `COMMIT` (and the WAL flush it waits for) goes on in a task of its own, without
+/// the lane: the members queued meanwhile start the next group, which commits whether or
+/// not the one before has. (A change that waits for a row lock the group before holds
+/// cannot commit before it.)
 async fn flusher(state: std::sync::Weak<Mutex<LaneState>>, flush: Arc<Notify>) {
     loop {
         flush.notified().await;
@@ -639,7 +666,10 @@ async fn flusher(state: std::sync::Weak<Mutex<LaneState>>, flush: Arc<Notify>) {
         tokio::task::yield_now().await;
         let Some(state) = state.upgrade() else { return };
         // The mutex is fair: this waits behind every member queued before it.
-        state.lock().await.end_group(false).await;
+        let group = state.lock().await.take_group();
+        if let Some(group) = group {
+            tokio::spawn(group.end(false));
+        }
     }
 }
 
@@ -769,7 +799,11 @@ impl Exec for PgMember {
         let mut done = group.done.subscribe();
         load.held += self.took.elapsed();
         if group.members >= GROUP_MEMBERS {
-            state.end_group(false).await;
+            let group = state.take_group();
+            drop(state);
+            if let Some(group) = group {
+                group.end(false).await;
+            }
         } else {
             // Hand the lane on (the next member joins the group), then wait for its end.
             drop(state);

@@ -226,6 +226,64 @@ async fn on_postgres_a_change_cancelled_mid_round_trip_rolls_its_group_back() {
     rolled_back_then_the_lane_goes_on(&store, a, &written).await;
 }
 
+/// A group's `COMMIT` goes on without its lane: while one waits (here its deferred check
+/// waits for a lock the test holds), the lane's next change opens a group of its own on
+/// another connection and commits; the first commits once the lock is let go.
+#[tokio::test]
+async fn on_postgres_a_group_waiting_for_its_commit_leaves_the_lane_to_the_next() {
+    let s = stores::postgres().await;
+    let store = s.store.clone();
+    let (held, next) = (reseller(None), reseller(None));
+    let mut gate = sqlx::PgConnection::connect(&s.url).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION wait_at_commit() RETURNS trigger LANGUAGE plpgsql SET lock_timeout = 0 AS $$ \
+         BEGIN IF NEW.id = '{}' THEN PERFORM pg_advisory_xact_lock_shared(1); END IF; RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER wait_at_commit AFTER INSERT ON entities \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION wait_at_commit(); \
+         SELECT pg_advisory_lock(1);",
+        held.id()
+    ))
+    .execute(&mut gate)
+    .await
+    .unwrap();
+
+    let mut a = store.write(Some("lane")).await.unwrap();
+    a.put(&held, T0).await.unwrap();
+    let a = tokio::spawn(a.commit());
+    let waiting = "SELECT COUNT(*) FROM pg_stat_activity \
+                   WHERE wait_event = 'advisory' AND datname = current_database()";
+    while sqlx::query_scalar::<_, i64>(waiting)
+        .fetch_one(&mut gate)
+        .await
+        .unwrap()
+        == 0
+    {
+        tokio::task::yield_now().await;
+    }
+
+    // The same key: the same lane, whose group waits for its commit.
+    let then = async {
+        let mut b = store.write(Some("lane")).await?;
+        b.put(&next, T0).await?;
+        b.commit().await
+    };
+    let committed = tokio::time::timeout(std::time::Duration::from_secs(30), then).await;
+    assert!(
+        matches!(committed, Ok(Ok(()))),
+        "the next change commits while the group before it waits: {committed:?}"
+    );
+    assert!(stored(store.as_ref(), next.id()).await);
+    assert!(!a.is_finished());
+    assert!(!stored(store.as_ref(), held.id()).await);
+
+    sqlx::query("SELECT pg_advisory_unlock(1)")
+        .execute(&mut gate)
+        .await
+        .unwrap();
+    a.await.unwrap().unwrap();
+    assert!(stored(store.as_ref(), held.id()).await);
+}
+
 /// Through the API: a PATCH whose entity is locked elsewhere longer than a grouped change
 /// waits runs again alone, waits for the lock, and succeeds.
 #[tokio::test]
