@@ -125,11 +125,13 @@ pub(super) async fn record_loop(
             drop(recorder);
         });
     }
-    // Every batch under way is recorded before the loop ends.
+    // Every batch under way is recorded before the loop ends, and what the store keeps
+    // of them in memory is written.
     let _all = recorders
         .acquire_many(parallel as u32)
         .await
         .expect("the semaphore is never closed");
+    store.flush_recorded().await;
 }
 
 #[cfg(test)]

@@ -164,6 +164,7 @@ impl ConsoleStore for SqlStore {
         since: Millis,
         width: BucketWidth,
     ) -> Result<Vec<Bucket>> {
+        self.health.flush().await;
         let first = since.0.div_euclid(width.millis());
         let Slots { table, unit, .. } = width.slots();
         let mut sums: BTreeMap<i64, (u64, u64)> = BTreeMap::new();

@@ -431,6 +431,10 @@ pub trait Store:
     /// left alone).
     async fn record(&self, owner: &str, results: &[Recorded], now: Millis) -> Result<Vec<usize>>;
 
+    /// Writes what recording keeps waiting in memory (on PostgreSQL, endpoint health is
+    /// written a moment after the attempts): the recorder calls it when it stops.
+    async fn flush_recorded(&self);
+
     /// Gives claimed webhooks back without an attempt, due at `due_at`.
     async fn release(&self, owner: &str, ids: &[EntityId], due_at: Millis) -> Result<()>;
 

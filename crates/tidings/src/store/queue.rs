@@ -216,7 +216,7 @@ impl SqlStore {
             // Concurrent record transactions would wait on each other's health rows.
             Backend::Postgres => {
                 tx.commit().await?;
-                self.write_health_apart(deltas).await;
+                self.health.add(deltas);
             }
         }
         Ok(positions)

@@ -166,8 +166,8 @@ impl SqlStore {
                 url: url.to_owned(),
                 work_signal: Some(Arc::new(WorkSignal::new(pool.clone()))),
                 reader: pool,
+                health: super::endpoints::HealthWriter::postgres(pg.clone()),
                 writes: Writes::Postgres(pg),
-                health: Default::default(),
                 _owner: None,
             }
         } else {
@@ -440,6 +440,10 @@ impl Store for SqlStore {
 
     async fn record(&self, owner: &str, results: &[Recorded], now: Millis) -> Result<Vec<usize>> {
         self.record_attempts(owner, results, now).await
+    }
+
+    async fn flush_recorded(&self) {
+        self.health.flush().await;
     }
 
     async fn release(&self, owner: &str, ids: &[EntityId], due_at: Millis) -> Result<()> {

@@ -4,6 +4,8 @@ use crate::helpers::stores;
 
 use std::collections::HashSet;
 
+use sqlx::Connection;
+
 use tidings::domain::endpoint::{Endpoint, SuccessRule};
 use tidings::domain::entities::Entity;
 use tidings::domain::{EntityId, EventType, Level, Millis};
@@ -384,6 +386,53 @@ async fn health_is_kept_as_attempts_are_recorded_and_read_for_many_levels_at_onc
         );
         assert_eq!(health[&a].last_success_at, Some(t1), "{}", s.name);
     }
+}
+
+/// On PostgreSQL a recorded batch's health waits in memory for a moment and is then written
+/// with no reader asking; what waits is written at once when the recorder stops
+/// (`flush_recorded`). Read straight from the tables, not through the store's reads, which
+/// write what waits first.
+#[tokio::test]
+async fn on_postgres_health_is_written_a_moment_after_the_record_and_at_once_when_it_stops() {
+    let s = stores::postgres().await;
+    let store = s.store.as_ref();
+    let level = id();
+    let (first, _) = event(store, &level, &id(), false, false, None).await;
+    let (second, _) = event(store, &level, &id(), false, false, None).await;
+    assert_eq!(claim_ids(store, "o", T0).await.len(), 2);
+    let at = Millis(T0.0 + 1_000);
+    let mut db = sqlx::PgConnection::connect(&s.url).await.unwrap();
+    let successes =
+        "SELECT COALESCE(SUM(successes), 0)::BIGINT FROM endpoint_hours WHERE level_id = $1";
+
+    let results = [record(&first, 1, 200, at, Next::Succeeded)];
+    assert_eq!(store.record("o", &results, at).await.unwrap().len(), 1);
+    let written = async {
+        loop {
+            let n: i64 = sqlx::query_scalar(successes)
+                .bind(level.as_str())
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+            if n == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), written)
+        .await
+        .expect("the health of a recorded batch is written without a read");
+
+    let results = [record(&second, 1, 200, at, Next::Succeeded)];
+    assert_eq!(store.record("o", &results, at).await.unwrap().len(), 1);
+    store.flush_recorded().await;
+    let n: i64 = sqlx::query_scalar(successes)
+        .bind(level.as_str())
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "written when the recorder stops");
 }
 
 /// Batches recorded at the same time (on PostgreSQL, in transactions side by side, their
