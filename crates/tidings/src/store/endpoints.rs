@@ -2,9 +2,10 @@
 //!
 //! Settings live in `endpoints` (a level without a row has the defaults). Health is kept up
 //! to date as attempts are recorded ([`record_health`]; in the record transaction on SQLite,
-//! gathered for a tenth of a second after it on PostgreSQL, see [`HealthWriter`]): one row per level
-//! with the last success and failure, 24 hourly slots of counters per level and 60 slots of
-//! counters by minute, so reading health or the console's charts never scans attempts.
+//! gathered for a tenth of a second after it on PostgreSQL, see [`HealthWriter`]): one row
+//! per level with the last success and failure, 24 hourly slots of counters per level and 60
+//! slots of counters by minute, so reading health or the console's charts never scans
+//! attempts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;

@@ -18,8 +18,8 @@
 //! `COMMIT` serves every member, sent by a flusher once no member waits for the lane. The
 //! `COMMIT` (and the WAL flush it waits for) does not hold the lane: the members that queue
 //! meanwhile open the next group, on another connection. A change is then one round trip,
-//! not two, and a transaction serves many changes. A member
-//! whose own statement fails is rolled back to its savepoint, leaving the others alone. One
+//! not two, and a transaction serves many changes. A member whose own statement fails is
+//! rolled back to its savepoint, leaving the others alone. One
 //! whose row lock is held elsewhere for longer than [`GROUP_LOCK_TIMEOUT`] (by another
 //! lane's or another instance's open group, which could be waiting for this one) is rolled
 //! back too and answers [`StoreError::Again`]: its change runs again in a transaction of its
