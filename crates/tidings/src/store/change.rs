@@ -136,8 +136,9 @@ fn level_joins(on: &str) -> String {
 /// An entity, then what it refers to, then the levels above those, transitively, each with
 /// its [`level_columns`]: one query for what a change or a view reads next (the parents for
 /// validation and the view, the levels and their endpoints for routing), instead of one
-/// round trip each. `{lock}` applies to the entity alone. Columns: the level columns, then
-/// id and document.
+/// round trip each. `{lock}` applies to the entity alone. Each entity's document comes with
+/// the key lookup that found it: none is read twice. Columns: the level columns, then id and
+/// document.
 fn entity_and_above_sql(lock: &str) -> String {
     let levels = crate::domain::Level::ALL
         .iter()
@@ -146,12 +147,10 @@ fn entity_and_above_sql(lock: &str) -> String {
         .join(", ");
     format!(
         "WITH RECURSIVE first (id, doc) AS (SELECT id, doc FROM entities WHERE id = $1{lock}), \
-         up (id, top) AS (SELECT id, 1 FROM first \
-         UNION SELECT r.target, 0 FROM up JOIN entity_refs r ON r.source = up.id \
+         up (id, top, doc) AS (SELECT id, 1, doc FROM first \
+         UNION SELECT r.target, 0, t.doc FROM up JOIN entity_refs r ON r.source = up.id \
          JOIN entities t ON t.id = r.target WHERE up.top = 1 OR t.kind IN ({levels})) \
-         SELECT {}, x.id, x.doc FROM (SELECT id, doc FROM first \
-         UNION ALL SELECT e.id, e.doc FROM up JOIN entities e ON e.id = up.id WHERE up.top = 0) x \
-         {}",
+         SELECT {}, x.id, x.doc FROM up x {}",
         level_columns(),
         level_joins("x.id")
     )
