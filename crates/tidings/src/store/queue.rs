@@ -10,7 +10,7 @@ use sqlx::Row as _;
 use super::endpoints::{self, Outcome};
 use super::exec::{Exec, Param, Row};
 use super::sql::{
-    parse_id, secrets_from_row, statement_chunks, success_from, value_rows, webhook_from_row,
+    padded_chunks, parse_id, secrets_from_row, statement_chunks, success_from, webhook_from_row,
     Backend, SqlBySize, SqlStore, WEBHOOK_WIDTH,
 };
 use super::{Claimed, Next, Recorded, Result, RetryOutcome, WebhookStatus};
@@ -33,7 +33,8 @@ impl Queue {
 }
 
 /// Recording's update of `n` webhooks: `$1` now, four parameters a row (id, status, attempts,
-/// due time), the owner last; only rows the owner still holds are updated, and returned.
+/// due time), the owner last; only rows the owner still holds are updated, and returned. A
+/// row whose id is NULL is padding ([`padded_chunks`]) and matches no webhook.
 pub(super) fn record_sql(n: usize) -> String {
     let rows: Vec<String> = (0..n)
         .map(|i| {
@@ -61,6 +62,32 @@ pub(super) fn record_sql(n: usize) -> String {
     )
 }
 
+/// Recording's insert of `n` attempts, seven parameters a row (webhook, number, start,
+/// duration, status code, error, body); rows whose webhook is NULL are padding, not written.
+fn attempts_sql(n: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            let p = 1 + i * 7;
+            format!(
+                "(${p}, CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), \
+                 CAST(${} AS BIGINT), ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO attempts (webhook_id, number, started_at, duration_ms, status_code, error, body) \
+         SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
+         ON CONFLICT (webhook_id, number) DO NOTHING",
+        rows.join(", ")
+    )
+}
+
 /// What a recorded batch's transaction begins with on PostgreSQL: every statement in it
 /// finds its rows by key, in no particular order.
 pub(super) const RECORD_BEGIN: &str = super::sql::BEGIN_BY_KEY_ONLY;
@@ -81,12 +108,13 @@ impl SqlStore {
         let mut rows: HashMap<String, (EntityId, String, bool, String)> =
             HashMap::with_capacity(results.len());
         let mut first = 0;
-        for chunk in statement_chunks(results) {
+        for (chunk, size) in padded_chunks(results) {
             let n = first;
             first += chunk.len();
             static UPDATES: SqlBySize = SqlBySize::new();
-            let sql = UPDATES.get(chunk.len(), record_sql);
-            let mut params: Vec<Param> = vec![now.0.into()];
+            let sql = UPDATES.get(size, record_sql);
+            let mut params: Vec<Param> = Vec::with_capacity(2 + size * 4);
+            params.push(now.0.into());
             for r in chunk {
                 let (status, due_at) = match r.next {
                     Next::Succeeded => (WebhookStatus::Succeeded, None),
@@ -101,6 +129,8 @@ impl SqlStore {
                     due_at.into(),
                 ]);
             }
+            // The padding: rows whose NULL id matches no webhook.
+            params.resize(1 + size * 4, Param::OptText(None));
             params.push(owner.into());
             for row in tx.fetch(&sql, &params).await? {
                 rows.insert(
@@ -169,16 +199,10 @@ impl SqlStore {
             }
         }
         // The attempts themselves, many rows a statement.
-        for chunk in statement_chunks(&kept) {
+        for (chunk, size) in padded_chunks(&kept) {
             static INSERTS: SqlBySize = SqlBySize::new();
-            let sql = INSERTS.get(chunk.len(), |n| {
-                format!(
-                    "INSERT INTO attempts (webhook_id, number, started_at, duration_ms, status_code, error, body) \
-                     VALUES {} ON CONFLICT (webhook_id, number) DO NOTHING",
-                    value_rows(n, 7)
-                )
-            });
-            let params: Vec<Param> = chunk
+            let sql = INSERTS.get(size, attempts_sql);
+            let mut params: Vec<Param> = chunk
                 .iter()
                 .flat_map(|r| {
                     [
@@ -192,6 +216,8 @@ impl SqlStore {
                     ]
                 })
                 .collect();
+            // The padding: rows without a webhook, which the statement skips.
+            params.resize(size * 7, Param::OptText(None));
             // Sent with the commit.
             tx.execute_later(&sql, &params).await?;
         }

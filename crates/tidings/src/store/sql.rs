@@ -656,6 +656,15 @@ pub(super) fn statement_chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
     chunks
 }
 
+/// Splits `rows` for statements whose text is made for a number of rows: as many of 64 as
+/// fit, then the rest in one statement, padded with empty rows up to the next power of two
+/// (one statement where [`statement_chunks`] would make up to six). Each chunk comes with
+/// the statement's size; the padding's parameters are NULL, and the statement must match
+/// or write no row for them.
+pub(super) fn padded_chunks<T>(rows: &[T]) -> impl Iterator<Item = (&[T], usize)> {
+    rows.chunks(64).map(|c| (c, c.len().next_power_of_two()))
+}
+
 /// `($1, $2, …), ($k+1, …), …`: `rows` rows of `width` parameters, numbered in order.
 pub(super) fn value_rows(rows: usize, width: usize) -> String {
     (0..rows)
@@ -699,7 +708,7 @@ impl SqlBySize {
 
 #[cfg(test)]
 mod tests {
-    use super::statement_chunks;
+    use super::{padded_chunks, statement_chunks};
 
     #[test]
     fn statement_chunks_keep_order_and_use_few_sizes() {
@@ -710,6 +719,30 @@ mod tests {
             let joined: Vec<usize> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
             assert_eq!(joined, rows, "every row once, in order ({n} rows)");
             sizes.extend(chunks.iter().map(|c| c.len()));
+        }
+        assert_eq!(
+            sizes.into_iter().collect::<Vec<_>>(),
+            [1, 2, 4, 8, 16, 32, 64]
+        );
+    }
+
+    #[test]
+    fn padded_chunks_keep_order_and_pad_the_last_to_a_power_of_two() {
+        let mut sizes = std::collections::BTreeSet::new();
+        for n in 0..=300usize {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<(&[usize], usize)> = padded_chunks(&rows).collect();
+            let joined: Vec<usize> = chunks.iter().flat_map(|c| c.0.iter().copied()).collect();
+            assert_eq!(joined, rows, "every row once, in order ({n} rows)");
+            assert_eq!(
+                chunks.len(),
+                n.div_ceil(64),
+                "one statement per 64 rows ({n} rows)"
+            );
+            for (chunk, size) in &chunks {
+                assert!(chunk.len() <= *size && *size < 2 * chunk.len(), "{n} rows");
+            }
+            sizes.extend(chunks.iter().map(|c| c.1));
         }
         assert_eq!(
             sizes.into_iter().collect::<Vec<_>>(),

@@ -574,3 +574,48 @@ async fn a_change_reads_the_endpoints_above_as_they_stand_after_its_own_writes()
         assert!(store.endpoint(r.id()).await.unwrap().enabled, "{}", s.name);
     }
 }
+
+#[tokio::test]
+async fn a_recorded_batch_of_any_size_writes_each_webhook_and_attempt_once() {
+    for s in stores::both().await {
+        let store = s.store.as_ref();
+        // 67 = one statement of 64 rows, then 3 in one of 4 (a row of padding).
+        let (level, meeting) = (id(), id());
+        let mut ids = Vec::new();
+        for _ in 0..67 {
+            ids.push(event(store, &level, &meeting, false, false, None).await.0);
+        }
+        assert_eq!(claim_ids(store, "a", T0).await.len(), 67, "{}", s.name);
+        let t1 = Millis(T0.0 + 10);
+        let results: Vec<Recorded> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, w)| match i % 3 {
+                0 => record(w, 1, 200, t1, Next::Succeeded),
+                1 => record(w, 1, 500, t1, Next::RetryAt(Millis(T0.0 + 60_000))),
+                _ => record(w, 1, 500, t1, Next::Failed),
+            })
+            .collect();
+        let kept = store.record("a", &results, t1).await.unwrap();
+        assert_eq!(kept, (0..67).collect::<Vec<_>>(), "{}", s.name);
+        for (i, w) in ids.iter().enumerate() {
+            let (webhook, attempts) = store.webhook(w).await.unwrap().unwrap();
+            let want = [
+                WebhookStatus::Succeeded,
+                WebhookStatus::Pending,
+                WebhookStatus::Failed,
+            ][i % 3];
+            assert_eq!(webhook.status, want, "{}: webhook {i}", s.name);
+            assert_eq!(webhook.attempts, 1, "{}: webhook {i}", s.name);
+            assert_eq!(attempts.len(), 1, "{}: webhook {i}'s attempts", s.name);
+            assert_eq!(attempts[0].started_at, t1, "{}: webhook {i}", s.name);
+        }
+        // Recorded again (a retried batch): nothing changes, nothing is written twice.
+        assert_eq!(
+            store.record("a", &results, t1).await.unwrap(),
+            Vec::<usize>::new()
+        );
+        let (_, attempts) = store.webhook(&ids[66]).await.unwrap().unwrap();
+        assert_eq!(attempts.len(), 1, "{}", s.name);
+    }
+}
