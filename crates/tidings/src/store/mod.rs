@@ -570,9 +570,16 @@ pub fn postgres_key_lookups() -> Vec<HotStatement> {
             by_index_condition: false,
         })
         .collect();
-    // A recorded batch's update, of a few webhooks and of a chunk's most.
-    for n in [2, 64] {
-        let rows = (0..n).map(|i| format!("'w{i}', 'succeeded', 1, NULL"));
+    // A recorded batch's update, of a few webhooks, of three padded to four, and of a
+    // statement's most.
+    for (n, real) in [(2, 2), (4, 3), (64, 64)] {
+        let rows = (0..n).map(|i| {
+            if i < real {
+                format!("'w{i}', 'succeeded', 1, NULL")
+            } else {
+                "NULL, NULL, NULL, NULL".to_owned()
+            }
+        });
         statements.push(HotStatement {
             sql: queue::record_sql(n),
             args: format!("(0, {}, 'owner')", rows.collect::<Vec<_>>().join(", ")),
