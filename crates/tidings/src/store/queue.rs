@@ -10,8 +10,8 @@ use sqlx::Row as _;
 use super::endpoints::{self, Outcome};
 use super::exec::{Exec, Param, Row};
 use super::sql::{
-    padded_chunks, parse_id, secrets_from_row, statement_chunks, success_from, webhook_from_row,
-    Backend, SqlBySize, SqlStore, WEBHOOK_WIDTH,
+    parse_id, secrets_from_row, statement_chunks, success_from, webhook_from_row, Backend,
+    SqlBySize, SqlStore, WEBHOOK_WIDTH,
 };
 use super::{Claimed, Next, Recorded, Result, RetryOutcome, WebhookStatus};
 use crate::domain::{EntityId, Millis};
@@ -34,7 +34,7 @@ impl Queue {
 
 /// Recording's update of `n` webhooks: `$1` now, four parameters a row (id, status, attempts,
 /// due time), the owner last; only rows the owner still holds are updated, and returned. A
-/// row whose id is NULL is padding ([`padded_chunks`]) and matches no webhook.
+/// row whose id is NULL is padding ([`Backend::record_chunks`]) and matches no webhook.
 pub(super) fn record_sql(n: usize) -> String {
     let rows: Vec<String> = (0..n)
         .map(|i| {
@@ -108,7 +108,7 @@ impl SqlStore {
         let mut rows: HashMap<String, (EntityId, String, bool, String)> =
             HashMap::with_capacity(results.len());
         let mut first = 0;
-        for (chunk, size) in padded_chunks(results) {
+        for (chunk, size) in self.backend.record_chunks(results) {
             let n = first;
             first += chunk.len();
             static UPDATES: SqlBySize = SqlBySize::new();
@@ -199,7 +199,7 @@ impl SqlStore {
             }
         }
         // The attempts themselves, many rows a statement.
-        for (chunk, size) in padded_chunks(&kept) {
+        for (chunk, size) in self.backend.record_chunks(&kept) {
             static INSERTS: SqlBySize = SqlBySize::new();
             let sql = INSERTS.get(size, attempts_sql);
             let mut params: Vec<Param> = chunk

@@ -64,6 +64,20 @@ impl Backend {
             Backend::Postgres => "seq",
         }
     }
+
+    /// Splits a recorded batch's rows for its multi-row statements, each with the number of
+    /// rows its statement is made for: on PostgreSQL, where every statement that returns
+    /// rows is a round trip, [`padded_chunks`]; on SQLite, whose statements are calls in
+    /// the writer's thread, [`statement_chunks`] without padding.
+    pub(super) fn record_chunks<T>(self, rows: &[T]) -> Vec<(&[T], usize)> {
+        match self {
+            Backend::Sqlite => statement_chunks(rows)
+                .into_iter()
+                .map(|c| (c, c.len()))
+                .collect(),
+            Backend::Postgres => padded_chunks(rows).collect(),
+        }
+    }
 }
 
 /// Where a store's write transactions run: SQLite's single writer, driven in place, or
