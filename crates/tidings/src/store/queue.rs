@@ -10,8 +10,8 @@ use sqlx::Row as _;
 use super::endpoints::{self, Outcome};
 use super::exec::{Exec, Param, Row};
 use super::sql::{
-    parse_id, secrets_from_row, statement_chunks, success_from, webhook_from_row, Backend,
-    SqlBySize, SqlStore, WEBHOOK_WIDTH,
+    parse_id, secrets_from_row, statement_chunks, success_from, typed_value_rows, webhook_from_row,
+    Backend, SqlBySize, SqlStore, WEBHOOK_WIDTH,
 };
 use super::{Claimed, Next, Recorded, Result, RetryOutcome, WebhookStatus};
 use crate::domain::{EntityId, Millis};
@@ -36,17 +36,7 @@ impl Queue {
 /// due time), the owner last; only rows the owner still holds are updated, and returned. A
 /// row whose id is NULL is padding ([`Backend::record_chunks`]) and matches no webhook.
 pub(super) fn record_sql(n: usize) -> String {
-    let rows: Vec<String> = (0..n)
-        .map(|i| {
-            let p = 2 + i * 4;
-            format!(
-                "(${p}, ${}, CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
-                p + 1,
-                p + 2,
-                p + 3
-            )
-        })
-        .collect();
+    let rows = typed_value_rows(n, 2, &[None, None, Some("BIGINT"), Some("BIGINT")]);
     // A retry of a webhook whose endpoint was disabled meanwhile waits as `disabled` instead.
     let held = "v.column2 = 'pending' AND EXISTS (SELECT 1 FROM endpoints en \
                 WHERE en.level_id = webhooks.level_id AND en.enabled = 0)";
@@ -57,7 +47,7 @@ pub(super) fn record_sql(n: usize) -> String {
          WHERE webhooks.id = v.column1 AND webhooks.claimed_by = ${} \
          RETURNING webhooks.id, webhooks.level_id, webhooks.url, webhooks.ordered, \
          webhooks.subject_id",
-        rows.join(", "),
+        rows,
         2 + n * 4
     )
 }
@@ -65,26 +55,12 @@ pub(super) fn record_sql(n: usize) -> String {
 /// Recording's insert of `n` attempts, seven parameters a row (webhook, number, start,
 /// duration, status code, error, body); rows whose webhook is NULL are padding, not written.
 fn attempts_sql(n: usize) -> String {
-    let rows: Vec<String> = (0..n)
-        .map(|i| {
-            let p = 1 + i * 7;
-            format!(
-                "(${p}, CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), \
-                 CAST(${} AS BIGINT), ${}, ${})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5,
-                p + 6
-            )
-        })
-        .collect();
+    let int = Some("BIGINT");
     format!(
         "INSERT INTO attempts (webhook_id, number, started_at, duration_ms, status_code, error, body) \
          SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
          ON CONFLICT (webhook_id, number) DO NOTHING",
-        rows.join(", ")
+        typed_value_rows(n, 1, &[None, int, int, int, int, None, None])
     )
 }
 

@@ -681,9 +681,27 @@ pub(super) fn padded_chunks<T>(rows: &[T]) -> impl Iterator<Item = (&[T], usize)
 
 /// `($1, $2, …), ($k+1, …), …`: `rows` rows of `width` parameters, numbered in order.
 pub(super) fn value_rows(rows: usize, width: usize) -> String {
+    typed_value_rows(rows, 1, &vec![None; width])
+}
+
+/// [`value_rows`] numbered from `$first`, one parameter per entry of `types`: a parameter
+/// with a type is written `CAST($k AS type)`, for columns whose type the statement would not
+/// tell PostgreSQL otherwise.
+pub(super) fn typed_value_rows(rows: usize, first: usize, types: &[Option<&str>]) -> String {
+    let width = types.len();
     (0..rows)
         .map(|i| {
-            let p: Vec<String> = (1..=width).map(|k| format!("${}", i * width + k)).collect();
+            let p: Vec<String> = types
+                .iter()
+                .enumerate()
+                .map(|(k, ty)| {
+                    let k = first + i * width + k;
+                    match ty {
+                        Some(ty) => format!("CAST(${k} AS {ty})"),
+                        None => format!("${k}"),
+                    }
+                })
+                .collect();
             format!("({})", p.join(", "))
         })
         .collect::<Vec<_>>()
@@ -722,7 +740,7 @@ impl SqlBySize {
 
 #[cfg(test)]
 mod tests {
-    use super::{padded_chunks, statement_chunks};
+    use super::{padded_chunks, statement_chunks, typed_value_rows, value_rows};
 
     #[test]
     fn statement_chunks_keep_order_and_use_few_sizes() {
@@ -737,6 +755,15 @@ mod tests {
         assert_eq!(
             sizes.into_iter().collect::<Vec<_>>(),
             [1, 2, 4, 8, 16, 32, 64]
+        );
+    }
+
+    #[test]
+    fn value_rows_number_their_parameters_in_order_and_cast_the_typed_ones() {
+        assert_eq!(value_rows(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(
+            typed_value_rows(2, 2, &[None, Some("BIGINT")]),
+            "($2, CAST($3 AS BIGINT)), ($4, CAST($5 AS BIGINT))"
         );
     }
 
