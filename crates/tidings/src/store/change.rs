@@ -11,6 +11,7 @@ use sqlx::AnyPool;
 
 use super::endpoints::{self, ENDPOINT_COLUMNS};
 use super::exec::{Exec, Param, Row};
+use super::levels::{self, LevelCache};
 use super::sql::{corrupt, parse_entity, parse_id, secrets_from_row, SqlBySize};
 use super::{Claimed, Lease, NewEvent, NewWebhook, Result, StoreError, Tx, Webhook, WebhookStatus};
 use crate::delivery::secrets::SealedSecrets;
@@ -34,6 +35,14 @@ pub(super) struct SqlTx {
     /// Each level's endpoint settings as this transaction read them (`None`: none stored),
     /// with the entity queries or [`Tx::endpoints`]; their `level_keys` were read with them.
     endpoints_read: HashMap<String, Option<Endpoint>>,
+    /// The instance's levels (PostgreSQL; `None` on SQLite, whose writer remembers entities).
+    level_cache: Option<Arc<LevelCache>>,
+    /// The generation of the levels this transaction's last read saw, while it may take
+    /// levels from `level_cache` (`None`: it has not read one, or it has changed a level).
+    generation: Option<i64>,
+    /// Levels this transaction read from the database at `generation`, for the cache once it
+    /// has committed.
+    levels_read: HashMap<EntityId, levels::Level>,
 }
 
 /// What an attempt needs of its level besides the webhook: the signing secrets and what
@@ -133,26 +142,57 @@ fn level_joins(on: &str) -> String {
     )
 }
 
+/// The generation of the levels ([`LevelCache`]), or NULL when the transaction has changed a
+/// level and so reads what no generation describes yet.
+const GENERATION: &str =
+    "(SELECT CASE WHEN current_setting('tidings.levels_written', true) = 'on' \
+                          THEN NULL ELSE n END FROM level_generation WHERE id = 1)";
+
+/// The level kinds, quoted for SQL's `IN`.
+fn level_kinds() -> String {
+    crate::domain::Level::ALL
+        .iter()
+        .map(|l| format!("'{}'", l.kind().as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// An entity, then what it refers to, then the levels above those, transitively, each with
 /// its [`level_columns`]: one query for what a change or a view reads next (the parents for
 /// validation and the view, the levels and their endpoints for routing), instead of one
 /// round trip each. `{lock}` applies to the entity alone. Each entity's document comes with
 /// the key lookup that found it: none is read twice. Columns: the level columns, then id and
-/// document.
-fn entity_and_above_sql(lock: &str) -> String {
-    let levels = crate::domain::Level::ALL
-        .iter()
-        .map(|l| format!("'{}'", l.kind().as_str()))
-        .collect::<Vec<_>>()
-        .join(", ");
+/// document, then (`generation`) the [`GENERATION`].
+fn entity_and_above_sql(lock: &str, generation: bool) -> String {
     format!(
         "WITH RECURSIVE first (id, doc) AS (SELECT id, doc FROM entities WHERE id = $1{lock}), \
          up (id, top, doc) AS (SELECT id, 1, doc FROM first \
          UNION SELECT r.target, 0, t.doc FROM up JOIN entity_refs r ON r.source = up.id \
-         JOIN entities t ON t.id = r.target WHERE up.top = 1 OR t.kind IN ({levels})) \
-         SELECT {}, x.id, x.doc FROM up x {}",
+         JOIN entities t ON t.id = r.target WHERE up.top = 1 OR t.kind IN ({})) \
+         SELECT {}, x.id, x.doc{} FROM up x {}",
+        level_kinds(),
         level_columns(),
+        if generation {
+            format!(", {GENERATION}")
+        } else {
+            String::new()
+        },
         level_joins("x.id")
+    )
+}
+
+/// The [`GENERATION`], then an entity and what it refers to below the levels (none if it is
+/// not found): what a change reads when the levels above come from the [`LevelCache`].
+/// `{lock}` applies to the entity alone. Columns: generation, id, document; one row with
+/// NULL id and document when the entity is not found.
+fn entity_below_levels_sql(lock: &str) -> String {
+    format!(
+        "WITH first (id, doc) AS (SELECT id, doc FROM entities WHERE id = $1{lock}) \
+         SELECT {GENERATION}, x.id, x.doc FROM (SELECT 1) one LEFT JOIN \
+         (SELECT id, doc FROM first UNION ALL SELECT t.id, t.doc FROM first \
+         JOIN entity_refs r ON r.source = first.id JOIN entities t ON t.id = r.target \
+         WHERE t.kind NOT IN ({})) x ON true",
+        level_kinds()
     )
 }
 
@@ -171,9 +211,10 @@ fn levels_sql(n: usize) -> String {
 
 /// A change's reads on PostgreSQL, with arguments to run them with (see
 /// [`super::postgres_key_lookups`]).
-pub(super) fn key_lookups() -> [(String, &'static str); 2] {
+pub(super) fn key_lookups() -> [(String, &'static str); 3] {
     [
-        (entity_and_above_sql(" FOR UPDATE"), "('x')"),
+        (entity_and_above_sql(" FOR UPDATE", true), "('x')"),
+        (entity_below_levels_sql(" FOR UPDATE"), "('x')"),
         (levels_sql(2), "('x', 'y')"),
     ]
 }
@@ -183,6 +224,7 @@ impl SqlTx {
         exec: Box<dyn Exec>,
         locks: RowLocks,
         work_signal: Option<Arc<WorkSignal>>,
+        level_cache: Option<Arc<LevelCache>>,
     ) -> Self {
         SqlTx {
             exec,
@@ -192,6 +234,9 @@ impl SqlTx {
             level_keys: HashMap::new(),
             seen: HashMap::new(),
             endpoints_read: HashMap::new(),
+            level_cache,
+            generation: None,
+            levels_read: HashMap::new(),
         }
     }
 
@@ -208,19 +253,44 @@ impl SqlTx {
                 self.seen.insert(id.clone(), e.clone());
                 return Ok(e);
             }
+            // A level the instance remembers at the generation this transaction last read.
+            if let Some(generation) = self.generation {
+                if self.take_remembered(generation, vec![id.clone()]) {
+                    return Ok(self.seen.get(id).cloned().flatten());
+                }
+            }
+        }
+        if let Some(found) = self.get_below_levels(id, lock).await? {
+            return Ok(found);
         }
         static TEXTS: SqlBySize = SqlBySize::new();
-        let sql = TEXTS.get(usize::from(!lock.is_empty()), |_| {
-            entity_and_above_sql(lock)
-        });
+        let with_generation = self.level_cache.is_some();
+        let text = usize::from(!lock.is_empty()) + 2 * usize::from(with_generation);
+        let sql = TEXTS.get(text, |_| entity_and_above_sql(lock, with_generation));
         let rows = self.exec.fetch(&sql, &[id.as_str().into()]).await?;
-        let mut entity = None;
         let width = level_width();
+        let generation = match (with_generation, rows.first()) {
+            (true, Some(row)) => row.opt_int(width + 2)?,
+            _ => None,
+        };
+        self.read_at(generation);
+        let mut entity = None;
         for row in &rows {
             let e = parse_entity(row.text(width + 1)?)?;
             let row_id = row.text(width)?;
             if e.kind().level().is_some() {
-                self.take_level(row_id, row)?;
+                let (endpoint, secrets) = level_from_row(row)?;
+                if self.generation.is_some() {
+                    self.levels_read.insert(
+                        parse_id(row_id)?,
+                        levels::Level {
+                            entity: e.clone(),
+                            endpoint: endpoint.clone(),
+                            secrets: secrets.clone(),
+                        },
+                    );
+                }
+                self.take_level(row_id, endpoint, secrets);
             }
             if row_id == id.as_str() {
                 entity = Some(e);
@@ -232,28 +302,120 @@ impl SqlTx {
         Ok(entity)
     }
 
-    /// Takes in what a row's [`level_columns`] say of `level`.
-    fn take_level(&mut self, level: &str, row: &Row) -> Result<()> {
-        let endpoint = match row.opt_text(0)? {
-            Some(_) => Some(endpoints::endpoint_from_row(row)?.1),
+    /// Reads an entity and what it refers to below the levels, taking the levels above from
+    /// the instance's [`LevelCache`] if it holds them all at the generation read with the
+    /// entity: `None` when there is no cache, it is still empty, or it does not hold them
+    /// (the caller then reads everything).
+    async fn get_below_levels(
+        &mut self,
+        id: &EntityId,
+        lock: &'static str,
+    ) -> Result<Option<Option<Entity>>> {
+        if self.level_cache.as_ref().is_none_or(|c| c.is_empty()) {
+            return Ok(None);
+        }
+        static TEXTS: SqlBySize = SqlBySize::new();
+        let sql = TEXTS.get(usize::from(!lock.is_empty()), |_| {
+            entity_below_levels_sql(lock)
+        });
+        let rows = self.exec.fetch(&sql, &[id.as_str().into()]).await?;
+        let generation = match rows.first() {
+            Some(row) => row.opt_int(0)?,
             None => None,
         };
+        self.read_at(generation);
+        let Some(generation) = self.generation else {
+            return Ok(None);
+        };
+        let mut found = Vec::new();
+        for row in &rows {
+            if let Some(row_id) = row.opt_text(1)? {
+                found.push((parse_id(row_id)?, parse_entity(row.text(2)?)?));
+            }
+        }
+        let Some(entity) = found.iter().find(|(i, _)| i == id).map(|(_, e)| e.clone()) else {
+            self.seen.insert(id.clone(), None);
+            return Ok(Some(None));
+        };
+        // The levels above: those these entities refer to, and the entity itself if it is
+        // one (for its endpoint and secrets; its document is the one just read).
+        let mut wanted: Vec<EntityId> = found.iter().flat_map(|(_, e)| e.level_refs()).collect();
+        if entity.kind().level().is_some() {
+            wanted.push(id.clone());
+        }
+        self.seen.insert(id.clone(), Some(entity.clone()));
+        for (i, e) in found {
+            self.seen.entry(i).or_insert(Some(e));
+        }
+        Ok(self
+            .take_remembered(generation, wanted)
+            .then_some(Some(entity)))
+    }
+
+    /// Notes the generation of the levels a read saw (`None`: this transaction has changed
+    /// a level). Levels read before at another generation are not kept for the cache.
+    fn read_at(&mut self, generation: Option<i64>) {
+        if self.generation != generation {
+            self.levels_read.clear();
+        }
+        self.generation = generation;
+    }
+
+    /// Takes in `ids` and every level above them from the instance's cache, if it holds all
+    /// of them at `generation`; otherwise takes in nothing and answers false.
+    fn take_remembered(&mut self, generation: i64, ids: Vec<EntityId>) -> bool {
+        let Some(found) = self
+            .level_cache
+            .as_ref()
+            .and_then(|c| c.closure(generation, ids))
+        else {
+            return false;
+        };
+        for (id, level) in found {
+            if !self.endpoints_read.contains_key(id.as_str()) {
+                self.take_level(id.as_str(), level.endpoint.clone(), level.secrets.clone());
+            }
+            self.seen
+                .entry(id)
+                .or_insert_with(|| Some(level.entity.clone()));
+        }
+        true
+    }
+
+    /// Takes in a level's endpoint settings (`None`: none stored) and signing secrets.
+    fn take_level(
+        &mut self,
+        level: &str,
+        endpoint: Option<Endpoint>,
+        secrets: Option<SealedSecrets>,
+    ) {
         // A level without secrets (none were ever made for it) gets none, as its attempts
         // say (`no_secret`).
         let keys = LevelKeys {
-            secrets: secrets_from_row(row, ENDPOINT_COLUMNS.split(", ").count())?,
+            secrets,
             success: endpoint.as_ref().map(|e| e.success).unwrap_or_default(),
         };
         self.level_keys.insert(level.to_owned(), keys);
         self.endpoints_read.insert(level.to_owned(), endpoint);
-        Ok(())
     }
 
-    /// Forgets what this transaction read of a level it changes.
+    /// Forgets what this transaction read of a level it changes; from now on it reads
+    /// levels from the database only, where it sees its own changes.
     fn forget_level(&mut self, level: &str) {
         self.level_keys.remove(level);
         self.endpoints_read.remove(level);
+        self.read_at(None);
     }
+}
+
+/// A level's [`level_columns`]: its endpoint settings and signing secrets.
+fn level_from_row(row: &Row) -> Result<(Option<Endpoint>, Option<SealedSecrets>)> {
+    let endpoint = match row.opt_text(0)? {
+        Some(_) => Some(endpoints::endpoint_from_row(row)?.1),
+        None => None,
+    };
+    let secrets = secrets_from_row(row, ENDPOINT_COLUMNS.split(", ").count())?;
+    Ok((endpoint, secrets))
 }
 
 #[async_trait]
@@ -276,6 +438,9 @@ impl Tx for SqlTx {
             Some(None) => Some(Vec::new()),
             None => None,
         };
+        if entity.kind().level().is_some() {
+            self.read_at(None);
+        }
         let upsert = "INSERT INTO entities (id, kind, doc, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
                       ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at";
         let params: [Param; 4] = [
@@ -320,6 +485,8 @@ impl Tx for SqlTx {
             self.exec.execute(sql, &[id.as_str().into()]).await?;
         }
         self.seen.insert(id.clone(), None);
+        // Perhaps a level.
+        self.read_at(None);
         Ok(())
     }
 
@@ -538,7 +705,8 @@ impl Tx for SqlTx {
             let params: Vec<Param> = unread.iter().map(|id| id.as_str().into()).collect();
             let width = level_width();
             for row in self.exec.fetch(&sql, &params).await? {
-                self.take_level(row.text(width)?, &row)?;
+                let (endpoint, secrets) = level_from_row(&row)?;
+                self.take_level(row.text(width)?, endpoint, secrets);
             }
         }
         Ok(level_ids
@@ -581,10 +749,18 @@ impl Tx for SqlTx {
             seen,
             work_signal,
             queued_work,
+            level_cache,
+            generation,
+            levels_read,
             ..
         } = *self;
         exec.remember(seen);
         exec.commit().await?;
+        if let (Some(cache), Some(generation)) = (level_cache, generation) {
+            if !levels_read.is_empty() {
+                cache.remember(generation, levels_read);
+            }
+        }
         if let (Some(signal), true) = (work_signal, queued_work) {
             signal.raise();
         }

@@ -11,6 +11,7 @@ mod console;
 mod endpoints;
 mod exec;
 mod keys;
+mod levels;
 mod notifications;
 mod pg;
 mod queue;

@@ -25,6 +25,7 @@ use sqlx::{AnyPool, Row as _};
 
 use super::change::{RowLocks, SqlTx, WorkSignal, WORK_CHANNEL};
 use super::exec::{sqlite_path, Exec, LiteWriter, Param, Row, SQLITE_PRAGMAS};
+use super::levels::LevelCache;
 use super::pg::PgWriter;
 use super::queue::Queue;
 use super::webhook_list::Order;
@@ -96,6 +97,8 @@ pub struct SqlStore {
     writes: Writes,
     /// Tells other instances that work was queued (PostgreSQL; `None` on SQLite).
     work_signal: Option<Arc<WorkSignal>>,
+    /// The levels this instance has read (PostgreSQL; `None` on SQLite).
+    level_cache: Option<Arc<LevelCache>>,
     /// On PostgreSQL, the health deltas of recorded batches waiting to be written.
     pub(super) health: super::endpoints::HealthWriter,
     /// On SQLite, the database file with an exclusive `flock` held for the store's life.
@@ -160,6 +163,7 @@ impl SqlStore {
                 reader,
                 writes: Writes::Sqlite(lite),
                 work_signal: None,
+                level_cache: None,
                 health: Default::default(),
                 _owner: Some(owner),
             }
@@ -179,6 +183,7 @@ impl SqlStore {
                 backend: Backend::Postgres,
                 url: url.to_owned(),
                 work_signal: Some(Arc::new(WorkSignal::new(pool.clone()))),
+                level_cache: Some(Default::default()),
                 reader: pool,
                 health: super::endpoints::HealthWriter::postgres(pg.clone()),
                 writes: Writes::Postgres(pg),
@@ -306,6 +311,7 @@ impl Store for SqlStore {
             Box::new(pg.begin_member(BEGIN_BY_KEY, key).await?),
             self.change_locks(),
             self.work_signal.clone(),
+            self.level_cache.clone(),
         )))
     }
 
@@ -314,6 +320,7 @@ impl Store for SqlStore {
             self.begin_write_by_key().await?,
             self.change_locks(),
             self.work_signal.clone(),
+            self.level_cache.clone(),
         )))
     }
 
@@ -322,6 +329,7 @@ impl Store for SqlStore {
             self.begin_read_by_key().await?,
             RowLocks::NONE,
             None,
+            self.level_cache.clone(),
         )))
     }
 

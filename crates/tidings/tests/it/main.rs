@@ -20,6 +20,7 @@ mod endpoints;
 mod endpoints_store;
 mod faults;
 mod groups;
+mod level_cache;
 mod plans;
 mod prune_crash;
 mod pruning;

@@ -270,6 +270,23 @@ impl Entity {
         refs
     }
 
+    /// The levels among [`Entity::refs`]: a company's package, a meeting's creator and
+    /// participants are not levels.
+    pub fn level_refs(&self) -> Vec<EntityId> {
+        match self {
+            Entity::User(e) => std::iter::once(e.owner.id.clone())
+                .chain(e.sites.iter().cloned())
+                .collect(),
+            Entity::Meeting(e) => std::iter::once(e.company.clone())
+                .chain(e.site.clone())
+                .collect(),
+            Entity::Reseller(_) | Entity::Package(_) => Vec::new(),
+            Entity::Dealer(_) | Entity::Company(_) | Entity::Site(_) => {
+                self.up().cloned().into_iter().collect()
+            }
+        }
+    }
+
     /// The level settings (`webhook_url`, `notification_contact`) if this entity is a level.
     pub fn level_settings(&self) -> Option<(Level, Option<&str>, Option<&NotificationContact>)> {
         let (url, contact) = match self {
