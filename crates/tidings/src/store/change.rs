@@ -399,6 +399,20 @@ impl SqlTx {
         self.endpoints_read.insert(level.to_owned(), endpoint);
     }
 
+    /// Announces a write of a level entity: with a level cache (PostgreSQL), a row in
+    /// `level_writes`, whose triggers mark this transaction as one that changed a level and,
+    /// at its commit, take a new generation of the levels. From now on this transaction reads
+    /// levels from the database only, where it sees its own changes.
+    async fn level_written(&mut self) -> Result<()> {
+        if self.level_cache.is_some() {
+            self.exec
+                .execute_later("INSERT INTO level_writes DEFAULT VALUES", &[])
+                .await?;
+        }
+        self.read_at(None);
+        Ok(())
+    }
+
     /// Forgets what this transaction read of a level it changes; from now on it reads
     /// levels from the database only, where it sees its own changes.
     fn forget_level(&mut self, level: &str) {
@@ -439,7 +453,7 @@ impl Tx for SqlTx {
             None => None,
         };
         if entity.kind().level().is_some() {
-            self.read_at(None);
+            self.level_written().await?;
         }
         let upsert = "INSERT INTO entities (id, kind, doc, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
                       ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at";
@@ -484,9 +498,16 @@ impl Tx for SqlTx {
         ] {
             self.exec.execute(sql, &[id.as_str().into()]).await?;
         }
-        self.seen.insert(id.clone(), None);
-        // Perhaps a level.
-        self.read_at(None);
+        let was = self.seen.insert(id.clone(), None);
+        // A level, or perhaps one (an entity this transaction has not read).
+        let level = match &was {
+            None => true,
+            Some(None) => false,
+            Some(Some(e)) => e.kind().level().is_some(),
+        };
+        if level {
+            self.level_written().await?;
+        }
         Ok(())
     }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use sqlx::{Connection, Executor, Row};
 
 use tidings::domain::endpoint::Endpoint;
-use tidings::domain::entities::Entity;
-use tidings::domain::{EntityId, EventType, Kind, Level, Millis};
+use tidings::domain::entities::{Entity, Package};
+use tidings::domain::{EntityId, EventType, Level, Millis};
 use tidings::store::{Lease, Store};
 
 use crate::helpers::stores::{self, dealer, new_event, new_webhook, reseller, T0};
@@ -73,15 +73,15 @@ async fn an_instance_reads_what_another_changed_of_a_level_at_its_next_change() 
     assert_eq!(read_above(b.as_ref(), &did, &rid).await, one);
     assert_eq!(read_above(b.as_ref(), &did, &rid).await, one);
 
-    // b answers from memory: a change to the reseller's row that takes no generation (the
-    // triggers off) is not seen by b, while a new instance reads it.
+    // b answers from memory: a change to the reseller's row that announces nothing (the
+    // store's writes of a level announce themselves in `level_writes`) is not seen by b,
+    // while a new instance reads it.
     let mut admin = sqlx::PgConnection::connect(&db).await.unwrap();
     admin
         .execute(
             format!(
-                "ALTER TABLE entities DISABLE TRIGGER USER; \
-                 UPDATE entities SET doc = replace(doc, 'one.example', 'unseen.example') \
-                 WHERE id = '{rid}'; ALTER TABLE entities ENABLE TRIGGER USER"
+                "UPDATE entities SET doc = replace(doc, 'one.example', 'unseen.example') \
+                 WHERE id = '{rid}'"
             )
             .as_str(),
         )
@@ -103,6 +103,15 @@ async fn an_instance_reads_what_another_changed_of_a_level_at_its_next_change() 
     let two = (url("https://two.example/hook"), None, url("sealed-1"));
     assert_eq!(read_above(b.as_ref(), &did, &rid).await, two);
     assert_eq!(read_above(b.as_ref(), &did, &rid).await, two);
+    // A view's read takes the levels from memory too, at the generation it reads.
+    for _ in 0..2 {
+        let mut read = b.read().await.unwrap();
+        assert!(read.get(&did).await.unwrap().is_some());
+        assert_eq!(
+            read.get(&rid).await.unwrap(),
+            Some(with_url(&r, "https://two.example/hook"))
+        );
+    }
 
     let ordered = Endpoint::default()
         .patched(Level::Reseller, &serde_json::json!({"ordered": true}))
@@ -165,20 +174,58 @@ async fn takes_a_generation(conn: &mut sqlx::PgConnection, sql: &str) -> bool {
 #[tokio::test]
 async fn every_commit_that_changes_a_level_takes_a_new_generation_and_no_other_does() {
     let db = stores::fresh_postgres_database().await;
-    drop(tidings::store::open(&db).await.unwrap());
+    let store = tidings::store::open(&db).await.unwrap();
     let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
-    for kind in Kind::ALL {
-        let is_level = kind.level().is_some();
-        let kind = kind.as_str();
-        let changes = [
-            format!("INSERT INTO entities VALUES ('{kind}1', '{kind}', '{{}}', 0, 0)"),
-            format!("UPDATE entities SET doc = '{{\"a\": 1}}' WHERE id = '{kind}1'"),
-            format!("DELETE FROM entities WHERE id = '{kind}1'"),
-        ];
-        for sql in changes {
-            assert_eq!(takes_a_generation(&mut conn, &sql).await, is_level, "{sql}");
-        }
+
+    // Entities, through the store's transactions.
+    let r = reseller(None);
+    let d = dealer(r.id());
+    let package = Entity::Package(Package {
+        id: stores::id(),
+        name: "P".into(),
+        features: vec![],
+    });
+    for (entity, is_level) in [(&r, true), (&d, true), (&package, false)] {
+        let before = generation(&mut conn).await;
+        let mut tx = store.write_alone().await.unwrap();
+        tx.put(entity, T0).await.unwrap();
+        drop(tx);
+        assert_eq!(generation(&mut conn).await, before, "dropped: {entity:?}");
+        let mut tx = store.write(None).await.unwrap();
+        tx.put(entity, T0).await.unwrap();
+        tx.commit().await.unwrap();
+        let after = generation(&mut conn).await;
+        assert_eq!(after != before, is_level, "written: {entity:?}");
+        let mut tx = store.write_alone().await.unwrap();
+        tx.get_for_change(entity.id()).await.unwrap();
+        tx.put(entity, T0).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            generation(&mut conn).await != after,
+            is_level,
+            "written again: {entity:?}"
+        );
     }
+    for (entity, is_level) in [(&d, true), (&package, false)] {
+        let before = generation(&mut conn).await;
+        let mut tx = store.write_alone().await.unwrap();
+        tx.get_for_change(entity.id()).await.unwrap();
+        tx.delete(entity.id()).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            generation(&mut conn).await != before,
+            is_level,
+            "deleted: {entity:?}"
+        );
+    }
+    let left: i64 = sqlx::query("SELECT count(*) FROM level_writes")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "announcements outlive their transactions");
+
+    // Endpoint settings and secrets, whoever writes them.
     for sql in [
         "INSERT INTO endpoints (level_id, updated_at) VALUES ('l1', 0)",
         "UPDATE endpoints SET ordered = 1 WHERE level_id = 'l1'",
@@ -189,8 +236,9 @@ async fn every_commit_that_changes_a_level_takes_a_new_generation_and_no_other_d
     ] {
         assert!(takes_a_generation(&mut conn, sql).await, "{sql}");
     }
-    // Rolled back: none.
-    let rolled_back = "BEGIN; INSERT INTO entities VALUES ('s1', 'site', '{}', 0, 0); ROLLBACK";
+    let rolled_back =
+        "BEGIN; INSERT INTO level_secrets (level_id, current, updated_at) VALUES ('l2', 's', 0); \
+         ROLLBACK";
     assert!(!takes_a_generation(&mut conn, rolled_back).await);
 
     // Inside a transaction the mark of a level changed is the transaction's own, and a
@@ -200,7 +248,7 @@ async fn every_commit_that_changes_a_level_takes_a_new_generation_and_no_other_d
     for sql in [
         "BEGIN",
         "SAVEPOINT change",
-        "INSERT INTO entities VALUES ('s2', 'site', '{}', 0, 0)",
+        "INSERT INTO level_writes DEFAULT VALUES",
         "ROLLBACK TO SAVEPOINT change",
         "INSERT INTO entities VALUES ('u2', 'user', '{}', 0, 0)",
         "INSERT INTO level_secrets (level_id, current, updated_at) VALUES ('l2', 's', 0)",
