@@ -34,6 +34,11 @@ $$;
 
 CREATE FUNCTION tidings_level_committed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- Waits as long as the commit before takes (grouped changes wait at most 50 ms for a
+    -- row lock; here that would fail a whole group whenever another's WAL flush, or its
+    -- connection's first use of this function, took longer). Its holder waits for nothing
+    -- but its own commit: no deadlock can form.
+    PERFORM set_config('lock_timeout', '0', true);
     UPDATE level_generation SET n = nextval('level_generation_seq') WHERE id = 1;
     -- This transaction's announcements, and any a crash left: others' are not visible yet.
     DELETE FROM level_writes;

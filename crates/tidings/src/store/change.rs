@@ -452,9 +452,6 @@ impl Tx for SqlTx {
             Some(None) => Some(Vec::new()),
             None => None,
         };
-        if entity.kind().level().is_some() {
-            self.level_written().await?;
-        }
         let upsert = "INSERT INTO entities (id, kind, doc, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
                       ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at";
         let params: [Param; 4] = [
@@ -488,6 +485,11 @@ impl Tx for SqlTx {
             }
         }
         self.seen.insert(entity.id().clone(), Some(entity.clone()));
+        // Last, so that at the commit the generation is taken after any other deferred
+        // check of what this change wrote.
+        if entity.kind().level().is_some() {
+            self.level_written().await?;
+        }
         Ok(())
     }
 
