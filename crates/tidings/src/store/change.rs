@@ -269,11 +269,10 @@ impl SqlTx {
         let sql = TEXTS.get(text, |_| entity_and_above_sql(lock, with_generation));
         let rows = self.exec.fetch(&sql, &[id.as_str().into()]).await?;
         let width = level_width();
-        let generation = match (with_generation, rows.first()) {
-            (true, Some(row)) => row.opt_int(width + 2)?,
-            _ => None,
-        };
-        self.read_at(generation);
+        // What this read saw (with no row, nothing: the transaction keeps what it had).
+        if let (true, Some(row)) = (with_generation, rows.first()) {
+            self.read_at(row.opt_int(width + 2)?);
+        }
         let mut entity = None;
         for row in &rows {
             let e = parse_entity(row.text(width + 1)?)?;

@@ -28,7 +28,7 @@ pub(super) struct Level {
     pub(super) secrets: Option<SealedSecrets>,
 }
 
-/// How many levels an instance remembers at most (a few MiB); past that it starts over.
+/// How many levels an instance remembers at most (about 1 KiB each); past that it starts over.
 const REMEMBERED: usize = 16_384;
 
 #[derive(Default)]
