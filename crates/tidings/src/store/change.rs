@@ -323,7 +323,7 @@ impl SqlTx {
             None => None,
         };
         self.read_at(generation);
-        let Some(generation) = self.generation else {
+        let Some(generation) = generation else {
             return Ok(None);
         };
         let mut found = Vec::new();

@@ -19,7 +19,7 @@ use crate::domain::entities::Entity;
 use crate::domain::EntityId;
 
 /// A level as a transaction read it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub(super) struct Level {
     pub(super) entity: Entity,
     /// Its endpoint settings, `None` when none are stored.
